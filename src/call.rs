@@ -1,0 +1,557 @@
+//! The boundary: the state of one [`call!`](crate::call!), the [`CArg`]
+//! conversion each argument goes through, and the callback side
+//! ([`callback!`](crate::callback!), [`CReturn`]).
+//!
+//! Rule P1 (Go's first rule): Rust may lend C a pointer to managed memory for
+//! the duration of a call only if that memory holds no pointer to unpinned
+//! managed memory, because C may follow that nested pointer after Rust has
+//! moved or freed what it points to. A pointer into an array lends the whole
+//! allocation. Rule C2: no pointer into freed tracked memory crosses.
+//! Rule P4: a callback may not hand C a pointer to unpinned managed memory.
+//!
+//! The fast path of every argument is inline and ends after one branch on a
+//! flag read once per call; the checks themselves are out of line.
+
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+use std::os::raw::c_char;
+use std::ptr::NonNull;
+
+use crate::cbox::CBox;
+use crate::managed::Managed;
+use crate::mode::{checks_on, COMPILED_IN};
+use crate::pin::Pinned;
+use crate::registry::{self, flags, RegionKind, RegionState};
+use crate::report::{emit, msg, write_stderr, Violation, ViolationKind};
+use crate::scan::find_unpinned;
+use crate::site::Site;
+
+thread_local! {
+    /// The checked call this thread is inside, so that what C does during it
+    /// (a retain, a free) can name it.
+    static CURRENT: Cell<Option<(&'static str, Site)>> = const { Cell::new(None) };
+}
+
+/// The call this thread is in, if any.
+pub(crate) fn current_call() -> Option<(&'static str, Site)> {
+    CURRENT.try_with(|c| c.get()).ok().flatten()
+}
+
+/// One Rust→C call in progress: made by [`call!`](crate::call!), not by hand.
+///
+/// It carries the callee's name, the call site, the argument counter and
+/// whether checks are on (read once, so each argument costs one branch).
+#[doc(hidden)]
+pub struct Call {
+    callee: &'static str,
+    site: Site,
+    on: bool,
+    arg: u32,
+    prev: Option<(&'static str, Site)>,
+}
+
+impl Call {
+    /// Starts a call to `callee` from the caller's site.
+    #[track_caller]
+    #[inline(always)]
+    pub fn new(callee: &'static str) -> Call {
+        let on = checks_on();
+        let site = Site::caller();
+        let prev = if on {
+            CURRENT
+                .try_with(|c| c.replace(Some((callee, site))))
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        Call {
+            callee,
+            site,
+            on,
+            arg: 0,
+            prev,
+        }
+    }
+
+    /// Ends the call.
+    #[inline(always)]
+    pub fn finish(self) {}
+
+    /// Counts an argument that needs no check.
+    #[inline(always)]
+    pub fn plain(&mut self) {
+        self.arg += 1;
+    }
+
+    /// Lends `[addr, addr + size)` of managed memory: P1 scans it when its
+    /// type can hold pointers.
+    #[inline(always)]
+    pub fn lend(&mut self, addr: usize, size: usize, scan: bool) {
+        self.arg += 1;
+        if self.on && scan {
+            self.scan_lent(addr, size);
+        }
+    }
+
+    /// Passes a raw pointer: C2 when it points into freed memory, P1 on the
+    /// whole allocation when it points into managed memory.
+    #[inline(always)]
+    pub fn raw(&mut self, addr: usize) {
+        self.arg += 1;
+        if self.on && addr != 0 {
+            self.check_raw(addr);
+        }
+    }
+
+    #[inline(never)]
+    fn scan_lent(&self, addr: usize, size: usize) {
+        // SAFETY: the caller lends memory it owns and borrows for the call.
+        if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
+            self.report_nested(addr, offset, target.start);
+        }
+    }
+
+    #[inline(never)]
+    fn check_raw(&self, addr: usize) {
+        let Some(r) = registry::lookup(addr) else {
+            return;
+        };
+        match (r.state, r.kind) {
+            (RegionState::Freed, _) => self.report_freed(addr, r.start),
+            (RegionState::Live, RegionKind::Managed) if r.flags & flags::HOLDS_POINTERS != 0 => {
+                // SAFETY: the region is live managed memory, registered by
+                // its owner, who lends it for the call.
+                if let Some((offset, target)) = unsafe { find_unpinned(r.start, r.size) } {
+                    self.report_nested(r.start, offset, target.start);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[cold]
+    fn report_nested(&self, lent: usize, offset: usize, target: usize) {
+        emit(
+            Violation::new(
+                ViolationKind::UnpinnedNested,
+                format!(
+                    "argument {} of `{}` {}",
+                    self.arg,
+                    self.callee,
+                    msg::UNPINNED_NESTED
+                ),
+            )
+            .note(format!(
+                "the nested pointer is at offset {offset} of the lent memory"
+            ))
+            .with_callee(Some(self.callee))
+            .with_site(Some(self.site))
+            .region_at("lent", lent)
+            .region_at("points to", target),
+        );
+    }
+
+    #[cold]
+    fn report_freed(&self, addr: usize, start: usize) {
+        emit(
+            Violation::new(
+                ViolationKind::UseAfterFree,
+                format!(
+                    "argument {} of `{}` {}",
+                    self.arg,
+                    self.callee,
+                    msg::USE_AFTER_FREE_ARG
+                ),
+            )
+            .note(format!(
+                "the pointer is {} bytes into the freed region",
+                addr - start
+            ))
+            .with_callee(Some(self.callee))
+            .with_site(Some(self.site))
+            .region_at("freed region", start),
+        );
+    }
+}
+
+impl Drop for Call {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.on {
+            let prev = self.prev;
+            let _ = CURRENT.try_with(|c| c.set(prev));
+        }
+    }
+}
+
+/// Converts a `call!` argument into the C type the callee takes, checking it
+/// on the way. `R` is inferred from the callee's parameter.
+///
+/// Implemented for integers, floats and `bool` (to themselves only: a
+/// different width needs [`to_c`](crate::to_c), rule X1), raw pointers,
+/// references to [`Managed`], [`Pinned`] and [`CBox`] (to pointers of any
+/// element type, for C's `void *`), `Option<&T>`, `&CStr`, `&CString`,
+/// `Option` of a function pointer, `extern "C"` function pointers, and
+/// [`Unchecked`].
+///
+/// ```
+/// use ffi_check::{call, Managed};
+/// extern "C" fn total(p: *const u8, n: usize) -> usize {
+///     // SAFETY: the caller passes n readable bytes.
+///     unsafe { std::slice::from_raw_parts(p, n) }.iter().map(|b| *b as usize).sum()
+/// }
+/// let buf = Managed::from_vec(vec![1u8, 2, 3]);
+/// let n = call!(total(&buf, buf.len()));
+/// assert_eq!(n, 6);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be passed to C as `{R}` by `call!`",
+    note = "numbers cross only through an explicit conversion (`ffi_check::to_c`), pointers through a wrapper reference or a named method (`as_ptr`)"
+)]
+pub trait CArg<R> {
+    /// Converts and checks.
+    fn lower(self, call: &mut Call) -> R;
+}
+
+macro_rules! plain_arg {
+    ($($t:ty),*) => { $(
+        impl CArg<$t> for $t {
+            #[inline(always)]
+            fn lower(self, call: &mut Call) -> $t { call.plain(); self }
+        }
+    )* };
+}
+plain_arg!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    ()
+);
+
+impl<T> CArg<*const T> for *const T {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *const T {
+        call.raw(self as usize);
+        self
+    }
+}
+impl<T> CArg<*mut T> for *mut T {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *mut T {
+        call.raw(self as usize);
+        self
+    }
+}
+impl<T> CArg<*const T> for *mut T {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *const T {
+        call.raw(self as usize);
+        self
+    }
+}
+
+macro_rules! lend_managed {
+    ($owner:ident, $get:ident) => {
+        impl<'a, T: ?Sized, U> CArg<*const U> for &'a $owner<T> {
+            #[inline(always)]
+            fn lower(self, call: &mut Call) -> *const U {
+                let (addr, size, scan) = $get(self);
+                call.lend(addr, size, scan);
+                addr as *const U
+            }
+        }
+        impl<'a, T: ?Sized, U> CArg<*const U> for &'a mut $owner<T> {
+            #[inline(always)]
+            fn lower(self, call: &mut Call) -> *const U {
+                let (addr, size, scan) = $get(&*self);
+                call.lend(addr, size, scan);
+                addr as *const U
+            }
+        }
+        impl<'a, T: ?Sized, U> CArg<*mut U> for &'a mut $owner<T> {
+            #[inline(always)]
+            fn lower(self, call: &mut Call) -> *mut U {
+                let (addr, size, scan) = $get(&*self);
+                call.lend(addr, size, scan);
+                addr as *mut U
+            }
+        }
+    };
+}
+
+#[inline(always)]
+fn managed_parts<T: ?Sized>(m: &Managed<T>) -> (usize, usize, bool) {
+    (m.addr(), m.size(), m.is_scanned())
+}
+#[inline(always)]
+fn pinned_parts<T: ?Sized>(m: &Pinned<T>) -> (usize, usize, bool) {
+    let inner: &T = m;
+    (
+        m.addr(),
+        std::mem::size_of_val(inner),
+        crate::scan::may_hold_pointers(std::mem::align_of_val(inner), std::mem::size_of_val(inner)),
+    )
+}
+#[inline(always)]
+fn cbox_parts<T: ?Sized>(b: &CBox<T>) -> (usize, usize, bool) {
+    // C memory is C's: lending it checks nothing (storing into it is P5).
+    (b.addr(), 0, false)
+}
+lend_managed!(Managed, managed_parts);
+lend_managed!(Pinned, pinned_parts);
+lend_managed!(CBox, cbox_parts);
+
+impl<T, U> CArg<*const U> for Option<&T> {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *const U {
+        let p = self.map_or(std::ptr::null(), |r| r as *const T);
+        call.raw(p as usize);
+        p.cast::<U>()
+    }
+}
+impl<T, U> CArg<*mut U> for Option<&mut T> {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *mut U {
+        let p = self.map_or(std::ptr::null_mut(), |r| r as *mut T);
+        call.raw(p as usize);
+        p.cast::<U>()
+    }
+}
+impl CArg<*const c_char> for &CStr {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *const c_char {
+        call.raw(self.as_ptr() as usize);
+        self.as_ptr()
+    }
+}
+impl CArg<*const c_char> for &CString {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *const c_char {
+        call.raw(self.as_ptr() as usize);
+        self.as_ptr()
+    }
+}
+/// Nullable function pointers (callbacks), and any other `Option` C takes
+/// as it is.
+impl<F: Copy> CArg<Option<F>> for Option<F> {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> Option<F> {
+        call.plain();
+        self
+    }
+}
+
+macro_rules! fn_ptr_arg {
+    ($($a:ident),*) => {
+        impl<Ret, $($a),*> CArg<extern "C" fn($($a),*) -> Ret> for extern "C" fn($($a),*) -> Ret {
+            #[inline(always)]
+            fn lower(self, call: &mut Call) -> Self { call.plain(); self }
+        }
+        impl<Ret, $($a),*> CArg<unsafe extern "C" fn($($a),*) -> Ret> for unsafe extern "C" fn($($a),*) -> Ret {
+            #[inline(always)]
+            fn lower(self, call: &mut Call) -> Self { call.plain(); self }
+        }
+    };
+}
+fn_ptr_arg!();
+fn_ptr_arg!(A);
+fn_ptr_arg!(A, B);
+fn_ptr_arg!(A, B, C);
+fn_ptr_arg!(A, B, C, D);
+fn_ptr_arg!(A, B, C, D, E);
+fn_ptr_arg!(A, B, C, D, E, F);
+
+/// A `call!` argument passed as it is, without a check: structs by value,
+/// or anything `CArg` does not cover. Made by [`unchecked`].
+#[derive(Clone, Copy, Debug)]
+pub struct Unchecked<T>(pub T);
+
+/// Passes `value` through `call!` unchecked.
+///
+/// ```
+/// #[repr(C)] #[derive(Clone, Copy)] struct Point { x: i32, y: i32 }
+/// extern "C" fn norm1(p: Point) -> i32 { p.x.abs() + p.y.abs() }
+/// assert_eq!(ffi_check::call!(norm1(ffi_check::unchecked(Point { x: 3, y: -4 }))), 7);
+/// ```
+pub fn unchecked<T>(value: T) -> Unchecked<T> {
+    Unchecked(value)
+}
+
+impl<T> CArg<T> for Unchecked<T> {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> T {
+        call.plain();
+        self.0
+    }
+}
+
+/// Checks what a callback returns to C (rule P4). Implemented for numbers,
+/// `bool`, `()`, raw pointers and `NonNull`.
+pub trait CReturn: Sized {
+    /// Checks `self` as the result of callback `callback`.
+    fn check_return(self, callback: &'static str, site: Site) -> Self;
+}
+
+macro_rules! plain_return {
+    ($($t:ty),*) => { $(
+        impl CReturn for $t {
+            #[inline(always)]
+            fn check_return(self, _: &'static str, _: Site) -> $t { self }
+        }
+    )* };
+}
+plain_return!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    ()
+);
+
+impl<T> CReturn for *const T {
+    fn check_return(self, callback: &'static str, site: Site) -> Self {
+        check_returned_pointer(self as usize, callback, site);
+        self
+    }
+}
+impl<T> CReturn for *mut T {
+    fn check_return(self, callback: &'static str, site: Site) -> Self {
+        check_returned_pointer(self as usize, callback, site);
+        self
+    }
+}
+impl<T> CReturn for NonNull<T> {
+    fn check_return(self, callback: &'static str, site: Site) -> Self {
+        check_returned_pointer(self.as_ptr() as usize, callback, site);
+        self
+    }
+}
+impl<T> CReturn for Option<NonNull<T>> {
+    fn check_return(self, callback: &'static str, site: Site) -> Self {
+        check_returned_pointer(self.map_or(0, |p| p.as_ptr() as usize), callback, site);
+        self
+    }
+}
+
+fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
+    if addr == 0 || !checks_on() {
+        return;
+    }
+    let Some(r) = registry::lookup(addr) else {
+        return;
+    };
+    if r.state == RegionState::Freed {
+        emit(
+            Violation::new(
+                ViolationKind::UseAfterFree,
+                format!(
+                    "result of callback `{callback}` {}",
+                    msg::USE_AFTER_FREE_ARG
+                ),
+            )
+            .with_callee(Some(callback))
+            .with_site(Some(site))
+            .region_at("freed region", r.start),
+        );
+        return;
+    }
+    if r.kind != RegionKind::Managed {
+        return;
+    }
+    let nested = if r.pins == 0 {
+        None
+    } else if r.flags & flags::HOLDS_POINTERS != 0 {
+        // SAFETY: live managed memory whose owner hands it to C.
+        match unsafe { find_unpinned(r.start, r.size) } {
+            Some(hit) => Some(hit),
+            None => return,
+        }
+    } else {
+        return;
+    };
+    let mut v = Violation::new(
+        ViolationKind::CallbackReturnedUnpinned,
+        format!(
+            "result of callback `{callback}` {}",
+            match nested {
+                None => msg::CALLBACK_UNPINNED.to_owned(),
+                Some(_) => format!(
+                    "points to {}",
+                    msg::CALLBACK_UNPINNED.trim_start_matches("result is ")
+                ),
+            }
+        ),
+    )
+    .with_callee(Some(callback))
+    .with_site(Some(site))
+    .region_at("returned", r.start);
+    if let Some((_, target)) = nested {
+        v = v.region_at("points to", target.start);
+    }
+    emit(v);
+}
+
+/// The name of the function a `callback!` sits in, from the type name of a
+/// marker function declared inside it.
+#[doc(hidden)]
+pub fn enclosing_fn(marker: &'static str) -> &'static str {
+    let path = marker.strip_suffix("::__ffi_check_here").unwrap_or(marker);
+    path.rsplit("::")
+        .find(|seg| !seg.starts_with('{'))
+        .unwrap_or(path)
+}
+
+/// Runs a callback body: violations inside it abort instead of unwinding
+/// into C, a panic in it aborts with a clear message, and the result is
+/// checked against rule P4.
+#[doc(hidden)]
+#[track_caller]
+pub fn run_callback<R: CReturn>(name: &'static str, body: impl FnOnce() -> R) -> R {
+    let site = Site::caller();
+    if !COMPILED_IN {
+        return abort_on_unwind(name, body);
+    }
+    let _guard = crate::report::enter_callback();
+    abort_on_unwind(name, body).check_return(name, site)
+}
+
+fn abort_on_unwind<R>(name: &'static str, body: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".to_owned());
+            write_stderr(&format!(
+                "ffi-check: callback `{name}` panicked ({what}); aborting: a panic may not unwind into C\n"
+            ));
+            std::process::abort();
+        }
+    }
+}

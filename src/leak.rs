@@ -1,0 +1,322 @@
+//! Leaks: C memory Rust owns that was never freed (rule C3) and pins that
+//! never ended (rule P6), grouped by allocation site and printed the way
+//! LeakSanitizer prints them.
+//!
+//! [`LeakCheck`] scopes the question to the regions the current thread
+//! created inside the scope, so tests running in parallel do not see each
+//! other's allocations.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::sync::Once;
+
+use crate::pin::{live_pinners, PinnerLeak};
+use crate::registry::{self, flags, RegionDetail, RegionKind, RegionState};
+use crate::report::{msg, render_backtrace, ReportRegion, Violation, ViolationKind};
+use crate::site::Site;
+
+/// Leaked allocations that share an allocation site.
+#[derive(Clone, Debug)]
+pub struct LeakGroup {
+    site: Option<Site>,
+    count: usize,
+    bytes: usize,
+    example: RegionDetail,
+}
+
+impl LeakGroup {
+    /// Where they were allocated (or adopted).
+    pub fn site(&self) -> Option<Site> {
+        self.site
+    }
+    /// How many allocations leaked there.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+    /// How many bytes they hold in all.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    /// The address of one of them.
+    pub fn example_addr(&self) -> usize {
+        self.example.start
+    }
+    /// The group as a `Leak` violation (its first line and `help:` line are
+    /// those of the report).
+    pub fn violation(&self) -> Violation {
+        let site = self
+            .site
+            .map_or_else(|| "an unknown site".to_owned(), |s| s.to_string());
+        Violation::new(
+            ViolationKind::Leak,
+            format!(
+                "{}: {} byte(s) in {} allocation(s) from {site}",
+                msg::LEAK,
+                self.bytes,
+                self.count
+            ),
+        )
+        .without_backtrace()
+        .region(ReportRegion::new("one of them", self.example.clone()))
+    }
+}
+
+/// A `Pinner` that still held pins when the report was made.
+#[derive(Clone, Debug)]
+pub struct LeakedPin {
+    inner: PinnerLeak,
+}
+
+impl LeakedPin {
+    /// Where the `Pinner` was created.
+    pub fn site(&self) -> Site {
+        self.inner.site
+    }
+    /// How many regions it still pins.
+    pub fn pinned_regions(&self) -> usize {
+        self.inner.regions.len()
+    }
+    /// The pin as a `LeakedPin` violation.
+    pub fn violation(&self) -> Violation {
+        let mut v = Violation::new(ViolationKind::LeakedPin, msg::LEAKED_PIN.to_owned())
+            .without_backtrace()
+            .note(format!(
+                "the Pinner created at {} still pins {} region(s)",
+                self.inner.site,
+                self.inner.regions.len()
+            ));
+        for start in self.inner.regions.iter().take(4) {
+            v = v.region_at("still pinned", *start);
+        }
+        v
+    }
+}
+
+/// What leaked: groups of leaked C allocations by site, leaked pins, and a
+/// count of intended leaks. `Display` prints it like LeakSanitizer.
+///
+/// ```
+/// let scope = ffi_check::LeakCheck::start();
+/// let p = ffi_check::c_malloc(24);
+/// let report = scope.finish();
+/// if ffi_check::COMPILED_IN {
+///     assert_eq!(report.groups().len(), 1);
+///     assert_eq!(report.leaked_bytes(), 24);
+///     assert!(report.to_string().contains("SUMMARY: ffi-check: 24 byte(s) leaked in 1 allocation(s)"));
+/// }
+/// // SAFETY: p came from c_malloc.
+/// unsafe { ffi_check::c_free(p) };
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct LeakReport {
+    groups: Vec<LeakGroup>,
+    pins: Vec<LeakedPin>,
+    intended: Vec<RegionDetail>,
+}
+
+impl LeakReport {
+    /// True when nothing leaked (intended leaks do not count).
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.pins.is_empty()
+    }
+    /// Leaked allocations grouped by site, largest first.
+    pub fn groups(&self) -> &[LeakGroup] {
+        &self.groups
+    }
+    /// Pinners that still pin something.
+    pub fn leaked_pins(&self) -> &[LeakedPin] {
+        &self.pins
+    }
+    /// Bytes leaked in all.
+    pub fn leaked_bytes(&self) -> usize {
+        self.groups.iter().map(|g| g.bytes).sum()
+    }
+    /// Allocations leaked in all.
+    pub fn leaked_allocations(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+    /// Allocations marked as intended leaks.
+    pub fn intended_leaks(&self) -> usize {
+        self.intended.len()
+    }
+    /// Every leak as a violation (`Leak` per group, `LeakedPin` per pinner).
+    pub fn violations(&self) -> Vec<Violation> {
+        self.groups
+            .iter()
+            .map(LeakGroup::violation)
+            .chain(self.pins.iter().map(LeakedPin::violation))
+            .collect()
+    }
+}
+
+impl fmt::Display for LeakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        out.push_str("=================================================================\n");
+        out.push_str("ffi-check: detected memory leaks\n");
+        for g in &self.groups {
+            let _ = write!(
+                out,
+                "\nLeak of {} byte(s) in {} allocation(s) of C memory allocated at {}\n",
+                g.bytes,
+                g.count,
+                g.site
+                    .map_or_else(|| "an unknown site".to_owned(), |s| s.to_string())
+            );
+            if let Some(bt) = &g.example.alloc_trace {
+                render_backtrace(&mut out, bt, "    ");
+            }
+        }
+        for p in &self.pins {
+            let _ = writeln!(
+                out,
+                "\nLeaked pin: the Pinner created at {} still pins {} region(s) ({})",
+                p.inner.site,
+                p.inner.regions.len(),
+                msg::LEAKED_PIN
+            );
+        }
+        if !self.intended.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{} intended leak(s), not counted:",
+                self.intended.len()
+            );
+            for d in self.intended.iter().take(8) {
+                let _ = writeln!(
+                    out,
+                    "    {} byte(s) at {:#x}: {}",
+                    d.size,
+                    d.start,
+                    d.leak_reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        let _ = write!(
+            out,
+            "\nSUMMARY: ffi-check: {} byte(s) leaked in {} allocation(s); {} leaked pin(s).",
+            self.leaked_bytes(),
+            self.leaked_allocations(),
+            self.pins.len()
+        );
+        f.write_str(&out)
+    }
+}
+
+fn collect(scope: Option<(u32, u64)>) -> LeakReport {
+    // Group under the shard locks with plain numbers; build the details
+    // (clones of backtraces) only for one example per group.
+    let mut by_site: HashMap<Option<Site>, (usize, usize, usize)> = HashMap::new();
+    let mut intended_starts = Vec::new();
+    registry::for_each(|start, r| {
+        if r.kind != RegionKind::C || r.state != RegionState::Live {
+            return;
+        }
+        if let Some((thread, first)) = scope {
+            if r.thread != thread || r.id < first {
+                return;
+            }
+        }
+        if r.flags & flags::INTENDED_LEAK != 0 {
+            intended_starts.push(start);
+            return;
+        }
+        let e = by_site.entry(r.site).or_insert((0, 0, start));
+        e.0 += 1;
+        e.1 += r.size;
+    });
+    let mut groups: Vec<LeakGroup> = by_site
+        .into_iter()
+        .filter_map(|(site, (count, bytes, example))| {
+            let example = registry::detail(example)?;
+            Some(LeakGroup {
+                site,
+                count,
+                bytes,
+                example,
+            })
+        })
+        .collect();
+    groups.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.count.cmp(&b.count)));
+    let intended = intended_starts
+        .into_iter()
+        .filter_map(registry::detail)
+        .collect();
+    let pins = live_pinners(scope)
+        .into_iter()
+        .map(|inner| LeakedPin { inner })
+        .collect();
+    LeakReport {
+        groups,
+        pins,
+        intended,
+    }
+}
+
+/// Every live C allocation the checker tracks, and every `Pinner` still
+/// pinning, in the whole process. Meant for the end of a program or test,
+/// when every pin should have ended.
+///
+/// ```
+/// let report = ffi_check::leak_report();
+/// println!("{} byte(s) of C memory outstanding", report.leaked_bytes());
+/// ```
+pub fn leak_report() -> LeakReport {
+    collect(None)
+}
+
+/// A leak scope: [`finish`](LeakCheck::finish) reports the C memory and pins
+/// that the current thread created after [`start`](LeakCheck::start) and that
+/// are still live. Other threads' allocations are not seen.
+///
+/// ```
+/// let scope = ffi_check::LeakCheck::start();
+/// let b = ffi_check::CBox::new(1u64);
+/// drop(b);
+/// assert!(scope.finish().is_empty());
+/// ```
+#[must_use = "call finish() to get the report"]
+#[derive(Debug)]
+pub struct LeakCheck {
+    thread: u32,
+    first_id: u64,
+}
+
+impl LeakCheck {
+    /// Starts a scope on this thread.
+    pub fn start() -> LeakCheck {
+        LeakCheck {
+            thread: registry::thread_serial(),
+            first_id: registry::next_id(),
+        }
+    }
+
+    /// Ends the scope and reports what leaked in it.
+    pub fn finish(self) -> LeakReport {
+        if !crate::mode::COMPILED_IN {
+            return LeakReport::default();
+        }
+        collect(Some((self.thread, self.first_id)))
+    }
+}
+
+/// Installs the at-exit leak report when `FFI_CHECK_LEAKS=1` (once).
+pub(crate) fn install_exit_report_from_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if crate::mode::leaks_at_exit() {
+            // SAFETY: registering a plain extern "C" fn with atexit.
+            unsafe { libc::atexit(exit_report) };
+        }
+    });
+}
+
+extern "C" fn exit_report() {
+    // Never unwind out of an atexit handler.
+    let _ = std::panic::catch_unwind(|| {
+        let report = leak_report();
+        if !report.is_empty() {
+            crate::report::write_stderr(&format!("{report}\n"));
+        }
+    });
+}

@@ -1,0 +1,295 @@
+//! # ffi-check: cgocheck for Rust FFI
+//!
+//! `ffi-check` checks, at run time, the rules for passing pointers between
+//! Rust and C. It does for Rust FFI what Go's `cgocheck` does for cgo, and
+//! more: it also proves that C memory is freed exactly once, finds leaks with
+//! the site that allocated them, catches C keeping pointers it was only lent,
+//! and makes every conversion at the boundary explicit and lossless.
+//!
+//! The checks are compiled in with `debug_assertions` (or the `always`
+//! feature) and vanish otherwise: [`call!`] becomes the plain call and the
+//! wrappers plain owners.
+//!
+//! ## The idea in one example
+//!
+//! Wrap Rust memory you lend to C in [`Managed`], C memory you own in
+//! [`CBox`], and make the call through [`call!`]:
+//!
+//! ```
+//! use ffi_check::{call, CBox, Managed};
+//! use std::os::raw::c_char;
+//!
+//! // A C function (written in Rust here so the example runs anywhere).
+//! extern "C" fn fill(buf: *mut u8, len: usize, value: u8) -> usize {
+//!     // SAFETY: the caller lends `len` writable bytes.
+//!     unsafe { std::ptr::write_bytes(buf, value, len) };
+//!     len
+//! }
+//!
+//! let mut buf = Managed::from_vec(vec![0u8; 64]);
+//! let n = buf.len();
+//! let written = call!(fill(&mut buf, n, 7));
+//! assert_eq!(written, 64);
+//! assert!(buf.iter().all(|b| *b == 7));
+//!
+//! let name = CBox::from_str("world");          // malloc'd, NUL-terminated
+//! let p: *const c_char = name.as_ptr();        // a named method, never implicit
+//! # let _ = p;
+//! ```
+//!
+//! A violation reads like cgocheck's panic, then says more:
+//!
+//! ```text
+//! ffi-check: argument 1 of `fx_sum_nested` has managed pointer to unpinned managed pointer
+//!   rule P1 (UnpinnedNested)
+//!   the nested pointer is at offset 0 of the lent memory
+//!   at tests/rules_p1.rs:31:20 in call to `fx_sum_nested` on thread `main`
+//!   lent: 0x5581f0a3c2d0 (16 bytes, managed memory holding `[*const i32]`, live, unpinned)
+//!       allocated at tests/rules_p1.rs:29:19
+//!   points to: 0x5581f0a3c2b0 (4 bytes, managed memory holding `i32`, live, unpinned)
+//!       allocated at tests/rules_p1.rs:27:17
+//! help: pin the memory the nested pointer points to (`Pinner::pin`, or keep it in a `Pinned<T>`) for as long as C can see it
+//! ```
+//!
+//! ## The rules
+//!
+//! | id | rule | violation |
+//! |----|------|-----------|
+//! | P1 | Memory lent to C for a call holds no pointer to *unpinned* managed memory. | [`UnpinnedNested`](ViolationKind::UnpinnedNested) |
+//! | P2 | C keeps no pointer to unpinned managed memory after the call. | [`Retained`](ViolationKind::Retained) |
+//! | P3 | Managed memory is not freed or unpinned while C holds it, nor dropped while pinned. | [`FreedWhileRetained`](ViolationKind::FreedWhileRetained), [`FreedWhilePinned`](ViolationKind::FreedWhilePinned) |
+//! | P4 | A callback returns no pointer to unpinned managed memory. | [`CallbackReturnedUnpinned`](ViolationKind::CallbackReturnedUnpinned) |
+//! | P5 | Rust stores no pointer to unpinned managed memory into C memory. | [`StoredUnpinned`](ViolationKind::StoredUnpinned) |
+//! | P6 | A pin ends. | [`LeakedPin`](ViolationKind::LeakedPin) |
+//! | C1 | C memory is freed once, by its own deallocator; managed memory never by C. | [`DoubleFree`](ViolationKind::DoubleFree), [`InvalidFree`](ViolationKind::InvalidFree), [`MismatchedFree`](ViolationKind::MismatchedFree) |
+//! | C2 | No pointer into freed memory crosses the boundary or is freed again. | [`UseAfterFree`](ViolationKind::UseAfterFree) |
+//! | C3 | C memory Rust owns is freed before the end. | [`Leak`](ViolationKind::Leak) |
+//! | X1 | Numbers cross only through explicit, lossless conversions. | [`LossyConversion`](ViolationKind::LossyConversion) |
+//! | X2 | Strings cross only through explicit conversions. | [`InteriorNul`](ViolationKind::InteriorNul), [`NullPointer`](ViolationKind::NullPointer), [`UnterminatedString`](ViolationKind::UnterminatedString), [`InvalidUtf8`](ViolationKind::InvalidUtf8) |
+//! | X3 | Wrappers never turn into raw pointers implicitly. | compile time |
+//!
+//! The examples below use [`capture`] to collect the violations instead of
+//! panicking, as property tests do.
+//!
+//! ### P1: lend only what holds no unpinned pointers
+//!
+//! ```
+//! use ffi_check::{call, capture, Managed, Pinner, ViolationKind};
+//! extern "C" fn first(items: *const *const i32) -> i32 {
+//!     // SAFETY: the caller lends one valid pointer.
+//!     unsafe { **items }
+//! }
+//! let value = Managed::new(7);
+//! let table = Managed::new([value.as_ptr()]);
+//! let (_, v) = capture(|| call!(first(&table)));
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::UnpinnedNested);
+//! # }
+//! let mut pinner = Pinner::new();
+//! pinner.pin(&value);                       // the fix: pin what the table points to
+//! assert_eq!(ffi_check::assert_clean(|| call!(first(&table))), 7);
+//! ```
+//!
+//! ### P2 and P3: what C keeps must be pinned, and released before it dies
+//!
+//! ```
+//! use ffi_check::{capture, retain, release, Managed, Pinned, ViolationKind};
+//! let lent = Managed::new(1u64);
+//! let (_, v) = capture(|| retain(lent.as_ptr()));   // C says "I keep this"
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::Retained);
+//! # }
+//! # release(lent.as_ptr());
+//! let kept = Pinned::new(2u64);
+//! retain(kept.as_ptr());                              // fine: pinned
+//! release(kept.as_ptr());                             // and let go before the drop
+//! ```
+//!
+//! ### P4: callbacks return C memory or pinned memory
+//!
+//! ```
+//! use ffi_check::{callback, CBox};
+//! extern "C" fn make_greeting() -> *const u8 {
+//!     callback!({ CBox::from_slice(b"hi\0").into_raw() as *const u8 })
+//! }
+//! let p = make_greeting();
+//! // SAFETY: p is a malloc'd block C now owns.
+//! unsafe { ffi_check::c_free(p as *mut _) };
+//! ```
+//!
+//! ### P5: what Rust stores in C memory is pinned
+//!
+//! ```
+//! use ffi_check::{capture, CBox, Managed, ViolationKind};
+//! let mut slot = CBox::new(std::ptr::null::<u32>());
+//! let value = Managed::new(5u32);
+//! let (_, v) = capture(|| slot.set(value.as_ptr()));
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::StoredUnpinned);
+//! # }
+//! ```
+//!
+//! ### P6: a pin must end
+//!
+//! ```
+//! use ffi_check::{LeakCheck, Managed, Pinner};
+//! let m = Managed::new(0u8);
+//! let scope = LeakCheck::start();
+//! let mut pinner = Pinner::new();
+//! pinner.pin(&m);
+//! std::mem::forget(pinner);                 // the mistake
+//! let report = scope.finish();
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(report.leaked_pins().len(), 1);
+//! # }
+//! # std::mem::forget(m);
+//! ```
+//!
+//! ### C1 and C2: free C memory once, with its own deallocator
+//!
+//! ```
+//! use ffi_check::{c_free, c_malloc, capture, ViolationKind};
+//! let p = c_malloc(32);
+//! // SAFETY: p came from c_malloc; the second free is the mistake.
+//! let (_, v) = capture(|| unsafe { c_free(p); c_free(p) });
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::DoubleFree);   // and it was not freed twice
+//! # }
+//! ```
+//!
+//! ### C3: nothing leaks unnoticed
+//!
+//! ```
+//! let scope = ffi_check::LeakCheck::start();
+//! let p = ffi_check::c_malloc(100);
+//! let report = scope.finish();
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(report.leaked_bytes(), 100);
+//! # }
+//! # unsafe { ffi_check::c_free(p) };
+//! ```
+//!
+//! ### X1 and X2: explicit, lossless conversions
+//!
+//! ```
+//! use std::os::raw::c_int;
+//! let len: usize = 1 << 20;
+//! let n: c_int = ffi_check::to_c(len);              // checked: fits
+//! assert_eq!(n, 1 << 20);
+//! assert!(ffi_check::try_to_c::<usize, c_int>(usize::MAX).is_err());
+//! let s = ffi_check::CBox::from_str("no NUL inside");
+//! // SAFETY: s is a live C string.
+//! assert_eq!(unsafe { ffi_check::str_from_c(s.as_ptr()) }, "no NUL inside");
+//! ```
+//!
+//! ## Modes and environment
+//!
+//! | variable | values | effect |
+//! |----------|--------|--------|
+//! | `FFI_CHECK` | `0`, `1` (default), `2` | [`Mode::Off`], [`Mode::Check`], [`Mode::Full`] |
+//! | `FFI_CHECK_ACTION` | `panic` (default), `abort`, `log` | what a violation does ([`Action`]) |
+//! | `FFI_CHECK_BACKTRACE` | `0`, `1` | backtraces at every allocation, pin and free (default: on in mode 2; mode 1 records `file:line:col` sites and a backtrace of each violation) |
+//! | `FFI_CHECK_LEAKS` | `1` | print the leak report at exit |
+//! | `FFI_CHECK_LOG` | a path | append every violation as one JSON line |
+//!
+//! A malformed value is reported once on stderr and the default is used.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod call;
+mod capi;
+mod cbox;
+mod convert;
+mod leak;
+mod managed;
+mod mode;
+mod pin;
+mod registry;
+mod report;
+mod scan;
+mod site;
+
+pub use call::{unchecked, CArg, CReturn, Unchecked};
+pub use cbox::{
+    c_adopt, c_adopt_with, c_free, c_free_with, c_malloc, intended_leak, CBox, Deallocator,
+};
+pub use convert::{bytes_from_c, slice_from_c, str_from_c, string_from_c, to_c, try_to_c, ToC};
+pub use leak::{leak_report, LeakCheck, LeakGroup, LeakReport, LeakedPin};
+pub use managed::Managed;
+pub use mode::{
+    action, mode, set_action, set_event_backtraces, set_mode, Action, Mode, COMPILED_IN,
+};
+pub use pin::{release, retain, Pinned, Pinner};
+pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};
+pub use report::{assert_clean, capture, stats, ReportRegion, Stats, Violation, ViolationKind};
+pub use scan::PointerFree;
+pub use site::Site;
+
+/// Implementation details of the macros. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::call::{enclosing_fn, run_callback, Call};
+}
+
+/// Makes a checked Rust→C call: `call!(f(a, b, …))`.
+///
+/// Each argument goes through [`CArg`], which converts it to the type `f`
+/// takes and checks it: memory lent to C holds no pointer to unpinned managed
+/// memory (P1), no pointer into freed memory crosses (C2). The call site and
+/// the callee's name go into any report, and into what C does during the
+/// call (a retain names the call that lent the pointer).
+///
+/// The macro calls `f` as written, so an `unsafe` callee needs an `unsafe`
+/// block around the macro. Compiled out, it is the plain call.
+///
+/// ```
+/// use ffi_check::{call, Managed};
+/// extern "C" fn sum(p: *const u32, n: usize) -> u32 {
+///     // SAFETY: the caller lends n readable u32s.
+///     unsafe { std::slice::from_raw_parts(p, n) }.iter().sum()
+/// }
+/// let v = Managed::from_vec(vec![1u32, 2, 3]);
+/// assert_eq!(call!(sum(&v, v.len())), 6);
+/// ```
+#[macro_export]
+macro_rules! call {
+    ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {{
+        let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
+        let __ffi_check_ret = $($f)::+( $( $crate::CArg::lower($arg, &mut __ffi_check_call) ),* );
+        __ffi_check_call.finish();
+        __ffi_check_ret
+    }};
+}
+
+/// Wraps the body of a Rust function that C calls: `callback!({ … })`.
+///
+/// Inside the body a violation with the panic action aborts after its report
+/// (a panic may not unwind into C), a panic of the body itself aborts with a
+/// clear message, and the returned value is checked against rule P4 (no
+/// pointer to unpinned managed memory goes back to C). The callback's name in
+/// reports is the enclosing function's.
+///
+/// ```
+/// use std::os::raw::{c_int, c_void};
+/// unsafe extern "C" fn count(user: *mut c_void, _item: c_int) -> c_int {
+///     ffi_check::callback!({
+///         // SAFETY: C passes back the `&mut usize` it was given as user data.
+///         unsafe { *(user as *mut usize) += 1 };
+///         0
+///     })
+/// }
+/// let mut n = 0usize;
+/// // SAFETY: `count` is called the way C would call it.
+/// unsafe { count(&mut n as *mut usize as *mut c_void, 5) };
+/// assert_eq!(n, 1);
+/// ```
+#[macro_export]
+macro_rules! callback {
+    ($body:block) => {{
+        fn __ffi_check_here() {}
+        let __ffi_check_name =
+            $crate::__private::enclosing_fn(::std::any::type_name_of_val(&__ffi_check_here));
+        $crate::__private::run_callback(__ffi_check_name, move || $body)
+    }};
+}

@@ -1,0 +1,300 @@
+//! Managed memory: [`Managed<T>`], heap memory Rust owns and Rust frees,
+//! tracked so that lending it to C can be checked (rules P1–P5).
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+
+use crate::cbox::FAMILY_RUST;
+use crate::mode::{checks_on, COMPILED_IN};
+use crate::registry::{self, flags, NewRegion, RegionKind, RegionState};
+use crate::report::{emit, msg, Violation, ViolationKind};
+use crate::scan::{may_hold_pointers, PointerFree};
+use crate::site::Site;
+
+/// Rust-owned heap memory that may be lent to C, tracked by the checker.
+///
+/// Rust code uses it through `Deref`/`DerefMut` like a `Box`. C gets a
+/// pointer only through a named method ([`as_ptr`](Managed::as_ptr)) or as a
+/// [`call!`](crate::call!) argument (rule X3), and only for the call: to let C
+/// keep it, pin it ([`Pinner`](crate::Pinner)) or use [`Pinned`](crate::Pinned).
+///
+/// ```
+/// use ffi_check::Managed;
+/// let mut buf = Managed::from_vec(vec![0u8; 64]);
+/// buf[0] = 1;
+/// let p: *const u8 = buf.as_ptr();
+/// assert_eq!(buf.len(), 64);
+/// # let _ = p;
+/// let name = Managed::from_string(String::from("abc"));
+/// assert_eq!(&*name, "abc");
+/// ```
+pub struct Managed<T: ?Sized> {
+    boxed: ManuallyDrop<Box<T>>,
+    /// Lending it scans it: its type can hold an aligned pointer and was not
+    /// declared `PointerFree`.
+    scan: bool,
+    /// Registered with the checker (checks were on at creation, size > 0).
+    tracked: bool,
+}
+
+impl<T: ?Sized> Managed<T> {
+    /// Takes over a `Box`.
+    #[track_caller]
+    pub fn from_box(boxed: Box<T>) -> Managed<T> {
+        let size = std::mem::size_of_val(&*boxed);
+        let scan = may_hold_pointers(std::mem::align_of_val(&*boxed), size);
+        let tracked = COMPILED_IN && size > 0 && checks_on();
+        if tracked {
+            registry::insert(NewRegion {
+                start: (&*boxed as *const T).cast::<u8>() as usize,
+                size,
+                kind: RegionKind::Managed,
+                family: FAMILY_RUST,
+                flags: if scan { flags::HOLDS_POINTERS } else { 0 },
+                site: Some(Site::caller()),
+                type_name: Some(std::any::type_name::<T>),
+            });
+        }
+        Managed {
+            boxed: ManuallyDrop::new(boxed),
+            scan,
+            tracked,
+        }
+    }
+
+    /// The start address.
+    pub fn addr(&self) -> usize {
+        (&**self.boxed as *const T).cast::<u8>() as usize
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> usize {
+        std::mem::size_of_val(&**self.boxed)
+    }
+
+    /// Whether lending it scans it for nested pointers.
+    pub fn is_scanned(&self) -> bool {
+        self.scan
+    }
+
+    /// Declares the contents pointer-free: lending never scans them (the
+    /// check Go gets from the type's pointer bitmap). Types aligned below a
+    /// pointer need no declaration.
+    pub fn pointer_free(mut self) -> Managed<T>
+    where
+        T: PointerFree,
+    {
+        self.scan = false;
+        if self.tracked {
+            registry::update(self.addr(), |r| r.flags &= !flags::HOLDS_POINTERS);
+        }
+        self
+    }
+
+    pub(crate) fn is_tracked(&self) -> bool {
+        self.tracked
+    }
+
+    pub(crate) fn raw(&self) -> *const T {
+        &**self.boxed
+    }
+
+    pub(crate) fn raw_mut(&mut self) -> *mut T {
+        &mut **self.boxed
+    }
+}
+
+impl<T> Managed<T> {
+    /// Moves `value` to the heap.
+    #[track_caller]
+    pub fn new(value: T) -> Managed<T> {
+        Managed::from_box(Box::new(value))
+    }
+
+    /// Gives the value back, freeing the tracked memory (with the same checks
+    /// as a drop).
+    pub fn into_inner(self) -> T {
+        let mut this = ManuallyDrop::new(self);
+        if this.tracked && !release(this.addr()) {
+            // The memory must stay where C can still see it; only a copy
+            // could be returned, and T is not Copy. Keep it and panic-free
+            // hand back a bitwise copy of the value.
+            // SAFETY: the box is leaked (never dropped or freed), so reading
+            // the value out leaves exactly one owner: the returned T.
+            return unsafe { std::ptr::read(&**this.boxed) };
+        }
+        // SAFETY: `this` is never dropped; the box is taken out once.
+        let boxed = unsafe { ManuallyDrop::take(&mut this.boxed) };
+        *boxed
+    }
+}
+
+impl<T> Managed<[T]> {
+    /// Takes over a `Vec` (its spare capacity is released first, so the
+    /// tracked region is exactly the elements).
+    #[track_caller]
+    pub fn from_vec(v: Vec<T>) -> Managed<[T]> {
+        Managed::from_box(v.into_boxed_slice())
+    }
+}
+
+impl Managed<str> {
+    /// Takes over a `String`.
+    #[track_caller]
+    pub fn from_string(s: String) -> Managed<str> {
+        Managed::from_box(s.into_boxed_str())
+    }
+}
+
+impl Managed<CStr> {
+    /// Takes over a `CString`: a NUL-terminated string C can read for the
+    /// duration of a call.
+    #[track_caller]
+    pub fn from_cstring(s: CString) -> Managed<CStr> {
+        Managed::from_box(s.into_boxed_c_str())
+    }
+}
+
+/// Marks the managed region at `start` freed, checking rule P3 first.
+/// Returns false when the memory must not be freed (C still holds it, or a
+/// `Pinner` still pins it): it is then kept, leaked, so C's pointer stays
+/// valid and the program does not crash.
+pub(crate) fn release(start: usize) -> bool {
+    let state = registry::update(start, |r| (r.state, r.pins, r.retains));
+    let Some((state, pins, retains)) = state else {
+        return true;
+    };
+    if state != RegionState::Live {
+        return true;
+    }
+    if !checks_on() {
+        registry::mark_freed(start, None);
+        return true;
+    }
+    if retains > 0 {
+        report_retained_at_free(start, msg::FREED_WHILE_RETAINED);
+    } else if pins > 0 {
+        emit(
+            Violation::new(
+                ViolationKind::FreedWhilePinned,
+                msg::FREED_WHILE_PINNED.to_owned(),
+            )
+            .region_at("pinned region", start),
+        );
+    }
+    registry::mark_freed(start, None);
+    retains == 0 && pins == 0
+}
+
+#[cold]
+pub(crate) fn report_retained_at_free(start: usize, message: &str) {
+    emit(
+        Violation::new(ViolationKind::FreedWhileRetained, message.to_owned())
+            .note("the memory is kept (leaked) so that C's pointer stays valid".into())
+            .region_at("retained region", start),
+    );
+}
+
+impl<T: ?Sized> Drop for Managed<T> {
+    fn drop(&mut self) {
+        if COMPILED_IN && self.tracked && !release(self.addr()) {
+            return;
+        }
+        // SAFETY: dropped once, here; `boxed` is not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.boxed) }
+    }
+}
+
+impl<T: ?Sized> Deref for Managed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.boxed
+    }
+}
+
+impl<T: ?Sized> DerefMut for Managed<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.boxed
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Managed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Managed").field(&&**self.boxed).finish()
+    }
+}
+
+impl<T> From<Vec<T>> for Managed<[T]> {
+    #[track_caller]
+    fn from(v: Vec<T>) -> Self {
+        Managed::from_vec(v)
+    }
+}
+
+impl From<String> for Managed<str> {
+    #[track_caller]
+    fn from(s: String) -> Self {
+        Managed::from_string(s)
+    }
+}
+
+impl<T: ?Sized> From<Box<T>> for Managed<T> {
+    #[track_caller]
+    fn from(b: Box<T>) -> Self {
+        Managed::from_box(b)
+    }
+}
+
+/// `as_ptr` / `as_mut_ptr` for the owners of managed memory, per shape: a
+/// value gives `*const T`, a slice its first element, a string its first
+/// byte, a C string its first `c_char`.
+macro_rules! raw_pointer_methods {
+    ($owner:ident) => {
+        impl<T> $owner<T> {
+            /// The value's address, for C (rule X3: a named method).
+            pub fn as_ptr(&self) -> *const T {
+                self.managed().raw()
+            }
+            /// The value's address, for C to write through.
+            pub fn as_mut_ptr(&mut self) -> *mut T {
+                self.managed_mut().raw_mut()
+            }
+        }
+        impl<T> $owner<[T]> {
+            /// The first element's address, for C.
+            pub fn as_ptr(&self) -> *const T {
+                self.managed().raw().cast::<T>()
+            }
+            /// The first element's address, for C to write through.
+            pub fn as_mut_ptr(&mut self) -> *mut T {
+                self.managed_mut().raw_mut().cast::<T>()
+            }
+        }
+        impl $owner<str> {
+            /// The first byte's address (not NUL-terminated: pass the length).
+            pub fn as_ptr(&self) -> *const u8 {
+                self.managed().raw().cast::<u8>()
+            }
+        }
+        impl $owner<CStr> {
+            /// The string's address, NUL-terminated, for C.
+            pub fn as_ptr(&self) -> *const std::os::raw::c_char {
+                self.managed().raw().cast::<std::os::raw::c_char>()
+            }
+        }
+    };
+}
+
+impl<T: ?Sized> Managed<T> {
+    fn managed(&self) -> &Managed<T> {
+        self
+    }
+    fn managed_mut(&mut self) -> &mut Managed<T> {
+        self
+    }
+}
+
+raw_pointer_methods!(Managed);
+pub(crate) use raw_pointer_methods;

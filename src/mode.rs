@@ -1,0 +1,253 @@
+//! Modes, actions and the environment that selects them (SPEC §3).
+//!
+//! The mode is one relaxed atomic byte. Every check in the crate starts with
+//! [`checks_on`], which is that single load when the checks are compiled in
+//! and a constant `false` when they are compiled out, so a program that turns
+//! the checks off pays one load per boundary crossing and nothing more.
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// True when the checks are compiled into this build: with
+/// `debug_assertions`, or with the cargo feature `always`.
+///
+/// Compiled out, [`call!`](crate::call!) is the plain call and the wrappers are
+/// plain owners; nothing is registered and nothing is reported.
+///
+/// ```
+/// // In a test (debug) build the checks are in.
+/// assert_eq!(ffi_check::COMPILED_IN, cfg!(debug_assertions) || cfg!(feature = "always"));
+/// ```
+pub const COMPILED_IN: bool = cfg!(any(debug_assertions, feature = "always"));
+
+/// How much is checked, like `GODEBUG=cgocheck=N`.
+///
+/// Selected at start-up by `FFI_CHECK=0|1|2` and overridden by [`set_mode`].
+///
+/// ```
+/// use ffi_check::Mode;
+/// assert!(Mode::Full > Mode::Check && Mode::Check > Mode::Off);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Mode {
+    /// `FFI_CHECK=0`: nothing is checked; memory is still freed correctly.
+    Off = 0,
+    /// `FFI_CHECK=1` (the default): every rule that can be checked at the
+    /// moment of the event: loans, frees, pins, retains C declares,
+    /// conversions, leaks.
+    Check = 1,
+    /// `FFI_CHECK=2`: everything in `Check`, backtraces at every event, a
+    /// larger quarantine of freed ranges, and the scans of C memory that
+    /// later releases add.
+    Full = 2,
+}
+
+/// What a violation does once it is reported (`FFI_CHECK_ACTION`).
+///
+/// Inside [`capture`](crate::capture) violations are collected instead; inside
+/// a [`callback!`](crate::callback!) body `Panic` becomes `Abort`, because a
+/// panic may not unwind into C.
+///
+/// ```
+/// ffi_check::set_action(ffi_check::Action::Panic); // the default
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Action {
+    /// Print the report and panic with it (the default, as Go does).
+    Panic = 0,
+    /// Print the report and abort the process.
+    Abort = 1,
+    /// Print the report and carry on; the offending operation is skipped when
+    /// carrying it out would corrupt memory (a double free is not done twice).
+    Log = 2,
+}
+
+const UNINIT: u8 = u8::MAX;
+
+static MODE: AtomicU8 = AtomicU8::new(UNINIT);
+static ACTION: AtomicU8 = AtomicU8::new(UNINIT);
+static BACKTRACE: AtomicU8 = AtomicU8::new(UNINIT);
+
+/// The current mode.
+///
+/// ```
+/// let _ = ffi_check::mode();
+/// ```
+#[inline]
+pub fn mode() -> Mode {
+    if !COMPILED_IN {
+        return Mode::Off;
+    }
+    match MODE.load(Ordering::Relaxed) {
+        0 => Mode::Off,
+        1 => Mode::Check,
+        2 => Mode::Full,
+        _ => init_mode(),
+    }
+}
+
+/// True when checks run: compiled in and the mode is not `Off`. This is the
+/// hot-path test: one relaxed load.
+#[inline(always)]
+pub(crate) fn checks_on() -> bool {
+    if !COMPILED_IN {
+        return false;
+    }
+    match MODE.load(Ordering::Relaxed) {
+        0 => false,
+        UNINIT => init_mode() != Mode::Off,
+        _ => true,
+    }
+}
+
+/// True in mode 2.
+#[inline]
+pub(crate) fn full() -> bool {
+    mode() == Mode::Full
+}
+
+/// Sets the mode for the whole process, overriding `FFI_CHECK`.
+///
+/// Memory registered while checks were on is still tracked (and freed
+/// correctly) after they are turned off; memory created while they are off
+/// is simply not known to the checker.
+///
+/// ```
+/// use ffi_check::{set_mode, mode, Mode};
+/// let before = mode();
+/// set_mode(Mode::Full);
+/// assert_eq!(mode(), if ffi_check::COMPILED_IN { Mode::Full } else { Mode::Off });
+/// set_mode(before);
+/// ```
+pub fn set_mode(mode: Mode) {
+    MODE.store(mode as u8, Ordering::Relaxed);
+}
+
+/// The current action.
+///
+/// ```
+/// let _ = ffi_check::action();
+/// ```
+pub fn action() -> Action {
+    match ACTION.load(Ordering::Relaxed) {
+        0 => Action::Panic,
+        1 => Action::Abort,
+        2 => Action::Log,
+        _ => init_action(),
+    }
+}
+
+/// Sets what a violation does, overriding `FFI_CHECK_ACTION`.
+///
+/// ```
+/// use ffi_check::{set_action, action, Action};
+/// let before = action();
+/// set_action(Action::Log);
+/// assert_eq!(action(), Action::Log);
+/// set_action(before);
+/// ```
+pub fn set_action(action: Action) {
+    ACTION.store(action as u8, Ordering::Relaxed);
+}
+
+/// Whether full backtraces are captured at allocation, pin and free.
+///
+/// `FFI_CHECK_BACKTRACE=1|0`; the default is on in mode 2 and off in mode 1,
+/// where every event still records its `file:line:col` call site (free) and
+/// the violating event itself always captures a backtrace.
+pub(crate) fn event_backtraces() -> bool {
+    match BACKTRACE.load(Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        2 => full(),
+        _ => {
+            let v = parse_env("FFI_CHECK_BACKTRACE", 2, |s| match s {
+                "0" => Some(0),
+                "1" => Some(1),
+                _ => None,
+            });
+            BACKTRACE.store(v, Ordering::Relaxed);
+            v == 1 || (v == 2 && full())
+        }
+    }
+}
+
+/// Overrides `FFI_CHECK_BACKTRACE`: `Some(true)` captures a backtrace at every
+/// allocation, pin and free; `None` restores the default (on in mode 2).
+///
+/// ```
+/// ffi_check::set_event_backtraces(Some(true));
+/// ffi_check::set_event_backtraces(None);
+/// ```
+pub fn set_event_backtraces(on: Option<bool>) {
+    let v = match on {
+        Some(false) => 0,
+        Some(true) => 1,
+        None => 2,
+    };
+    BACKTRACE.store(v, Ordering::Relaxed);
+}
+
+#[cold]
+#[inline(never)]
+fn init_mode() -> Mode {
+    let v = parse_env("FFI_CHECK", 1, |s| match s {
+        "0" => Some(0),
+        "1" => Some(1),
+        "2" => Some(2),
+        _ => None,
+    });
+    // Another thread may have called `set_mode` meanwhile: it wins.
+    let _ = MODE.compare_exchange(UNINIT, v, Ordering::Relaxed, Ordering::Relaxed);
+    crate::leak::install_exit_report_from_env();
+    mode()
+}
+
+#[cold]
+#[inline(never)]
+fn init_action() -> Action {
+    let v = parse_env("FFI_CHECK_ACTION", 0, |s| match s {
+        "panic" => Some(0),
+        "abort" => Some(1),
+        "log" => Some(2),
+        _ => None,
+    });
+    let _ = ACTION.compare_exchange(UNINIT, v, Ordering::Relaxed, Ordering::Relaxed);
+    action()
+}
+
+/// Reads a variable; a malformed value is reported once on stderr and the
+/// default is used. Never panics: the host program must not crash because of
+/// its environment.
+pub(crate) fn parse_env(name: &str, default: u8, parse: impl Fn(&str) -> Option<u8>) -> u8 {
+    let Some(raw) = std::env::var_os(name) else {
+        return default;
+    };
+    match raw.to_str().map(str::trim).and_then(&parse) {
+        Some(v) => v,
+        None => {
+            warn_malformed(name, &raw);
+            default
+        }
+    }
+}
+
+#[cold]
+fn warn_malformed(name: &str, raw: &OsString) {
+    // Each reader runs once per process (its result is cached), so this
+    // prints once per variable.
+    crate::report::write_stderr(&format!(
+        "ffi-check: ignoring malformed {name}={raw:?}; using the default\n"
+    ));
+}
+
+/// `FFI_CHECK_LEAKS=1`: print the leak report at exit.
+pub(crate) fn leaks_at_exit() -> bool {
+    parse_env("FFI_CHECK_LEAKS", 0, |s| match s {
+        "0" => Some(0),
+        "1" => Some(1),
+        _ => None,
+    }) == 1
+}

@@ -1,0 +1,589 @@
+//! The registry: every tracked region, live or recently freed, and the
+//! containing-address lookup that every check asks.
+//!
+//! # Design
+//!
+//! The address space is cut into 1 MiB chunks; a region smaller than a chunk
+//! lives in the shard its *start* hashes to, a larger one in a separate
+//! `large` shard that is skipped while it is empty (one relaxed load). Regions
+//! never overlap (they come from real allocators; a record that a new
+//! allocation overlaps is stale and is dropped), so the only region that can
+//! contain an address is the one with the greatest start at or below it, and
+//! that start lies in the address's chunk or the chunk before. A lookup is
+//! therefore at most two ordered-map searches, each under one shard's read
+//! lock: no global lock, no step that grows with the number of regions beyond
+//! the logarithm of one shard.
+//!
+//! Freed regions stay in their shard, marked freed, in a per-shard bounded
+//! FIFO (the quarantine), so a late use or a second free names the region and
+//! the site that freed it. The oldest are forgotten when the FIFO is full.
+//!
+//! Invariants, held under each shard's lock:
+//! - a region's key is its start address and regions do not overlap;
+//! - every freed region in a shard's map has exactly one entry in that shard's
+//!   quarantine FIFO (entries whose region was since replaced are skipped on
+//!   eviction by comparing ids).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use backtrace::Backtrace;
+
+use crate::site::Site;
+
+/// What kind of memory a region is.
+///
+/// ```
+/// use ffi_check::RegionKind;
+/// assert_eq!(RegionKind::Managed.to_string(), "managed");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RegionKind {
+    /// Memory Rust owns and Rust frees (`Managed`, `Pinned`).
+    Managed,
+    /// Memory from a C allocator (`CBox`, `c_malloc`, `ffi_check_malloc`).
+    C,
+}
+
+impl std::fmt::Display for RegionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RegionKind::Managed => "managed",
+            RegionKind::C => "C",
+        })
+    }
+}
+
+/// Whether a region is still allocated.
+///
+/// ```
+/// use ffi_check::RegionState;
+/// assert_eq!(RegionState::Freed.to_string(), "freed");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RegionState {
+    /// Allocated.
+    Live,
+    /// Freed, and remembered in the quarantine.
+    Freed,
+}
+
+impl std::fmt::Display for RegionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RegionState::Live => "live",
+            RegionState::Freed => "freed",
+        })
+    }
+}
+
+/// Region flags.
+pub(crate) mod flags {
+    /// The region's type can hold an aligned pointer: lending it scans it.
+    pub const HOLDS_POINTERS: u8 = 1 << 0;
+    /// Marked as an intended leak: not reported by the leak checks.
+    pub const INTENDED_LEAK: u8 = 1 << 1;
+    /// Owned by a `Pinned<T>`: pinned for its whole life.
+    pub const PINNED_FOREVER: u8 = 1 << 2;
+}
+
+/// The rare, large facts about a region, boxed so the common record stays
+/// small.
+#[derive(Default)]
+pub(crate) struct Extra {
+    pub alloc_trace: Option<Backtrace>,
+    pub free_site: Option<Site>,
+    pub free_trace: Option<Backtrace>,
+    pub pin_site: Option<Site>,
+    pub pin_trace: Option<Backtrace>,
+    pub retain_site: Option<Site>,
+    pub retain_trace: Option<Backtrace>,
+    pub leak_reason: Option<String>,
+}
+
+/// One tracked range. 56 bytes; the key (start) is stored by the map.
+pub(crate) struct Region {
+    pub size: usize,
+    pub id: u64,
+    pub site: Option<Site>,
+    pub extra: Option<Box<Extra>>,
+    pub type_name: Option<fn() -> &'static str>,
+    pub thread: u32,
+    pub pins: u32,
+    pub retains: u32,
+    pub kind: RegionKind,
+    pub state: RegionState,
+    pub family: u8,
+    pub flags: u8,
+}
+
+impl Region {
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+}
+
+/// A copy of a region's small facts, taken under the shard lock and used
+/// after it is released.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegionInfo {
+    pub start: usize,
+    pub size: usize,
+    pub id: u64,
+    pub kind: RegionKind,
+    pub state: RegionState,
+    pub pins: u32,
+    pub family: u8,
+    pub flags: u8,
+}
+
+impl RegionInfo {
+    fn of(start: usize, r: &Region) -> RegionInfo {
+        RegionInfo {
+            start,
+            size: r.size,
+            id: r.id,
+            kind: r.kind,
+            state: r.state,
+            pins: r.pins,
+            family: r.family,
+            flags: r.flags,
+        }
+    }
+
+    /// Live managed memory that nothing pins: what P1/P2/P4/P5 forbid C to
+    /// hold.
+    pub fn is_unpinned_managed(&self) -> bool {
+        self.kind == RegionKind::Managed && self.state == RegionState::Live && self.pins == 0
+    }
+}
+
+const CHUNK_SHIFT: u32 = 20;
+const CHUNK: usize = 1 << CHUNK_SHIFT;
+const SHARD_BITS: u32 = 6;
+const NSHARDS: usize = 1 << SHARD_BITS;
+
+#[derive(Default)]
+struct ShardInner {
+    map: BTreeMap<usize, Region>,
+    quarantine: VecDeque<(usize, u64)>,
+}
+
+struct Shard(RwLock<ShardInner>);
+
+impl Shard {
+    const fn new() -> Shard {
+        Shard(RwLock::new(ShardInner {
+            map: BTreeMap::new(),
+            quarantine: VecDeque::new(),
+        }))
+    }
+    // A panic while a shard is locked leaves the map consistent (every
+    // mutation is a single map operation), so a poisoned lock is used as is:
+    // the checker must not turn one panic into a cascade.
+    fn read(&self) -> RwLockReadGuard<'_, ShardInner> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, ShardInner> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+static SHARDS: [Shard; NSHARDS] = [const { Shard::new() }; NSHARDS];
+static LARGE: Shard = Shard::new();
+static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Lowest and highest address ever tracked, and the same for managed memory:
+/// the bounds pre-filter that lets a scan or a lookup of an unrelated word
+/// return without touching a lock.
+static LO: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HI: AtomicUsize = AtomicUsize::new(0);
+static MANAGED_LO: AtomicUsize = AtomicUsize::new(usize::MAX);
+static MANAGED_HI: AtomicUsize = AtomicUsize::new(0);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
+
+/// Live regions right now; lets a mode-0 free skip the registry entirely when
+/// nothing was ever tracked.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_SERIAL: u32 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A small number naming the current thread in region records.
+pub(crate) fn thread_serial() -> u32 {
+    THREAD_SERIAL.try_with(|t| *t).unwrap_or(0)
+}
+
+/// The id the next region will get: regions created after this call have
+/// ids at least this large.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.load(Ordering::Relaxed)
+}
+
+#[inline]
+fn shard_index(addr: usize) -> usize {
+    let chunk = (addr >> CHUNK_SHIFT) as u64;
+    (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize
+}
+
+#[inline]
+fn shard_for_start(start: usize, size: usize) -> &'static Shard {
+    if size >= CHUNK {
+        &LARGE
+    } else {
+        &SHARDS[shard_index(start)]
+    }
+}
+
+/// How many freed regions each shard remembers.
+fn quarantine_per_shard() -> usize {
+    if crate::mode::full() {
+        1 << 14
+    } else {
+        1 << 10
+    }
+}
+
+/// What to register.
+pub(crate) struct NewRegion {
+    pub start: usize,
+    pub size: usize,
+    pub kind: RegionKind,
+    pub family: u8,
+    pub flags: u8,
+    pub site: Option<Site>,
+    pub type_name: Option<fn() -> &'static str>,
+}
+
+/// Registers a live region and returns its id. Stale records it overlaps
+/// (freed regions whose memory was reused, or live records of memory that was
+/// freed behind the checker's back) are dropped.
+pub(crate) fn insert(new: NewRegion) -> u64 {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let size = new.size.max(1);
+    remove_overlapping(new.start, size);
+    let extra = if crate::mode::event_backtraces() {
+        Some(Box::new(Extra {
+            alloc_trace: Some(Backtrace::new_unresolved()),
+            ..Extra::default()
+        }))
+    } else {
+        None
+    };
+    let region = Region {
+        size: new.size,
+        id,
+        site: new.site,
+        extra,
+        type_name: new.type_name,
+        thread: thread_serial(),
+        pins: 0,
+        retains: 0,
+        kind: new.kind,
+        state: RegionState::Live,
+        family: new.family,
+        flags: new.flags,
+    };
+    widen(&LO, &HI, new.start, size);
+    if new.kind == RegionKind::Managed {
+        widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
+    }
+    let shard = shard_for_start(new.start, size);
+    shard.write().map.insert(new.start, region);
+    if size >= CHUNK {
+        LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    crate::report::stats_region_created(new.kind, new.size);
+    id
+}
+
+fn widen(lo: &AtomicUsize, hi: &AtomicUsize, start: usize, size: usize) {
+    // Load first: after warm-up the bounds rarely move, and a plain load
+    // keeps the cache line shared between threads.
+    if start < lo.load(Ordering::Relaxed) {
+        lo.fetch_min(start, Ordering::Relaxed);
+    }
+    let end = start.saturating_add(size);
+    if end > hi.load(Ordering::Relaxed) {
+        hi.fetch_max(end, Ordering::Relaxed);
+    }
+}
+
+fn remove_overlapping(start: usize, size: usize) {
+    if start > HI.load(Ordering::Relaxed)
+        || start.saturating_add(size) <= LO.load(Ordering::Relaxed)
+    {
+        return;
+    }
+    let end = start.saturating_add(size);
+    let mut stale: Vec<(usize, &'static Shard)> = Vec::new();
+    let mut check = |shard: &'static Shard| {
+        let inner = shard.read();
+        // The predecessor may reach into [start, end).
+        if let Some((&s, r)) = inner.map.range(..start).next_back() {
+            if s.saturating_add(r.size.max(1)) > start {
+                stale.push((s, shard));
+            }
+        }
+        for (&s, _) in inner.map.range(start..end) {
+            stale.push((s, shard));
+        }
+    };
+    if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
+        check(&LARGE);
+    }
+    // Small regions starting in any chunk from the one before `start` to the
+    // one holding `end - 1`.
+    let first = (start >> CHUNK_SHIFT).saturating_sub(1);
+    let last = (end - 1) >> CHUNK_SHIFT;
+    let mut seen = [false; NSHARDS];
+    for chunk in first..=last {
+        let idx = shard_index(chunk << CHUNK_SHIFT);
+        if !seen[idx] {
+            seen[idx] = true;
+            check(&SHARDS[idx]);
+        }
+        if seen.iter().all(|s| *s) {
+            break;
+        }
+    }
+    for (s, shard) in stale {
+        let mut inner = shard.write();
+        if let Some(r) = inner.map.get(&s) {
+            // Re-check under the write lock: another thread may have changed it.
+            if s < end && s.saturating_add(r.size.max(1)) > start {
+                let r = inner.map.remove(&s).expect("present");
+                drop(inner);
+                forget_removed(&r);
+            }
+        }
+    }
+}
+
+fn forget_removed(r: &Region) {
+    if r.size.max(1) >= CHUNK {
+        LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
+    }
+    if r.state == RegionState::Live {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        crate::report::stats_region_gone(r.kind, r.size, true);
+    } else {
+        crate::report::stats_region_gone(r.kind, r.size, false);
+    }
+}
+
+/// The region (live or freed) that contains `addr`, if any.
+#[inline]
+pub(crate) fn lookup(addr: usize) -> Option<RegionInfo> {
+    if addr < LO.load(Ordering::Relaxed) || addr >= HI.load(Ordering::Relaxed) {
+        return None;
+    }
+    lookup_slow(addr)
+}
+
+/// Like [`lookup`], restricted to the managed-memory bounds: the question a
+/// pointer scan asks of every word.
+#[inline]
+pub(crate) fn lookup_managed(addr: usize) -> Option<RegionInfo> {
+    if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
+        return None;
+    }
+    lookup_slow(addr).filter(|r| r.kind == RegionKind::Managed)
+}
+
+fn find_in(shard: &Shard, addr: usize) -> Option<(usize, RegionInfo)> {
+    let inner = shard.read();
+    let (&s, r) = inner.map.range(..=addr).next_back()?;
+    (addr < s.saturating_add(r.size.max(1))).then(|| (s, RegionInfo::of(s, r)))
+}
+
+fn lookup_slow(addr: usize) -> Option<RegionInfo> {
+    if let Some((_, r)) = find_in(&SHARDS[shard_index(addr)], addr) {
+        return Some(r);
+    }
+    if addr >= CHUNK {
+        let prev = shard_index(addr - CHUNK);
+        if prev != shard_index(addr) {
+            if let Some((_, r)) = find_in(&SHARDS[prev], addr) {
+                return Some(r);
+            }
+        }
+    }
+    if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
+        if let Some((_, r)) = find_in(&LARGE, addr) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// The shard that holds the region starting exactly at `start`, if any.
+fn shard_of(start: usize) -> Option<&'static Shard> {
+    let small = &SHARDS[shard_index(start)];
+    if small.read().map.contains_key(&start) {
+        return Some(small);
+    }
+    if LARGE_COUNT.load(Ordering::Relaxed) > 0 && LARGE.read().map.contains_key(&start) {
+        return Some(&LARGE);
+    }
+    None
+}
+
+/// Runs `f` on the region that starts exactly at `start`, under its shard's
+/// write lock. `f` must not call back into the registry.
+pub(crate) fn update<R>(start: usize, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
+    let shard = shard_of(start)?;
+    let mut inner = shard.write();
+    inner.map.get_mut(&start).map(f)
+}
+
+/// Runs `f` on the region that contains `addr`, under its shard's write lock.
+pub(crate) fn update_containing<R>(
+    addr: usize,
+    f: impl FnOnce(usize, &mut Region) -> R,
+) -> Option<R> {
+    let info = lookup(addr)?;
+    let shard = shard_of(info.start)?;
+    let mut inner = shard.write();
+    let r = inner.map.get_mut(&info.start)?;
+    (r.id == info.id).then(|| f(info.start, r))
+}
+
+/// Marks the live region starting at `start` freed (into the quarantine) and
+/// returns it as it was just before. `None` when there is no such region.
+pub(crate) fn mark_freed(start: usize, site: Option<Site>) -> Option<RegionInfo> {
+    let shard = shard_of(start)?;
+    let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
+    let mut inner = shard.write();
+    let r = inner.map.get_mut(&start)?;
+    if r.state != RegionState::Live {
+        return Some(RegionInfo::of(start, r));
+    }
+    let before = RegionInfo::of(start, r);
+    r.state = RegionState::Freed;
+    if site.is_some() || trace.is_some() {
+        let extra = r.extra_mut();
+        extra.free_site = site;
+        extra.free_trace = trace;
+    }
+    let id = r.id;
+    inner.quarantine.push_back((start, id));
+    let limit = quarantine_per_shard();
+    let mut evicted = Vec::new();
+    while inner.quarantine.len() > limit {
+        let (s, old) = inner.quarantine.pop_front().expect("non-empty");
+        if inner.map.get(&s).is_some_and(|r| r.id == old) {
+            evicted.push(inner.map.remove(&s).expect("present"));
+        }
+    }
+    drop(inner);
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    crate::report::stats_region_freed(before.kind, before.size);
+    for r in &evicted {
+        forget_removed(r);
+    }
+    Some(before)
+}
+
+/// Forgets the region starting at `start` without quarantining it.
+pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
+    let shard = shard_of(start)?;
+    let r = shard.write().map.remove(&start)?;
+    // A freed record's quarantine entry is skipped on eviction (id mismatch).
+    let info = RegionInfo::of(start, &r);
+    forget_removed(&r);
+    Some(info)
+}
+
+/// True when no region is live: a mode-0 free can skip the registry.
+#[inline]
+pub(crate) fn nothing_live() -> bool {
+    LIVE.load(Ordering::Relaxed) == 0
+}
+
+/// Calls `f` on every region, one shard at a time (each shard is read-locked
+/// only while it is visited). `f` must not call back into the registry.
+pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
+    for shard in SHARDS.iter().chain(std::iter::once(&LARGE)) {
+        let inner = shard.read();
+        for (&s, r) in inner.map.iter() {
+            f(s, r);
+        }
+    }
+}
+
+/// A full, owned description of a region for a report (cold path).
+#[derive(Clone, Debug)]
+pub(crate) struct RegionDetail {
+    pub start: usize,
+    pub size: usize,
+    pub kind: RegionKind,
+    pub state: RegionState,
+    pub pins: u32,
+    pub retains: u32,
+    pub type_name: Option<&'static str>,
+    pub family: u8,
+    pub alloc_site: Option<Site>,
+    pub alloc_trace: Option<Backtrace>,
+    pub free_site: Option<Site>,
+    pub free_trace: Option<Backtrace>,
+    pub pin_site: Option<Site>,
+    pub pin_trace: Option<Backtrace>,
+    pub retain_site: Option<Site>,
+    pub retain_trace: Option<Backtrace>,
+    pub leak_reason: Option<String>,
+}
+
+impl RegionDetail {
+    pub(crate) fn of(start: usize, r: &Region) -> RegionDetail {
+        let e = r.extra.as_deref();
+        RegionDetail {
+            start,
+            size: r.size,
+            kind: r.kind,
+            state: r.state,
+            pins: r.pins,
+            retains: r.retains,
+            type_name: r.type_name.map(|f| f()),
+            family: r.family,
+            alloc_site: r.site,
+            alloc_trace: e.and_then(|e| e.alloc_trace.clone()),
+            free_site: e.and_then(|e| e.free_site),
+            free_trace: e.and_then(|e| e.free_trace.clone()),
+            pin_site: e.and_then(|e| e.pin_site),
+            pin_trace: e.and_then(|e| e.pin_trace.clone()),
+            retain_site: e.and_then(|e| e.retain_site),
+            retain_trace: e.and_then(|e| e.retain_trace.clone()),
+            leak_reason: e.and_then(|e| e.leak_reason.clone()),
+        }
+    }
+}
+
+/// The details of the region starting at `start` (the record with that id,
+/// when `id` is given).
+#[cold]
+pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
+    let shard = shard_of(start)?;
+    let inner = shard.read();
+    inner.map.get(&start).map(|r| RegionDetail::of(start, r))
+}
+
+/// Bytes of bookkeeping per region, for the benchmarks' memory figure: the
+/// record and its key (the map's node overhead comes on top).
+pub const REGION_RECORD_BYTES: usize = std::mem::size_of::<Region>() + std::mem::size_of::<usize>();
+
+/// The lowest and highest managed address ever tracked (`lo >= hi` when none).
+#[inline]
+pub(crate) fn managed_bounds() -> (usize, usize) {
+    (
+        MANAGED_LO.load(Ordering::Relaxed),
+        MANAGED_HI.load(Ordering::Relaxed),
+    )
+}

@@ -1,0 +1,911 @@
+//! Violations: what each rule's breach is called, how it is worded, and what
+//! happens once one is found (panic, abort, log, or capture), plus the
+//! counters behind [`stats`] and the JSON-lines log (`FFI_CHECK_LOG`).
+//!
+//! Every message and every `help:` line is defined once, here, in
+//! [`ViolationKind`]; the checking modules describe *what* they found and
+//! this module decides what it does. The functions that build a report are
+//! cold: they run only when a rule is broken.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use backtrace::Backtrace;
+use once_cell::sync::OnceCell;
+
+use crate::registry::{RegionDetail, RegionKind, RegionState};
+use crate::site::Site;
+
+/// The kinds of violation, one per way of breaking a rule of SPEC §2.
+///
+/// ```
+/// use ffi_check::ViolationKind;
+/// assert_eq!(ViolationKind::DoubleFree.rule(), "C1");
+/// assert_eq!(ViolationKind::UnpinnedNested.to_string(), "UnpinnedNested");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ViolationKind {
+    /// P1: memory lent to C holds a pointer to unpinned managed memory.
+    UnpinnedNested,
+    /// P2: C keeps a pointer to unpinned managed memory after the call.
+    Retained,
+    /// P3: managed memory freed or unpinned while C still holds a retain.
+    FreedWhileRetained,
+    /// P3: a `Managed` dropped while a `Pinner` still pins it.
+    FreedWhilePinned,
+    /// P4: a callback returned a pointer to unpinned managed memory to C.
+    CallbackReturnedUnpinned,
+    /// P5: Rust stored a pointer to unpinned managed memory in C memory.
+    StoredUnpinned,
+    /// P6: a `Pinner` was leaked while it pinned something.
+    LeakedPin,
+    /// C1: C memory freed a second time.
+    DoubleFree,
+    /// C1: a free of something no C allocator returned (managed memory, an
+    /// interior pointer, an unknown address).
+    InvalidFree,
+    /// C1: C memory freed with another allocator's deallocator.
+    MismatchedFree,
+    /// C2: a pointer into freed tracked memory crossed the boundary.
+    UseAfterFree,
+    /// C3: C memory that Rust owns was never freed.
+    Leak,
+    /// X1: a number does not fit the C type it is converted to.
+    LossyConversion,
+    /// X2: a string going to C holds a NUL byte before its end.
+    InteriorNul,
+    /// X2: a NULL pointer where C promised a string or a non-empty buffer.
+    NullPointer,
+    /// X2: no NUL terminator within the tracked region of a C string.
+    UnterminatedString,
+    /// X2: a C string that is not UTF-8 where a `str` is asked for.
+    InvalidUtf8,
+}
+
+impl ViolationKind {
+    /// Every kind, in rule order.
+    pub const ALL: [ViolationKind; 17] = [
+        ViolationKind::UnpinnedNested,
+        ViolationKind::Retained,
+        ViolationKind::FreedWhileRetained,
+        ViolationKind::FreedWhilePinned,
+        ViolationKind::CallbackReturnedUnpinned,
+        ViolationKind::StoredUnpinned,
+        ViolationKind::LeakedPin,
+        ViolationKind::DoubleFree,
+        ViolationKind::InvalidFree,
+        ViolationKind::MismatchedFree,
+        ViolationKind::UseAfterFree,
+        ViolationKind::Leak,
+        ViolationKind::LossyConversion,
+        ViolationKind::InteriorNul,
+        ViolationKind::NullPointer,
+        ViolationKind::UnterminatedString,
+        ViolationKind::InvalidUtf8,
+    ];
+
+    /// The rule this kind breaks (`"P1"` … `"X2"`).
+    pub fn rule(self) -> &'static str {
+        use ViolationKind::*;
+        match self {
+            UnpinnedNested => "P1",
+            Retained => "P2",
+            FreedWhileRetained | FreedWhilePinned => "P3",
+            CallbackReturnedUnpinned => "P4",
+            StoredUnpinned => "P5",
+            LeakedPin => "P6",
+            DoubleFree | InvalidFree | MismatchedFree => "C1",
+            UseAfterFree => "C2",
+            Leak => "C3",
+            LossyConversion => "X1",
+            InteriorNul | NullPointer | UnterminatedString | InvalidUtf8 => "X2",
+        }
+    }
+
+    /// The variant's name, as in the JSON log's `kind` field.
+    pub fn name(self) -> &'static str {
+        use ViolationKind::*;
+        match self {
+            UnpinnedNested => "UnpinnedNested",
+            Retained => "Retained",
+            FreedWhileRetained => "FreedWhileRetained",
+            FreedWhilePinned => "FreedWhilePinned",
+            CallbackReturnedUnpinned => "CallbackReturnedUnpinned",
+            StoredUnpinned => "StoredUnpinned",
+            LeakedPin => "LeakedPin",
+            DoubleFree => "DoubleFree",
+            InvalidFree => "InvalidFree",
+            MismatchedFree => "MismatchedFree",
+            UseAfterFree => "UseAfterFree",
+            Leak => "Leak",
+            LossyConversion => "LossyConversion",
+            InteriorNul => "InteriorNul",
+            NullPointer => "NullPointer",
+            UnterminatedString => "UnterminatedString",
+            InvalidUtf8 => "InvalidUtf8",
+        }
+    }
+
+    /// The one `help:` line of this kind's reports.
+    pub fn help(self) -> &'static str {
+        use ViolationKind::*;
+        match self {
+            UnpinnedNested => "pin the memory the nested pointer points to (`Pinner::pin`, or keep it in a `Pinned<T>`) for as long as C can see it",
+            Retained => "pin the memory (`Pinner` or `Pinned<T>`) before C keeps a pointer to it, or give C its own copy in C memory (`CBox`)",
+            FreedWhileRetained => "make C release the pointer (`ffi_check_release`, or the library's own release call) before the memory is dropped or unpinned",
+            FreedWhilePinned => "drop or `unpin` the `Pinner` before dropping the memory it pins",
+            CallbackReturnedUnpinned => "return C memory (`CBox::into_raw`) or pinned memory (`Pinned<T>`) from a callback, never a pointer to a temporary Rust value",
+            StoredUnpinned => "pin the memory (`Pinner` or `Pinned<T>`) before storing a pointer to it in C memory",
+            LeakedPin => "let the `Pinner` drop or call `Pinner::unpin` once C no longer needs the memory; never `mem::forget` a `Pinner`",
+            DoubleFree => "free C memory exactly once: let one owner (`CBox`) free it, and use `CBox::into_raw` when C takes ownership",
+            InvalidFree => "free only the exact pointer a C allocator returned; Rust memory is freed by Rust (drop it), C memory by C's deallocator",
+            MismatchedFree => "free memory with the deallocator of the allocator that made it (`CBox::from_raw_with` records it)",
+            UseAfterFree => "keep the memory alive for as long as C may use the pointer (bind it to a variable that outlives the call; see the `dangling_pointers_from_temporaries` lint)",
+            Leak => "free it (drop the `CBox`, call the library's destroy function), or mark it with `ffi_check::intended_leak` if it must live forever",
+            LossyConversion => "check the value first (`ffi_check::try_to_c`) or use a C type wide enough for every value",
+            InteriorNul => "remove the NUL byte, or pass the bytes with their length instead of as a C string",
+            NullPointer => "check for NULL before reading (C returns NULL for errors and empty results)",
+            UnterminatedString => "read the bytes with their length (`ffi_check::slice_from_c`) instead of as a C string",
+            InvalidUtf8 => "read it as bytes (`CStr::to_bytes`) or convert lossily (`CStr::to_string_lossy`)",
+        }
+    }
+
+    fn index(self) -> usize {
+        ViolationKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("ALL lists every kind")
+    }
+}
+
+impl fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The fixed phrases of the first lines, in cgocheck's words where Go has
+/// them. One place per message.
+pub(crate) mod msg {
+    /// Go: "cgo argument has Go pointer to unpinned Go pointer".
+    pub const UNPINNED_NESTED: &str = "has managed pointer to unpinned managed pointer";
+    /// Go: "cgo result is unpinned Go pointer or points to unpinned Go pointer".
+    pub const CALLBACK_UNPINNED: &str = "result is unpinned managed pointer";
+    /// Go (cgocheck2): "write of unpinned Go pointer ... to non-Go memory".
+    pub const STORED_UNPINNED: &str = "write of unpinned managed pointer into C memory";
+    /// Go: "found leaking pinned pointer; forgot to call Unpin()?".
+    pub const LEAKED_PIN: &str = "found leaking pinned pointer; forgot to call Pinner::unpin()?";
+    pub const RETAINED: &str = "C keeps a pointer to unpinned managed memory after the call";
+    pub const FREED_WHILE_RETAINED: &str =
+        "managed memory freed while C still holds a pointer to it";
+    pub const UNPINNED_WHILE_RETAINED: &str =
+        "managed memory unpinned while C still holds a pointer to it";
+    pub const FREED_WHILE_PINNED: &str = "managed memory dropped while a Pinner still pins it";
+    pub const DOUBLE_FREE: &str = "double free of C memory";
+    pub const FREE_MANAGED: &str = "C free of managed memory";
+    pub const FREE_INTERIOR: &str = "free of a pointer into the middle of C memory";
+    pub const MISMATCHED_FREE: &str = "C memory freed with the wrong deallocator";
+    pub const USE_AFTER_FREE_ARG: &str = "is a pointer into freed memory";
+    pub const LEAK: &str = "leak of C memory";
+    pub const LOSSY: &str = "does not fit in";
+    pub const INTERIOR_NUL: &str = "string for C has an interior NUL byte";
+    pub const NULL_STRING: &str = "NULL pointer where a C string was expected";
+    pub const NULL_SLICE: &str = "NULL pointer with a non-zero length";
+    pub const UNTERMINATED: &str = "C string has no NUL terminator within its region";
+    pub const INVALID_UTF8: &str = "C string is not valid UTF-8";
+}
+
+/// One region named by a report.
+///
+/// ```
+/// # use ffi_check::*;
+/// let (_, v) = ffi_check::capture(|| {
+///     let p = c_malloc(8);
+///     // SAFETY: p came from c_malloc; the second free is the mistake.
+///     unsafe { c_free(p); c_free(p); }
+/// });
+/// # if !ffi_check::COMPILED_IN { return; }
+/// let r = &v[0].regions()[0];
+/// assert_eq!(r.size(), 8);
+/// assert_eq!(r.kind(), RegionKind::C);
+/// assert_eq!(r.state(), RegionState::Freed);
+/// assert!(r.free_site().is_some());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ReportRegion {
+    role: &'static str,
+    detail: RegionDetail,
+}
+
+impl ReportRegion {
+    pub(crate) fn new(role: &'static str, detail: RegionDetail) -> ReportRegion {
+        ReportRegion { role, detail }
+    }
+    /// What the region is to the violation ("lent", "points to", "freed", …).
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+    /// Start address.
+    pub fn addr(&self) -> usize {
+        self.detail.start
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.detail.size
+    }
+    /// Managed or C memory.
+    pub fn kind(&self) -> RegionKind {
+        self.detail.kind
+    }
+    /// Live or freed, when the report was made.
+    pub fn state(&self) -> RegionState {
+        self.detail.state
+    }
+    /// The Rust type held there, when known.
+    pub fn type_name(&self) -> Option<&'static str> {
+        self.detail.type_name
+    }
+    /// Where it was allocated or adopted.
+    pub fn alloc_site(&self) -> Option<Site> {
+        self.detail.alloc_site
+    }
+    /// Where it was first freed.
+    pub fn free_site(&self) -> Option<Site> {
+        self.detail.free_site
+    }
+    /// Where it was (last) pinned.
+    pub fn pin_site(&self) -> Option<Site> {
+        self.detail.pin_site
+    }
+    /// Where C retained it.
+    pub fn retain_site(&self) -> Option<Site> {
+        self.detail.retain_site
+    }
+    /// The name of the allocator family that made it.
+    pub fn allocator(&self) -> &'static str {
+        crate::cbox::family_name(self.detail.family)
+    }
+}
+
+/// A broken rule, with everything needed to explain it.
+///
+/// `Display` is the full report: a first line starting with `ffi-check:`,
+/// the regions involved with their sites and backtraces, the call site, and a
+/// `help:` line.
+///
+/// ```
+/// use ffi_check::{capture, to_c, ViolationKind};
+/// use std::os::raw::c_int;
+/// let (_, v) = capture(|| { let _: c_int = to_c(1usize << 40); });
+/// # if !ffi_check::COMPILED_IN { return; }
+/// assert_eq!(v[0].kind(), ViolationKind::LossyConversion);
+/// let report = v[0].to_string();
+/// assert!(report.starts_with("ffi-check: "));
+/// assert!(report.lines().any(|l| l.starts_with("help: ")));
+/// ```
+#[derive(Clone, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct Violation(Box<ViolationData>);
+
+#[derive(Clone)]
+struct ViolationData {
+    kind: ViolationKind,
+    message: String,
+    regions: Vec<ReportRegion>,
+    callee: Option<&'static str>,
+    site: Option<Site>,
+    thread: String,
+    notes: Vec<String>,
+    backtrace: Option<Backtrace>,
+}
+
+impl fmt::Debug for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Violation {
+    /// Starts a violation of `kind` whose first line (after `ffi-check: `) is
+    /// `message`. Captures the current backtrace (unresolved).
+    #[cold]
+    pub(crate) fn new(kind: ViolationKind, message: String) -> Violation {
+        Violation(Box::new(ViolationData {
+            kind,
+            message,
+            regions: Vec::new(),
+            callee: None,
+            site: None,
+            thread: current_thread_name(),
+            notes: Vec::new(),
+            backtrace: Some(Backtrace::new_unresolved()),
+        }))
+    }
+    pub(crate) fn region(mut self, r: ReportRegion) -> Violation {
+        self.0.regions.push(r);
+        self
+    }
+    pub(crate) fn region_at(self, role: &'static str, start: usize) -> Violation {
+        match crate::registry::detail(start) {
+            Some(d) => self.region(ReportRegion::new(role, d)),
+            None => self,
+        }
+    }
+    pub(crate) fn with_callee(mut self, callee: Option<&'static str>) -> Violation {
+        self.0.callee = callee;
+        self
+    }
+    pub(crate) fn with_site(mut self, site: Option<Site>) -> Violation {
+        self.0.site = site;
+        self
+    }
+    pub(crate) fn note(mut self, note: String) -> Violation {
+        self.0.notes.push(note);
+        self
+    }
+    pub(crate) fn without_backtrace(mut self) -> Violation {
+        self.0.backtrace = None;
+        self
+    }
+
+    /// The kind of violation.
+    pub fn kind(&self) -> ViolationKind {
+        self.0.kind
+    }
+    /// The rule broken (`"P1"` …).
+    pub fn rule(&self) -> &'static str {
+        self.0.kind.rule()
+    }
+    /// The first line of the report, `ffi-check: …`.
+    pub fn first_line(&self) -> String {
+        format!("ffi-check: {}", self.0.message)
+    }
+    /// The first line without the `ffi-check: ` prefix.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+    /// The `help:` line.
+    pub fn help(&self) -> String {
+        format!("help: {}", self.0.kind.help())
+    }
+    /// The regions involved.
+    pub fn regions(&self) -> &[ReportRegion] {
+        &self.0.regions
+    }
+    /// The C function of the `call!` (or the callback) involved, if any.
+    pub fn callee(&self) -> Option<&'static str> {
+        self.0.callee
+    }
+    /// The Rust (or C) site that made the call, the free or the conversion.
+    pub fn call_site(&self) -> Option<Site> {
+        self.0.site
+    }
+    /// The name (or id) of the thread it happened on.
+    pub fn thread(&self) -> &str {
+        &self.0.thread
+    }
+
+    fn render(&self) -> String {
+        let d = &self.0;
+        let mut out = String::new();
+        let _ = writeln!(out, "ffi-check: {}", d.message);
+        let _ = writeln!(out, "  rule {} ({})", d.kind.rule(), d.kind.name());
+        for note in &d.notes {
+            let _ = writeln!(out, "  {note}");
+        }
+        if let Some(site) = d.site {
+            let _ = write!(out, "  at {site}");
+            if let Some(callee) = d.callee {
+                let _ = write!(out, " in call to `{callee}`");
+            }
+            let _ = writeln!(out, " on thread `{}`", d.thread);
+        } else {
+            let _ = writeln!(out, "  on thread `{}`", d.thread);
+        }
+        for r in &d.regions {
+            render_region(&mut out, r);
+        }
+        if let Some(bt) = &d.backtrace {
+            let _ = writeln!(out, "  backtrace of the violation:");
+            render_backtrace(&mut out, bt, "      ");
+        }
+        let _ = write!(out, "help: {}", d.kind.help());
+        out
+    }
+
+    /// One JSON object (no newline) with the stable fields of SPEC §4.
+    pub fn to_json(&self) -> String {
+        let d = &self.0;
+        let mut out = String::from("{");
+        let _ = write!(out, "\"kind\":{},", json_str(d.kind.name()));
+        let _ = write!(out, "\"rule\":{},", json_str(d.kind.rule()));
+        let _ = write!(out, "\"message\":{},", json_str(&self.first_line()));
+        let _ = write!(
+            out,
+            "\"callee\":{},",
+            d.callee.map_or("null".into(), json_str)
+        );
+        let _ = write!(
+            out,
+            "\"site\":{},",
+            d.site.map_or("null".into(), |s| json_str(&site_plain(s)))
+        );
+        let _ = write!(out, "\"thread\":{},", json_str(&d.thread));
+        out.push_str("\"regions\":[");
+        for (i, r) in d.regions.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"addr\":{},\"size\":{},\"kind\":{},\"state\":{},\"role\":{}",
+                json_str(&format!("{:#x}", r.addr())),
+                r.size(),
+                json_str(&r.kind().to_string()),
+                json_str(&r.state().to_string()),
+                json_str(r.role)
+            );
+            if let Some(s) = r.alloc_site() {
+                let _ = write!(out, ",\"alloc_site\":{}", json_str(&site_plain(s)));
+            }
+            if let Some(s) = r.free_site() {
+                let _ = write!(out, ",\"free_site\":{}", json_str(&site_plain(s)));
+            }
+            out.push('}');
+        }
+        out.push_str("],");
+        let _ = write!(out, "\"help\":{},", json_str(d.kind.help()));
+        let _ = write!(out, "\"pid\":{}", std::process::id());
+        out.push('}');
+        out
+    }
+}
+
+fn site_plain(s: Site) -> String {
+    match s.column() {
+        Some(c) => format!("{}:{}:{}", s.file(), s.line(), c),
+        None => format!("{}:{}", s.file(), s.line()),
+    }
+}
+
+fn render_region(out: &mut String, r: &ReportRegion) {
+    let d = &r.detail;
+    let _ = write!(out, "  {}: {:#x}", r.role, d.start);
+    let _ = write!(out, " ({} bytes, {} memory", d.size, d.kind);
+    if let Some(t) = d.type_name {
+        let _ = write!(out, " holding `{t}`");
+    }
+    let _ = write!(out, ", {}", d.state);
+    if d.kind == RegionKind::Managed && d.state == RegionState::Live {
+        if d.pins == 0 {
+            out.push_str(", unpinned");
+        } else {
+            let _ = write!(out, ", pinned x{}", d.pins);
+        }
+    }
+    if d.retains > 0 {
+        let _ = write!(out, ", retained x{} by C", d.retains);
+    }
+    if d.kind == RegionKind::C {
+        let _ = write!(out, ", from `{}`", crate::cbox::family_name(d.family));
+    }
+    out.push_str(")\n");
+    let events: [(&str, Option<Site>, Option<&Backtrace>); 4] = [
+        ("allocated", d.alloc_site, d.alloc_trace.as_ref()),
+        ("pinned", d.pin_site, d.pin_trace.as_ref()),
+        ("retained by C", d.retain_site, d.retain_trace.as_ref()),
+        ("first freed", d.free_site, d.free_trace.as_ref()),
+    ];
+    for (what, site, trace) in events {
+        if site.is_none() && trace.is_none() {
+            continue;
+        }
+        let _ = write!(out, "      {what} at ");
+        match site {
+            Some(s) => {
+                let _ = writeln!(out, "{s}");
+            }
+            None => out.push_str("(unknown site)\n"),
+        }
+        if let Some(bt) = trace {
+            render_backtrace(out, bt, "          ");
+        }
+    }
+    if let Some(reason) = &d.leak_reason {
+        let _ = writeln!(out, "      intended leak: {reason}");
+    }
+}
+
+/// Resolves (only now, when printing) and writes the frames that belong to
+/// the user's code: the checker's own frames and the runtime's are skipped.
+pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
+    let mut bt = bt.clone();
+    bt.resolve();
+    let mut shown = 0;
+    let mut started = false;
+    for frame in bt.frames() {
+        for sym in frame.symbols() {
+            let name = sym
+                .name()
+                .map(|n| format!("{n:#}"))
+                .unwrap_or_else(|| "<unknown>".into());
+            if !started {
+                // Skip the capture machinery and the checker itself.
+                if name.starts_with("backtrace::")
+                    || name.starts_with("ffi_check::")
+                    || name.starts_with("<ffi_check::")
+                    || name.contains("core::ops::function")
+                    || name.starts_with("std::panicking")
+                    || name.starts_with("<backtrace::")
+                {
+                    continue;
+                }
+                started = true;
+            }
+            if name.starts_with("std::rt::lang_start")
+                || name.starts_with("test::run_test")
+                || name.starts_with("std::sys::backtrace::__rust_begin_short_backtrace")
+                || name.starts_with("std::sys_common::backtrace::__rust_begin_short_backtrace")
+            {
+                return;
+            }
+            if shown >= 12 {
+                let _ = writeln!(out, "{indent}...");
+                return;
+            }
+            let _ = write!(out, "{indent}{shown}: {name}");
+            if let (Some(file), Some(line)) = (sym.filename(), sym.lineno()) {
+                let _ = write!(out, "\n{indent}       at {}:{line}", file.display());
+            }
+            out.push('\n');
+            shown += 1;
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn current_thread_name() -> String {
+    // `thread::current` can fail while a thread's locals are being torn
+    // down; a report must still be made then.
+    std::panic::catch_unwind(|| {
+        let t = std::thread::current();
+        match t.name() {
+            Some(n) => n.to_owned(),
+            None => format!("{:?}", t.id()),
+        }
+    })
+    .unwrap_or_else(|_| "<exiting thread>".to_owned())
+}
+
+/// Writes to stderr without ever panicking (a closed stderr must not crash
+/// the host program).
+pub(crate) fn write_stderr(s: &str) {
+    let _ = std::io::stderr().write_all(s.as_bytes());
+}
+
+thread_local! {
+    static CAPTURES: RefCell<Vec<Vec<Violation>>> = const { RefCell::new(Vec::new()) };
+    static CALLBACK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as running a callback body (a panic there would
+/// unwind into C). Returns the guard that unmarks it.
+pub(crate) fn enter_callback() -> CallbackGuard {
+    let _ = CALLBACK_DEPTH.try_with(|d| d.set(d.get() + 1));
+    CallbackGuard(())
+}
+
+pub(crate) struct CallbackGuard(());
+
+impl Drop for CallbackGuard {
+    fn drop(&mut self) {
+        let _ = CALLBACK_DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+fn in_callback() -> bool {
+    CALLBACK_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false)
+}
+
+/// Acts on a violation: counts it, logs it as JSON when `FFI_CHECK_LOG` is
+/// set, then collects it (inside [`capture`]) or carries out the action.
+#[cold]
+#[inline(never)]
+pub(crate) fn emit(v: Violation) {
+    if let Some(slot) = VIOLATIONS.get(v.kind().index()) {
+        slot.fetch_add(1, Ordering::Relaxed);
+    }
+    log_json(&v);
+    let v = match CAPTURES.try_with(|c| {
+        let mut c = c.borrow_mut();
+        match c.last_mut() {
+            Some(frame) => {
+                frame.push(v);
+                None
+            }
+            None => Some(v),
+        }
+    }) {
+        Ok(None) => return,
+        Ok(Some(v)) => v,
+        Err(_) => return, // thread exiting: nothing to capture into, nothing to act on safely
+    };
+    act(v);
+}
+
+fn act(v: Violation) {
+    let text = format!("{v}\n");
+    // `text` is only needed by the printing actions; the panic formats anew.
+    match crate::mode::action() {
+        crate::Action::Log => write_stderr(&text),
+        crate::Action::Abort => {
+            write_stderr(&text);
+            std::process::abort();
+        }
+        crate::Action::Panic => {
+            if in_callback() {
+                write_stderr(&text);
+                write_stderr("ffi-check: aborting: a panic here would unwind into C\n");
+                std::process::abort();
+            }
+            if std::thread::panicking() {
+                // Never panic while unwinding: that would abort with a far
+                // less helpful message.
+                write_stderr(&text);
+                return;
+            }
+            // The message is the full report, so the panic hook prints it
+            // and `#[should_panic(expected = ...)]` can match its words.
+            panic!("{v}");
+        }
+    }
+}
+
+/// Runs `f`, collecting the violations that happen on this thread inside it
+/// instead of acting on them. Nests: an inner `capture` keeps its own.
+/// Other threads are unaffected.
+///
+/// ```
+/// use ffi_check::{capture, c_malloc, c_free, ViolationKind};
+/// let (_, violations) = capture(|| {
+///     let p = c_malloc(16);
+///     // SAFETY: p came from c_malloc; the second free is the mistake under test.
+///     unsafe { c_free(p); c_free(p); }
+/// });
+/// if ffi_check::COMPILED_IN {
+///     assert_eq!(violations.len(), 1);
+///     assert_eq!(violations[0].kind(), ViolationKind::DoubleFree);
+/// }
+/// ```
+pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Violation>) {
+    struct Frame;
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            // Runs on unwinding too, so a panicking closure does not leave
+            // its frame behind to swallow later violations.
+            let _ = CAPTURES.try_with(|c| c.borrow_mut().pop());
+        }
+    }
+    let _ = CAPTURES.try_with(|c| c.borrow_mut().push(Vec::new()));
+    let frame = Frame;
+    let r = f();
+    let got = CAPTURES
+        .try_with(|c| c.borrow_mut().last_mut().map(std::mem::take))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    drop(frame);
+    (r, got)
+}
+
+/// Runs `f` and panics with the full reports if any violation, or any new
+/// leak of C memory (or pin) on this thread, happened inside it.
+///
+/// ```
+/// let sum = ffi_check::assert_clean(|| {
+///     let b = ffi_check::CBox::new(41u32);
+///     *b + 1
+/// });
+/// assert_eq!(sum, 42);
+/// ```
+#[track_caller]
+pub fn assert_clean<R>(f: impl FnOnce() -> R) -> R {
+    let scope = crate::leak::LeakCheck::start();
+    let (r, violations) = capture(f);
+    let leaks = scope.finish();
+    if violations.is_empty() && leaks.is_empty() {
+        return r;
+    }
+    let mut text = format!(
+        "ffi-check: assert_clean found {} violation(s) and {} leak group(s)\n",
+        violations.len(),
+        leaks.groups().len() + leaks.leaked_pins().len()
+    );
+    for v in &violations {
+        let _ = writeln!(text, "\n{v}");
+    }
+    if !leaks.is_empty() {
+        let _ = writeln!(text, "\n{leaks}");
+    }
+    panic!("{text}");
+}
+
+// ---- the JSON-lines log -------------------------------------------------
+
+static LOG: OnceCell<Option<std::fs::File>> = OnceCell::new();
+
+fn log_json(v: &Violation) {
+    let file = LOG.get_or_init(|| {
+        let path = std::env::var_os("FFI_CHECK_LOG")?;
+        if path.is_empty() {
+            return None;
+        }
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                write_stderr(&format!(
+                    "ffi-check: cannot open FFI_CHECK_LOG={path:?}: {e}; not logging\n"
+                ));
+                None
+            }
+        }
+    });
+    if let Some(mut f) = file.as_ref() {
+        // One write of one whole line on an O_APPEND file: lines from several
+        // threads or processes do not interleave.
+        let mut line = v.to_json();
+        line.push('\n');
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+// ---- counters -------------------------------------------------------------
+
+static VIOLATIONS: [AtomicU64; 17] = [const { AtomicU64::new(0) }; 17];
+static LIVE_MANAGED: AtomicU64 = AtomicU64::new(0);
+static LIVE_C: AtomicU64 = AtomicU64::new(0);
+static LIVE_MANAGED_BYTES: AtomicU64 = AtomicU64::new(0);
+static LIVE_C_BYTES: AtomicU64 = AtomicU64::new(0);
+static FREED_MANAGED: AtomicU64 = AtomicU64::new(0);
+static FREED_C: AtomicU64 = AtomicU64::new(0);
+static QUARANTINED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static PINS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static RETAINS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static CALLS: AtomicU64 = AtomicU64::new(0);
+
+fn live_counters(kind: RegionKind) -> (&'static AtomicU64, &'static AtomicU64) {
+    match kind {
+        RegionKind::Managed => (&LIVE_MANAGED, &LIVE_MANAGED_BYTES),
+        RegionKind::C => (&LIVE_C, &LIVE_C_BYTES),
+    }
+}
+
+pub(crate) fn stats_region_created(kind: RegionKind, size: usize) {
+    let (n, b) = live_counters(kind);
+    n.fetch_add(1, Ordering::Relaxed);
+    b.fetch_add(size as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn stats_region_freed(kind: RegionKind, size: usize) {
+    let (n, b) = live_counters(kind);
+    n.fetch_sub(1, Ordering::Relaxed);
+    b.fetch_sub(size as u64, Ordering::Relaxed);
+    match kind {
+        RegionKind::Managed => FREED_MANAGED.fetch_add(1, Ordering::Relaxed),
+        RegionKind::C => FREED_C.fetch_add(1, Ordering::Relaxed),
+    };
+    QUARANTINED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A record left the registry: live (unregistered without a free) or freed
+/// (evicted from the quarantine).
+pub(crate) fn stats_region_gone(kind: RegionKind, size: usize, was_live: bool) {
+    if was_live {
+        let (n, b) = live_counters(kind);
+        n.fetch_sub(1, Ordering::Relaxed);
+        b.fetch_sub(size as u64, Ordering::Relaxed);
+    } else {
+        QUARANTINED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of the whole process, from [`stats`].
+///
+/// ```
+/// let s = ffi_check::stats();
+/// let _ = s.live_c_regions + s.live_managed_regions;
+/// let _ = s.violations(ffi_check::ViolationKind::Leak);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Live managed regions (`Managed`, `Pinned`).
+    pub live_managed_regions: u64,
+    /// Live C regions.
+    pub live_c_regions: u64,
+    /// Bytes in live managed regions.
+    pub live_managed_bytes: u64,
+    /// Bytes in live C regions.
+    pub live_c_bytes: u64,
+    /// Managed regions freed so far.
+    pub freed_managed_regions: u64,
+    /// C regions freed so far.
+    pub freed_c_regions: u64,
+    /// Freed regions still remembered in the quarantine.
+    pub quarantined_regions: u64,
+    /// Pins held right now (by `Pinner`s and `Pinned`s).
+    pub pins: u64,
+    /// Retains C holds right now.
+    pub retains: u64,
+    /// Checked calls made (`call!` with checks on).
+    pub calls: u64,
+    violations: [u64; 17],
+}
+
+impl Stats {
+    /// Violations of `kind` reported so far (captured ones included).
+    pub fn violations(&self, kind: ViolationKind) -> u64 {
+        self.violations[kind.index()]
+    }
+    /// All violations reported so far.
+    pub fn total_violations(&self) -> u64 {
+        self.violations.iter().sum()
+    }
+}
+
+/// The process-wide counters.
+///
+/// ```
+/// let before = ffi_check::stats().live_c_regions;
+/// let b = ffi_check::CBox::new(1u8);
+/// if ffi_check::COMPILED_IN {
+///     assert!(ffi_check::stats().live_c_regions >= before + 1);
+/// }
+/// drop(b);
+/// ```
+pub fn stats() -> Stats {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut violations = [0; 17];
+    for (slot, v) in violations.iter_mut().zip(VIOLATIONS.iter()) {
+        *slot = l(v);
+    }
+    Stats {
+        live_managed_regions: l(&LIVE_MANAGED),
+        live_c_regions: l(&LIVE_C),
+        live_managed_bytes: l(&LIVE_MANAGED_BYTES),
+        live_c_bytes: l(&LIVE_C_BYTES),
+        freed_managed_regions: l(&FREED_MANAGED),
+        freed_c_regions: l(&FREED_C),
+        quarantined_regions: l(&QUARANTINED),
+        pins: l(&PINS),
+        retains: l(&RETAINS),
+        calls: l(&CALLS),
+        violations,
+    }
+}

@@ -1,0 +1,122 @@
+//! The conservative pointer scan behind rules P1, P4 and P5: which aligned
+//! word of a range, if any, points into live *unpinned* managed memory.
+//!
+//! Go's typed check knows where a value's pointers are; Rust has no such
+//! bitmap at run time, so ffi-check reads every pointer-aligned word. Two
+//! things keep that cheap: a type that cannot hold an aligned pointer (or
+//! that is declared [`PointerFree`]) is never scanned at all, and each word
+//! is first compared with the lowest and highest managed address ever
+//! tracked, a test the compiler vectorises, so pointer-free data streams past
+//! at memory speed and only words that could be managed pointers cost a
+//! registry lookup.
+
+use crate::registry::{self, RegionInfo};
+
+/// Declares that a type holds no pointers, so lending it to C never scans
+/// it (Go's typed check gets this from the type's pointer bitmap).
+///
+/// Types with alignment below a pointer's (`[u8]`, `[u16]`, `[u32]`, `str`)
+/// are never scanned anyway; this trait is for 8-byte-aligned plain data
+/// such as `[u64]` or `[f64]`, through
+/// [`Managed::pointer_free`](crate::Managed::pointer_free).
+///
+/// # Safety
+/// No value of the type holds an address that C could use to reach managed
+/// memory. (An integer that happens to equal an address is harmless: the
+/// promise is about meaning, and only affects what is checked.)
+///
+/// ```
+/// use ffi_check::{Managed, PointerFree};
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Sample { t: f64, v: f64 }
+/// // SAFETY: two floats, no pointers.
+/// unsafe impl PointerFree for Sample {}
+/// let samples = Managed::from_vec(vec![Sample { t: 0.0, v: 1.0 }; 1024]).pointer_free();
+/// assert_eq!(samples.len(), 1024);
+/// ```
+pub unsafe trait PointerFree {}
+
+macro_rules! pointer_free {
+    ($($t:ty),*) => { $(
+        // SAFETY: a number or a bool holds no address C could follow.
+        unsafe impl PointerFree for $t {}
+    )* };
+}
+pointer_free!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    ()
+);
+// SAFETY: text holds no addresses.
+unsafe impl PointerFree for str {}
+// SAFETY: a sequence of pointer-free elements holds no addresses.
+unsafe impl<T: PointerFree> PointerFree for [T] {}
+// SAFETY: as for slices.
+unsafe impl<T: PointerFree, const N: usize> PointerFree for [T; N] {}
+
+/// True when a value with this alignment and size could hold an aligned
+/// pointer, i.e. when lending it must scan it.
+#[inline]
+pub(crate) fn may_hold_pointers(align: usize, size: usize) -> bool {
+    align >= std::mem::align_of::<usize>() && size >= std::mem::size_of::<usize>()
+}
+
+/// The first aligned word in `[start, start + len)` that points into live
+/// unpinned managed memory, with its offset.
+///
+/// # Safety
+/// The range is readable memory that is not freed while the scan runs.
+pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, RegionInfo)> {
+    let (lo, hi) = registry::managed_bounds();
+    if lo >= hi {
+        return None;
+    }
+    let word = std::mem::size_of::<usize>();
+    let first = start.checked_add(word - 1)? & !(word - 1);
+    let end = start.checked_add(len)?;
+    if first >= end {
+        return None;
+    }
+    let n = (end - first) / word;
+    // SAFETY: `first` is aligned and the n words lie inside the readable
+    // range the caller vouches for. Padding bytes are read as integers; the
+    // scan only compares them, as any conservative scanner does.
+    let words = unsafe { std::slice::from_raw_parts(first as *const usize, n) };
+    let span = hi - lo;
+    // Blocks of 64 words: the bounds test over a block has no early exit,
+    // so it vectorises; only a block with a candidate is looked at closely.
+    for (b, block) in words.chunks(64).enumerate() {
+        let any = block
+            .iter()
+            .fold(false, |acc, w| acc | (w.wrapping_sub(lo) < span));
+        if !any {
+            continue;
+        }
+        for (i, w) in block.iter().enumerate() {
+            if w.wrapping_sub(lo) >= span {
+                continue;
+            }
+            if let Some(r) = registry::lookup_managed(*w) {
+                if r.is_unpinned_managed() {
+                    return Some((first - start + (b * 64 + i) * word, r));
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,110 @@
+//! Rust declarations of the C fixture library (`csrc/fixtures/fixtures.h`),
+//! a small C library with the shapes real C APIs have: create/destroy pairs,
+//! strings, buffers, callbacks with user data, kept pointers, a private
+//! allocator, and a few functions that misbehave on purpose.
+//!
+//! The build script compiles it into the static library `ffi_check_fixtures`.
+//! Tests include this file with `#[path]`, examples with
+//! `#[path = "../tests/common/fixtures.rs"] mod fixtures;`, so it depends on
+//! nothing else in `tests/`.
+
+#![allow(dead_code)]
+
+use std::os::raw::{c_char, c_int, c_long, c_uchar, c_ulong, c_void};
+
+/// Opaque `fx_counter`.
+#[repr(C)]
+pub struct FxCounter {
+    _private: [u8; 0],
+}
+
+/// `fx_view`: a borrowed view of ints (a struct holding a pointer).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FxView {
+    pub data: *const c_int,
+    pub len: usize,
+}
+
+/// `fx_visit_fn`: `int (*)(void *user, int item)`.
+pub type FxVisitFn = Option<unsafe extern "C" fn(*mut c_void, c_int) -> c_int>;
+
+/// `fx_produce_fn`: `const void *(*)(void *user)`.
+pub type FxProduceFn = Option<unsafe extern "C" fn(*mut c_void) -> *const c_void>;
+
+#[link(name = "ffi_check_fixtures", kind = "static")]
+extern "C" {
+    // create/destroy
+
+    /// Allocates a counter (with `ffi_check_malloc`) starting at `start`.
+    pub fn fx_counter_new(start: c_int) -> *mut FxCounter;
+    /// Increments the counter and returns its new value.
+    pub fn fx_counter_incr(c: *mut FxCounter) -> c_int;
+    /// Frees a counter (with `ffi_check_free`); NULL is ok.
+    pub fn fx_counter_free(c: *mut FxCounter);
+
+    // strings
+
+    /// The static string "fixtures 1.0"; never freed.
+    pub fn fx_version() -> *const c_char;
+    /// "hello, <name>", NUL-terminated, `ffi_check_malloc`'d; the caller frees it.
+    pub fn fx_greet(name: *const c_char) -> *mut c_char;
+    /// `strlen(s)`.
+    pub fn fx_strlen(s: *const c_char) -> usize;
+    /// `ffi_check_malloc(4)` holding "abcd" with NO terminating NUL; `*len_out = 4`.
+    pub fn fx_unterminated(len_out: *mut usize) -> *mut c_char;
+    /// `ffi_check_malloc`'d bytes `{0x66, 0xff, 0xfe, 0}`: invalid UTF-8, NUL-terminated.
+    pub fn fx_bad_utf8() -> *mut c_char;
+
+    // buffers
+
+    /// `memset(buf, value, len)`, returns `len`; `buf` may be NULL when `len == 0`.
+    pub fn fx_fill(buf: *mut c_uchar, len: usize, value: c_uchar) -> usize;
+    /// Sum of the `len` bytes of `buf`.
+    pub fn fx_checksum(buf: *const c_uchar, len: usize) -> c_ulong;
+    /// Sum of `*items[i]` for `i` in `0..n`.
+    pub fn fx_sum_nested(items: *const *const c_int, n: usize) -> c_long;
+    /// Sum of `v->data[0..v->len]`.
+    pub fn fx_sum_view(v: *const FxView) -> c_long;
+
+    // callbacks with user data
+
+    /// Calls `cb(user, items[i])` in order, stopping early when it returns
+    /// nonzero; returns the number of calls made.
+    pub fn fx_for_each(items: *const c_int, n: usize, cb: FxVisitFn, user: *mut c_void) -> c_int;
+    /// Returns `cb(user)`.
+    pub fn fx_call_producer(cb: FxProduceFn, user: *mut c_void) -> *const c_void;
+
+    // keeping a lent pointer (one global slot)
+
+    /// Stores `p` in the slot and calls `ffi_check_retain(p)`.
+    pub fn fx_keep(p: *const c_void);
+    /// Returns the pointer in the slot.
+    pub fn fx_kept() -> *const c_void;
+    /// Empties the slot, calling `ffi_check_release` if it held a pointer.
+    pub fn fx_forget();
+    /// Stores `p` in a second slot without telling ffi-check.
+    pub fn fx_keep_silently(p: *const c_void);
+    /// Empties the second slot.
+    pub fn fx_forget_silently();
+
+    // a library-specific allocator: NOT tracked, NOT libc-compatible
+
+    /// Allocates `n` bytes behind a 16-byte magic header.
+    pub fn fx_alloc(n: usize) -> *mut c_void;
+    /// Frees memory from `fx_alloc`; NULL is ok; aborts on a bad block.
+    pub fn fx_dealloc(p: *mut c_void);
+    /// Copy of `s` in `fx_alloc`'d memory.
+    pub fn fx_alloc_string(s: *const c_char) -> *mut c_char;
+
+    // misbehaving on purpose
+
+    /// `ffi_check_free(p)` twice.
+    pub fn fx_free_twice(p: *mut c_void);
+    /// `ffi_check_free(p)`, whatever `p` is.
+    pub fn fx_free_it(p: *mut c_void);
+    /// `n` zeroed bytes from `ffi_check_malloc`, meant to be leaked.
+    pub fn fx_leak(n: usize) -> *mut c_void;
+    /// `*slot = p`: C writes a pointer into memory it was given.
+    pub fn fx_store_ptr(slot: *mut *mut c_void, p: *const c_void);
+}
