@@ -515,6 +515,14 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
     emit(v);
 }
 
+/// The callee's own name from the path `call!` was given (`ffi::png_write`
+/// gives `png_write`), as cgocheck names the C function.
+#[doc(hidden)]
+#[inline(always)]
+pub fn callee_name(path: &'static str) -> &'static str {
+    path.rsplit("::").next().map_or(path, str::trim)
+}
+
 /// The name of the function a `callback!` sits in, from the type name of a
 /// marker function declared inside it.
 #[doc(hidden)]

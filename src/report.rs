@@ -534,19 +534,22 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                 .unwrap_or_else(|| "<unknown>".into());
             if !started {
                 // Skip the capture machinery and the checker itself.
-                if name.starts_with("backtrace::")
-                    || name.starts_with("ffi_check::")
-                    || name.starts_with("<ffi_check::")
-                    || name.contains("core::ops::function")
+                if name.contains("backtrace::")
+                    || name.contains("ffi_check::")
+                    || name.contains("catch_unwind")
+                    || name.contains("__rust_try")
                     || name.starts_with("std::panicking")
-                    || name.starts_with("<backtrace::")
                 {
                     continue;
                 }
                 started = true;
             }
+            if name.contains("core::ops::function") {
+                continue;
+            }
             if name.starts_with("std::rt::lang_start")
                 || name.starts_with("test::run_test")
+                || name.starts_with("test::__rust_begin_short_backtrace")
                 || name.starts_with("std::sys::backtrace::__rust_begin_short_backtrace")
                 || name.starts_with("std::sys_common::backtrace::__rust_begin_short_backtrace")
             {
