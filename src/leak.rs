@@ -213,7 +213,7 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
             return;
         }
         if let Some((thread, first)) = scope {
-            if r.thread != thread || r.id < first {
+            if r.thread() != thread || r.id() < first {
                 return;
             }
         }

@@ -118,9 +118,8 @@ impl<T> Managed<T> {
     pub fn into_inner(self) -> T {
         let mut this = ManuallyDrop::new(self);
         if this.tracked && !release(this.addr()) {
-            // The memory must stay where C can still see it; only a copy
-            // could be returned, and T is not Copy. Keep it and panic-free
-            // hand back a bitwise copy of the value.
+            // C may still read the memory, so it is never freed; the value
+            // moves out by a bitwise copy and the leaked box is never dropped.
             // SAFETY: the box is leaked (never dropped or freed), so reading
             // the value out leaves exactly one owner: the returned T.
             return unsafe { std::ptr::read(&**this.boxed) };

@@ -86,7 +86,7 @@ impl Pinner {
     #[track_caller]
     pub fn new() -> Pinner {
         Pinner {
-            id: registry::next_id(),
+            id: registry::new_id(),
             site: Site::caller(),
             pinned: 0,
         }
@@ -117,11 +117,11 @@ impl Pinner {
             if r.kind != RegionKind::Managed || r.state != RegionState::Live {
                 return None;
             }
-            r.pins += 1;
+            r.pins = r.pins.saturating_add(1);
             let e = r.extra_mut();
             e.pin_site = Some(site);
             e.pin_trace = trace;
-            Some((start, r.id))
+            Some((start, r.id()))
         })
         .flatten();
         if let Some(pin) = pinned {
@@ -159,7 +159,7 @@ impl Pinner {
 /// retain on memory that is now unpinned.
 fn unpin_region(start: usize, id: u64) {
     let retained = registry::update(start, |r| {
-        if r.id != id {
+        if r.id() != id {
             return false;
         }
         r.pins = r.pins.saturating_sub(1);
@@ -216,7 +216,7 @@ impl<T: ?Sized> Pinned<T> {
         if m.is_tracked() && checks_on() {
             let site = Site::caller();
             let pinned = registry::update(m.addr(), |r| {
-                r.pins += 1;
+                r.pins = r.pins.saturating_add(1);
                 r.flags |= flags::PINNED_FOREVER;
                 r.extra_mut().pin_site = Some(site);
             });
@@ -334,7 +334,7 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
             return (start, r.state, r.kind, true);
         }
         if r.kind == RegionKind::Managed {
-            r.retains += 1;
+            r.retains = r.retains.saturating_add(1);
             let e = r.extra_mut();
             e.retain_site = site;
             e.retain_trace = trace;

@@ -18,11 +18,16 @@
 //! FIFO (the quarantine), so a late use or a second free names the region and
 //! the site that freed it. The oldest are forgotten when the FIFO is full.
 //!
+//! Each shard keeps its records in a slab of fixed-size segments (40 bytes a
+//! record, no per-record allocation) and an ordered index from start address
+//! to slot, so a million regions cost about 64 bytes each in all.
+//!
 //! Invariants, held under each shard's lock:
-//! - a region's key is its start address and regions do not overlap;
-//! - every freed region in a shard's map has exactly one entry in that shard's
-//!   quarantine FIFO (entries whose region was since replaced are skipped on
-//!   eviction by comparing ids).
+//! - a region's index key is its start address, and regions do not overlap;
+//! - every slot is either referenced by exactly one index entry or listed as
+//!   vacant;
+//! - every freed region has an entry in its shard's quarantine FIFO; entries
+//!   whose region was since replaced are skipped on eviction (ids differ).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -91,9 +96,10 @@ pub(crate) mod flags {
 }
 
 /// The rare, large facts about a region, boxed so the common record stays
-/// small.
+/// small: most regions never need any of them.
 #[derive(Default)]
 pub(crate) struct Extra {
+    pub type_name: Option<fn() -> &'static str>,
     pub alloc_trace: Option<Backtrace>,
     pub free_site: Option<Site>,
     pub free_trace: Option<Backtrace>,
@@ -104,16 +110,20 @@ pub(crate) struct Extra {
     pub leak_reason: Option<String>,
 }
 
-/// One tracked range. 56 bytes; the key (start) is stored by the map.
+const THREAD_BITS: u32 = 24;
+
+/// One tracked range: 40 bytes. Its start is the key of the shard's index.
 pub(crate) struct Region {
     pub size: usize,
-    pub id: u64,
     pub site: Option<Site>,
     pub extra: Option<Box<Extra>>,
-    pub type_name: Option<fn() -> &'static str>,
-    pub thread: u32,
-    pub pins: u32,
-    pub retains: u32,
+    /// The region's id (upper 40 bits: unique for the first 2^40 regions)
+    /// and the serial of the thread that created it (lower 24 bits).
+    tag: u64,
+    /// Pins held (saturating).
+    pub pins: u16,
+    /// Retains C holds (saturating).
+    pub retains: u16,
     pub kind: RegionKind,
     pub state: RegionState,
     pub family: u8,
@@ -123,6 +133,15 @@ pub(crate) struct Region {
 impl Region {
     pub fn extra_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
+    }
+    /// The region's id: ids grow with time, so a scope started at id `n`
+    /// owns the regions with ids `>= n`.
+    pub fn id(&self) -> u64 {
+        self.tag >> THREAD_BITS
+    }
+    /// The serial of the thread that created the region.
+    pub fn thread(&self) -> u32 {
+        (self.tag & ((1 << THREAD_BITS) - 1)) as u32
     }
 }
 
@@ -135,7 +154,7 @@ pub(crate) struct RegionInfo {
     pub id: u64,
     pub kind: RegionKind,
     pub state: RegionState,
-    pub pins: u32,
+    pub pins: u16,
     pub family: u8,
     pub flags: u8,
 }
@@ -145,7 +164,7 @@ impl RegionInfo {
         RegionInfo {
             start,
             size: r.size,
-            id: r.id,
+            id: r.id(),
             kind: r.kind,
             state: r.state,
             pins: r.pins,
@@ -165,11 +184,80 @@ const CHUNK_SHIFT: u32 = 20;
 const CHUNK: usize = 1 << CHUNK_SHIFT;
 const SHARD_BITS: u32 = 6;
 const NSHARDS: usize = 1 << SHARD_BITS;
+/// Records per slab segment: segments never move or grow, so the slab wastes
+/// at most one partly filled segment per shard.
+const SEGMENT: usize = 1024;
 
+/// One shard: an ordered index from start address to a slot of the slab,
+/// the slab of records, and the quarantine FIFO.
 #[derive(Default)]
 struct ShardInner {
-    map: BTreeMap<usize, Region>,
+    index: BTreeMap<usize, u32>,
+    segments: Vec<Vec<Region>>,
+    vacant: Vec<u32>,
     quarantine: VecDeque<(usize, u64)>,
+}
+
+impl ShardInner {
+    fn slot(&self, slot: u32) -> &Region {
+        let i = slot as usize;
+        &self.segments[i / SEGMENT][i % SEGMENT]
+    }
+    fn slot_mut(&mut self, slot: u32) -> &mut Region {
+        let i = slot as usize;
+        &mut self.segments[i / SEGMENT][i % SEGMENT]
+    }
+    fn get(&self, start: usize) -> Option<&Region> {
+        self.index.get(&start).map(|s| self.slot(*s))
+    }
+    fn get_mut(&mut self, start: usize) -> Option<&mut Region> {
+        let slot = *self.index.get(&start)?;
+        Some(self.slot_mut(slot))
+    }
+    /// The region with the greatest start at or below `addr`.
+    fn predecessor(&self, addr: usize) -> Option<(usize, &Region)> {
+        let (&s, &slot) = self.index.range(..=addr).next_back()?;
+        Some((s, self.slot(slot)))
+    }
+    fn insert(&mut self, start: usize, region: Region) -> Option<Region> {
+        let slot = match self.vacant.pop() {
+            Some(slot) => {
+                *self.slot_mut(slot) = region;
+                slot
+            }
+            None => {
+                if self.segments.last().map_or(true, |s| s.len() == SEGMENT) {
+                    self.segments.push(Vec::with_capacity(SEGMENT));
+                }
+                let n = self.segments.len();
+                self.segments[n - 1].push(region);
+                ((n - 1) * SEGMENT + self.segments[n - 1].len() - 1) as u32
+            }
+        };
+        let old = self.index.insert(start, slot)?;
+        Some(self.take_slot(old))
+    }
+    fn remove(&mut self, start: usize) -> Option<Region> {
+        let slot = self.index.remove(&start)?;
+        Some(self.take_slot(slot))
+    }
+    /// Empties a slot (its record moves out; the slot is reused later).
+    fn take_slot(&mut self, slot: u32) -> Region {
+        self.vacant.push(slot);
+        let r = self.slot_mut(slot);
+        Region {
+            size: r.size,
+            site: r.site,
+            extra: r.extra.take(),
+            tag: r.tag,
+            pins: r.pins,
+            retains: r.retains,
+            kind: r.kind,
+            state: r.state,
+            family: r.family,
+            flags: r.flags,
+        }
+    }
 }
 
 struct Shard(RwLock<ShardInner>);
@@ -177,13 +265,15 @@ struct Shard(RwLock<ShardInner>);
 impl Shard {
     const fn new() -> Shard {
         Shard(RwLock::new(ShardInner {
-            map: BTreeMap::new(),
+            index: BTreeMap::new(),
+            segments: Vec::new(),
+            vacant: Vec::new(),
             quarantine: VecDeque::new(),
         }))
     }
-    // A panic while a shard is locked leaves the map consistent (every
-    // mutation is a single map operation), so a poisoned lock is used as is:
-    // the checker must not turn one panic into a cascade.
+    // A panic while a shard is locked leaves it consistent (every mutation
+    // is completed before anything that could panic), so a poisoned lock is
+    // used as is: the checker must not turn one panic into a cascade.
     fn read(&self) -> RwLockReadGuard<'_, ShardInner> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -212,12 +302,17 @@ static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static THREAD_SERIAL: u32 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    static THREAD_SERIAL: u32 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & ((1 << THREAD_BITS) - 1);
 }
 
 /// A small number naming the current thread in region records.
 pub(crate) fn thread_serial() -> u32 {
     THREAD_SERIAL.try_with(|t| *t).unwrap_or(0)
+}
+
+/// A fresh id from the same sequence as regions' (for pinners).
+pub(crate) fn new_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The id the next region will get: regions created after this call have
@@ -268,21 +363,19 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let size = new.size.max(1);
     remove_overlapping(new.start, size);
-    let extra = if crate::mode::event_backtraces() {
-        Some(Box::new(Extra {
-            alloc_trace: Some(Backtrace::new_unresolved()),
+    let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
+    let extra = (trace.is_some() || new.type_name.is_some()).then(|| {
+        Box::new(Extra {
+            type_name: new.type_name,
+            alloc_trace: trace,
             ..Extra::default()
-        }))
-    } else {
-        None
-    };
+        })
+    });
     let region = Region {
         size: new.size,
-        id,
         site: new.site,
         extra,
-        type_name: new.type_name,
-        thread: thread_serial(),
+        tag: (id << THREAD_BITS) | u64::from(thread_serial()),
         pins: 0,
         retains: 0,
         kind: new.kind,
@@ -295,12 +388,15 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
     let shard = shard_for_start(new.start, size);
-    shard.write().map.insert(new.start, region);
+    let replaced = shard.write().insert(new.start, region);
     if size >= CHUNK {
         LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
     }
     LIVE.fetch_add(1, Ordering::Relaxed);
     crate::report::stats_region_created(new.kind, new.size);
+    if let Some(old) = replaced {
+        forget_removed(&old);
+    }
     id
 }
 
@@ -316,53 +412,53 @@ fn widen(lo: &AtomicUsize, hi: &AtomicUsize, start: usize, size: usize) {
     }
 }
 
+/// Drops the records that overlap `[start, start + size)`: only stale ones
+/// can (live allocations do not overlap), so this is bookkeeping, not a check.
 fn remove_overlapping(start: usize, size: usize) {
-    if start > HI.load(Ordering::Relaxed)
+    if start >= HI.load(Ordering::Relaxed)
         || start.saturating_add(size) <= LO.load(Ordering::Relaxed)
     {
         return;
     }
     let end = start.saturating_add(size);
-    let mut stale: Vec<(usize, &'static Shard)> = Vec::new();
-    let mut check = |shard: &'static Shard| {
-        let inner = shard.read();
-        // The predecessor may reach into [start, end).
-        if let Some((&s, r)) = inner.map.range(..start).next_back() {
-            if s.saturating_add(r.size.max(1)) > start {
-                stale.push((s, shard));
-            }
+    let purge = |shard: &'static Shard| {
+        // Read first: overlaps are rare, and a read lock does not stop other
+        // threads' lookups.
+        let overlapping = |inner: &ShardInner| {
+            let before = inner
+                .predecessor(start.saturating_sub(1))
+                .filter(|(s, r)| *s < start && s.saturating_add(r.size.max(1)) > start)
+                .map(|(s, _)| s);
+            let within = inner.index.range(start..end).map(|(s, _)| *s);
+            before.into_iter().chain(within).collect::<Vec<usize>>()
+        };
+        if start == 0 || overlapping(&shard.read()).is_empty() {
+            return;
         }
-        for (&s, _) in inner.map.range(start..end) {
-            stale.push((s, shard));
+        let mut inner = shard.write();
+        let stale = overlapping(&inner);
+        let removed: Vec<Region> = stale.into_iter().filter_map(|s| inner.remove(s)).collect();
+        drop(inner);
+        for r in &removed {
+            forget_removed(r);
         }
     };
     if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
-        check(&LARGE);
+        purge(&LARGE);
     }
-    // Small regions starting in any chunk from the one before `start` to the
-    // one holding `end - 1`.
+    // Small regions start in the chunk before `start` up to the one holding
+    // `end - 1`; visit each shard once.
     let first = (start >> CHUNK_SHIFT).saturating_sub(1);
     let last = (end - 1) >> CHUNK_SHIFT;
-    let mut seen = [false; NSHARDS];
+    let mut seen = 0u64;
     for chunk in first..=last {
         let idx = shard_index(chunk << CHUNK_SHIFT);
-        if !seen[idx] {
-            seen[idx] = true;
-            check(&SHARDS[idx]);
+        if seen & (1 << idx) == 0 {
+            seen |= 1 << idx;
+            purge(&SHARDS[idx]);
         }
-        if seen.iter().all(|s| *s) {
+        if seen == u64::MAX {
             break;
-        }
-    }
-    for (s, shard) in stale {
-        let mut inner = shard.write();
-        if let Some(r) = inner.map.get(&s) {
-            // Re-check under the write lock: another thread may have changed it.
-            if s < end && s.saturating_add(r.size.max(1)) > start {
-                let r = inner.map.remove(&s).expect("present");
-                drop(inner);
-                forget_removed(&r);
-            }
         }
     }
 }
@@ -373,10 +469,8 @@ fn forget_removed(r: &Region) {
     }
     if r.state == RegionState::Live {
         LIVE.fetch_sub(1, Ordering::Relaxed);
-        crate::report::stats_region_gone(r.kind, r.size, true);
-    } else {
-        crate::report::stats_region_gone(r.kind, r.size, false);
     }
+    crate::report::stats_region_gone(r.kind, r.size, r.state == RegionState::Live);
 }
 
 /// The region (live or freed) that contains `addr`, if any.
@@ -398,28 +492,29 @@ pub(crate) fn lookup_managed(addr: usize) -> Option<RegionInfo> {
     lookup_slow(addr).filter(|r| r.kind == RegionKind::Managed)
 }
 
-fn find_in(shard: &Shard, addr: usize) -> Option<(usize, RegionInfo)> {
+fn find_in(shard: &Shard, addr: usize) -> Option<RegionInfo> {
     let inner = shard.read();
-    let (&s, r) = inner.map.range(..=addr).next_back()?;
-    (addr < s.saturating_add(r.size.max(1))).then(|| (s, RegionInfo::of(s, r)))
+    let (s, r) = inner.predecessor(addr)?;
+    (addr < s.saturating_add(r.size.max(1))).then(|| RegionInfo::of(s, r))
 }
 
 fn lookup_slow(addr: usize) -> Option<RegionInfo> {
-    if let Some((_, r)) = find_in(&SHARDS[shard_index(addr)], addr) {
+    let here = shard_index(addr);
+    if let Some(r) = find_in(&SHARDS[here], addr) {
         return Some(r);
     }
+    // A small region that starts in the previous chunk may reach into this
+    // one.
     if addr >= CHUNK {
         let prev = shard_index(addr - CHUNK);
-        if prev != shard_index(addr) {
-            if let Some((_, r)) = find_in(&SHARDS[prev], addr) {
+        if prev != here {
+            if let Some(r) = find_in(&SHARDS[prev], addr) {
                 return Some(r);
             }
         }
     }
     if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
-        if let Some((_, r)) = find_in(&LARGE, addr) {
-            return Some(r);
-        }
+        return find_in(&LARGE, addr);
     }
     None
 }
@@ -427,10 +522,10 @@ fn lookup_slow(addr: usize) -> Option<RegionInfo> {
 /// The shard that holds the region starting exactly at `start`, if any.
 fn shard_of(start: usize) -> Option<&'static Shard> {
     let small = &SHARDS[shard_index(start)];
-    if small.read().map.contains_key(&start) {
+    if small.read().index.contains_key(&start) {
         return Some(small);
     }
-    if LARGE_COUNT.load(Ordering::Relaxed) > 0 && LARGE.read().map.contains_key(&start) {
+    if LARGE_COUNT.load(Ordering::Relaxed) > 0 && LARGE.read().index.contains_key(&start) {
         return Some(&LARGE);
     }
     None
@@ -441,7 +536,7 @@ fn shard_of(start: usize) -> Option<&'static Shard> {
 pub(crate) fn update<R>(start: usize, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
     let shard = shard_of(start)?;
     let mut inner = shard.write();
-    inner.map.get_mut(&start).map(f)
+    inner.get_mut(start).map(f)
 }
 
 /// Runs `f` on the region that contains `addr`, under its shard's write lock.
@@ -452,8 +547,8 @@ pub(crate) fn update_containing<R>(
     let info = lookup(addr)?;
     let shard = shard_of(info.start)?;
     let mut inner = shard.write();
-    let r = inner.map.get_mut(&info.start)?;
-    (r.id == info.id).then(|| f(info.start, r))
+    let r = inner.get_mut(info.start)?;
+    (r.id() == info.id).then(|| f(info.start, r))
 }
 
 /// Marks the live region starting at `start` freed (into the quarantine) and
@@ -462,25 +557,29 @@ pub(crate) fn mark_freed(start: usize, site: Option<Site>) -> Option<RegionInfo>
     let shard = shard_of(start)?;
     let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
     let mut inner = shard.write();
-    let r = inner.map.get_mut(&start)?;
-    if r.state != RegionState::Live {
-        return Some(RegionInfo::of(start, r));
-    }
+    let r = inner.get_mut(start)?;
     let before = RegionInfo::of(start, r);
+    if r.state != RegionState::Live {
+        return Some(before);
+    }
     r.state = RegionState::Freed;
     if site.is_some() || trace.is_some() {
         let extra = r.extra_mut();
         extra.free_site = site;
         extra.free_trace = trace;
     }
-    let id = r.id;
-    inner.quarantine.push_back((start, id));
+    inner.quarantine.push_back((start, before.id));
     let limit = quarantine_per_shard();
     let mut evicted = Vec::new();
     while inner.quarantine.len() > limit {
-        let (s, old) = inner.quarantine.pop_front().expect("non-empty");
-        if inner.map.get(&s).is_some_and(|r| r.id == old) {
-            evicted.push(inner.map.remove(&s).expect("present"));
+        let Some((s, old)) = inner.quarantine.pop_front() else {
+            break;
+        };
+        let current = inner
+            .get(s)
+            .is_some_and(|r| r.id() == old && r.state == RegionState::Freed);
+        if current {
+            evicted.extend(inner.remove(s));
         }
     }
     drop(inner);
@@ -495,7 +594,7 @@ pub(crate) fn mark_freed(start: usize, site: Option<Site>) -> Option<RegionInfo>
 /// Forgets the region starting at `start` without quarantining it.
 pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
     let shard = shard_of(start)?;
-    let r = shard.write().map.remove(&start)?;
+    let r = shard.write().remove(start)?;
     // A freed record's quarantine entry is skipped on eviction (id mismatch).
     let info = RegionInfo::of(start, &r);
     forget_removed(&r);
@@ -513,8 +612,8 @@ pub(crate) fn nothing_live() -> bool {
 pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
     for shard in SHARDS.iter().chain(std::iter::once(&LARGE)) {
         let inner = shard.read();
-        for (&s, r) in inner.map.iter() {
-            f(s, r);
+        for (&s, &slot) in inner.index.iter() {
+            f(s, inner.slot(slot));
         }
     }
 }
@@ -526,8 +625,8 @@ pub(crate) struct RegionDetail {
     pub size: usize,
     pub kind: RegionKind,
     pub state: RegionState,
-    pub pins: u32,
-    pub retains: u32,
+    pub pins: u16,
+    pub retains: u16,
     pub type_name: Option<&'static str>,
     pub family: u8,
     pub alloc_site: Option<Site>,
@@ -551,7 +650,7 @@ impl RegionDetail {
             state: r.state,
             pins: r.pins,
             retains: r.retains,
-            type_name: r.type_name.map(|f| f()),
+            type_name: e.and_then(|e| e.type_name).map(|f| f()),
             family: r.family,
             alloc_site: r.site,
             alloc_trace: e.and_then(|e| e.alloc_trace.clone()),
@@ -572,7 +671,7 @@ impl RegionDetail {
 pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
     let shard = shard_of(start)?;
     let inner = shard.read();
-    inner.map.get(&start).map(|r| RegionDetail::of(start, r))
+    inner.get(start).map(|r| RegionDetail::of(start, r))
 }
 
 /// Bytes of bookkeeping per region, for the benchmarks' memory figure: the

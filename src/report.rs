@@ -660,7 +660,6 @@ pub(crate) fn emit(v: Violation) {
 
 fn act(v: Violation) {
     let text = format!("{v}\n");
-    // `text` is only needed by the printing actions; the panic formats anew.
     match crate::mode::action() {
         crate::Action::Log => write_stderr(&text),
         crate::Action::Abort => {
@@ -800,7 +799,6 @@ static FREED_C: AtomicU64 = AtomicU64::new(0);
 static QUARANTINED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static PINS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static RETAINS: AtomicU64 = AtomicU64::new(0);
-pub(crate) static CALLS: AtomicU64 = AtomicU64::new(0);
 
 fn live_counters(kind: RegionKind) -> (&'static AtomicU64, &'static AtomicU64) {
     match kind {
@@ -866,8 +864,6 @@ pub struct Stats {
     pub pins: u64,
     /// Retains C holds right now.
     pub retains: u64,
-    /// Checked calls made (`call!` with checks on).
-    pub calls: u64,
     violations: [u64; 17],
 }
 
@@ -908,7 +904,6 @@ pub fn stats() -> Stats {
         quarantined_regions: l(&QUARANTINED),
         pins: l(&PINS),
         retains: l(&RETAINS),
-        calls: l(&CALLS),
         violations,
     }
 }
