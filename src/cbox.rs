@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use std::sync::RwLock;
 
 use crate::mode::{checks_on, COMPILED_IN};
-use crate::registry::{self, flags, NewRegion, RegionKind, RegionState};
+use crate::registry::{self, flags, NewRegion, RegionKind, RegionState, Release};
 use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::site::Site;
 
@@ -113,18 +113,21 @@ pub(crate) fn family_name(family: u8) -> &'static str {
 /// What a free should do after its check.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Verdict {
-    /// Free the memory.
-    Free,
+    /// The checker does not track the block: free it now.
+    Untracked,
+    /// A tracked, live block of the right family: hand it to
+    /// [`free_tracked`], which quarantines it.
+    Tracked,
     /// Do not touch it: freeing it would corrupt memory (the violation has
     /// been reported).
     Skip,
 }
 
 /// Rule C1/C2 for a free of `ptr` by deallocator `family` (`api` names it).
-/// Marks the region freed when the free may go ahead.
+/// Changes nothing: the caller finishes the free according to the verdict.
 pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option<Site>) -> Verdict {
     if ptr == 0 {
-        return Verdict::Free;
+        return Verdict::Untracked;
     }
     if !checks_on() {
         if COMPILED_IN && !registry::nothing_live() {
@@ -132,18 +135,28 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
             // back on cannot produce stale reports.
             registry::remove(ptr);
         }
-        return Verdict::Free;
+        return Verdict::Untracked;
     }
     let Some(r) = registry::lookup(ptr) else {
         // Memory the checker never saw (C's own allocations that were not
         // adopted): nothing to check.
-        return Verdict::Free;
+        return Verdict::Untracked;
     };
     if r.start != ptr {
         if r.state == RegionState::Freed {
-            // The freed range may since have been reused by an allocation
-            // the checker does not track; it cannot tell, so it stays quiet.
-            return Verdict::Free;
+            emit(
+                Violation::new(
+                    ViolationKind::UseAfterFree,
+                    format!("free of a pointer into freed memory (`{api}`)"),
+                )
+                .note(format!(
+                    "the pointer is {} bytes into the freed region",
+                    ptr - r.start
+                ))
+                .with_site(site)
+                .region_at("freed region", r.start),
+            );
+            return Verdict::Skip;
         }
         emit(
             Violation::new(
@@ -198,12 +211,52 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         );
         return Verdict::Skip;
     }
-    registry::mark_freed(ptr, site);
-    Verdict::Free
+    Verdict::Tracked
 }
 
-/// Registers `[ptr, ptr + size)` as live C memory of `family`, or takes
-/// over an existing record of it. A pointer into freed memory is C2.
+/// Finishes a free that [`check_free`] allowed: a tracked block goes to the
+/// quarantine (which gives it back to `dealloc` later), an untracked one is
+/// freed now.
+///
+/// # Safety
+/// `ptr` came from `dealloc`'s allocator, its owner is done with it, and the
+/// verdict is not `Skip`.
+pub(crate) unsafe fn free_checked(
+    ptr: *mut c_void,
+    verdict: Verdict,
+    dealloc: unsafe extern "C" fn(*mut c_void),
+    site: Option<Site>,
+) {
+    match verdict {
+        Verdict::Skip => {}
+        Verdict::Tracked => {
+            registry::mark_freed(ptr as usize, site, Release::C(dealloc));
+        }
+        // SAFETY: forwarded contract.
+        Verdict::Untracked => unsafe { dealloc(ptr) },
+    }
+}
+
+/// Registers a block the crate just allocated (no record can be
+/// trustworthy about a fresh block: it replaces any).
+fn track_new(ptr: usize, size: usize, site: Site, type_name: Option<fn() -> &'static str>) {
+    if ptr == 0 || !checks_on() {
+        return;
+    }
+    registry::insert(NewRegion {
+        start: ptr,
+        size,
+        kind: RegionKind::C,
+        family: FAMILY_MALLOC,
+        flags: 0,
+        site: Some(site),
+        type_name,
+    });
+}
+
+/// Registers `[ptr, ptr + size)`, returned by C, as live C memory of
+/// `family`, or takes over an existing record of it. A pointer into a
+/// quarantined block is C2: that memory cannot have been handed out again.
 fn adopt(ptr: usize, size: usize, family: u8, site: Site, type_name: Option<fn() -> &'static str>) {
     if ptr == 0 || !checks_on() {
         return;
@@ -214,7 +267,7 @@ fn adopt(ptr: usize, size: usize, family: u8, site: Site, type_name: Option<fn()
             // its allocation site, which is the more useful one.
             return;
         }
-        if r.state == RegionState::Freed && r.start == ptr {
+        if r.state == RegionState::Freed {
             emit(
                 Violation::new(
                     ViolationKind::UseAfterFree,
@@ -223,6 +276,8 @@ fn adopt(ptr: usize, size: usize, family: u8, site: Site, type_name: Option<fn()
                 .with_site(Some(site))
                 .region_at("freed region", r.start),
             );
+            // The record stays: it still owns the quarantined block.
+            return;
         }
     }
     registry::insert(NewRegion {
@@ -249,7 +304,7 @@ fn adopt(ptr: usize, size: usize, family: u8, site: Site, type_name: Option<fn()
 pub fn c_malloc(size: usize) -> *mut c_void {
     // SAFETY: malloc has no preconditions.
     let p = unsafe { libc::malloc(size.max(1)) };
-    adopt(p as usize, size, FAMILY_MALLOC, Site::caller(), None);
+    track_new(p as usize, size, Site::caller(), None);
     p
 }
 
@@ -270,12 +325,11 @@ pub fn c_malloc(size: usize) -> *mut c_void {
 /// ```
 #[track_caller]
 pub unsafe fn c_free(ptr: *mut c_void) {
-    let site = Site::caller();
-    if check_free(ptr as usize, FAMILY_MALLOC, "free", Some(site)) == Verdict::Free {
-        // SAFETY: the caller promises ptr came from malloc; the check found
-        // no record saying otherwise.
-        unsafe { libc::free(ptr) }
-    }
+    let site = Some(Site::caller());
+    let verdict = check_free(ptr as usize, FAMILY_MALLOC, "free", site);
+    // SAFETY: the caller promises ptr came from malloc and is not used after;
+    // the check found no record saying otherwise.
+    unsafe { free_checked(ptr, verdict, libc_free, site) }
 }
 
 /// Frees C memory with the deallocator `dealloc`, checking rule C1 as
@@ -286,11 +340,10 @@ pub unsafe fn c_free(ptr: *mut c_void) {
 /// after this.
 #[track_caller]
 pub unsafe fn c_free_with(ptr: *mut c_void, dealloc: &Deallocator) {
-    let site = Site::caller();
-    if check_free(ptr as usize, dealloc.family(), dealloc.name, Some(site)) == Verdict::Free {
-        // SAFETY: as promised by the caller.
-        unsafe { (dealloc.free)(ptr) }
-    }
+    let site = Some(Site::caller());
+    let verdict = check_free(ptr as usize, dealloc.family(), dealloc.name, site);
+    // SAFETY: as promised by the caller.
+    unsafe { free_checked(ptr, verdict, dealloc.free, site) }
 }
 
 /// Tracks `size` bytes at `ptr`, returned by C's `malloc` family, as C memory
@@ -392,6 +445,46 @@ impl<T: ?Sized> CBox<T> {
         unsafe { this.ptr.as_mut() }
     }
 
+    /// Frees the box now, recording this line as the site of the free (a
+    /// plain drop records a site only with backtraces on, since `Drop`
+    /// cannot know its caller).
+    ///
+    /// ```
+    /// let b = ffi_check::CBox::new(5u16);
+    /// b.free();
+    /// ```
+    #[track_caller]
+    pub fn free(self) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.free_at(Some(Site::caller()));
+    }
+
+    fn free_at(&mut self, site: Option<Site>) {
+        let ptr = self.ptr.as_ptr();
+        // Check first: after a double free (C freed it behind the box's
+        // back) the value must not be dropped, let alone freed again.
+        let verdict = if COMPILED_IN {
+            check_free(
+                ptr.cast::<u8>() as usize,
+                self.dealloc.family(),
+                self.dealloc.name,
+                site,
+            )
+        } else {
+            Verdict::Untracked
+        };
+        if verdict == Verdict::Skip {
+            return;
+        }
+        // SAFETY: the box owns an initialised T in memory from `dealloc`'s
+        // allocator (the constructors' contracts): the value is dropped once,
+        // then the memory is released once (now or from the quarantine).
+        unsafe {
+            std::ptr::drop_in_place(ptr);
+            free_checked(ptr.cast::<c_void>(), verdict, self.dealloc.free, site);
+        }
+    }
+
     fn into_raw_inner(self) -> NonNull<T> {
         let this = std::mem::ManuallyDrop::new(self);
         this.ptr
@@ -400,25 +493,7 @@ impl<T: ?Sized> CBox<T> {
 
 impl<T: ?Sized> Drop for CBox<T> {
     fn drop(&mut self) {
-        let ptr = self.ptr.as_ptr();
-        // Check first: after a double free (C freed it behind the box's
-        // back) the value must not be dropped, let alone freed again.
-        if COMPILED_IN
-            && check_free(
-                ptr.cast::<u8>() as usize,
-                self.dealloc.family(),
-                self.dealloc.name,
-                None,
-            ) == Verdict::Skip
-        {
-            return;
-        }
-        // SAFETY: the box owns an initialised T in memory from `dealloc`'s
-        // allocator (the constructors' contracts); both are released once.
-        unsafe {
-            std::ptr::drop_in_place(ptr);
-            (self.dealloc.free)(ptr.cast::<c_void>());
-        }
+        self.free_at(None);
     }
 }
 
@@ -457,10 +532,9 @@ impl<T> CBox<T> {
         };
         // SAFETY: fresh allocation, large and aligned enough for T.
         unsafe { ptr.as_ptr().write(value) };
-        adopt(
+        track_new(
             ptr.as_ptr() as usize,
             size,
-            FAMILY_MALLOC,
             Site::caller(),
             Some(std::any::type_name::<T>),
         );
@@ -569,10 +643,9 @@ impl<T> CBox<[T]> {
         }
         // SAFETY: fresh allocation of size_of_val(items) bytes, aligned for T.
         unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), p, items.len()) };
-        adopt(
+        track_new(
             p as usize,
             size,
-            FAMILY_MALLOC,
             Site::caller(),
             Some(std::any::type_name::<[T]>),
         );
@@ -600,10 +673,9 @@ impl<T> CBox<[T]> {
             // SAFETY: i < len, inside the fresh allocation.
             unsafe { p.add(i).write(value) };
         }
-        adopt(
+        track_new(
             p as usize,
             size,
-            FAMILY_MALLOC,
             Site::caller(),
             Some(std::any::type_name::<[T]>),
         );
@@ -722,13 +794,7 @@ impl CBox<CStr> {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
             p.add(bytes.len()).write(0);
         }
-        adopt(
-            p as usize,
-            size,
-            FAMILY_MALLOC,
-            site,
-            Some(std::any::type_name::<CStr>),
-        );
+        track_new(p as usize, size, site, Some(std::any::type_name::<CStr>));
         // SAFETY: the bytes end with their only NUL.
         let cstr =
             unsafe { CStr::from_bytes_with_nul_unchecked(std::slice::from_raw_parts(p, size)) };

@@ -230,6 +230,16 @@ pub use site::Site;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{callee_name, enclosing_fn, run_callback, Call};
+
+    /// For the registry benchmarks: whether a tracked region contains `addr`.
+    pub fn registry_contains(addr: usize) -> bool {
+        crate::registry::lookup(addr).is_some()
+    }
+
+    /// For the registry benchmarks: forgets the region starting at `addr`.
+    pub fn registry_forget(addr: usize) {
+        crate::registry::remove(addr);
+    }
 }
 
 /// Makes a checked Rust→C call: `call!(f(a, b, …))`.

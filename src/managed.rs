@@ -8,10 +8,11 @@ use std::ops::{Deref, DerefMut};
 
 use crate::cbox::FAMILY_RUST;
 use crate::mode::{checks_on, COMPILED_IN};
-use crate::registry::{self, flags, NewRegion, RegionKind, RegionState};
+use crate::registry::{self, flags, NewRegion, RegionKind, RegionState, Release};
 use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::scan::{may_hold_pointers, PointerFree};
 use crate::site::Site;
+use std::alloc::Layout;
 
 /// Rust-owned heap memory that may be lent to C, tracked by the checker.
 ///
@@ -117,12 +118,21 @@ impl<T> Managed<T> {
     /// as a drop).
     pub fn into_inner(self) -> T {
         let mut this = ManuallyDrop::new(self);
-        if this.tracked && !release(this.addr()) {
-            // C may still read the memory, so it is never freed; the value
-            // moves out by a bitwise copy and the leaked box is never dropped.
-            // SAFETY: the box is leaked (never dropped or freed), so reading
-            // the value out leaves exactly one owner: the returned T.
-            return unsafe { std::ptr::read(&**this.boxed) };
+        if COMPILED_IN && this.tracked {
+            let keep = !release(this.addr());
+            let layout = Layout::for_value(&**this.boxed);
+            // SAFETY: `this` is never dropped, so the box is taken out once;
+            // its memory is then owned by the raw pointer.
+            let raw = Box::into_raw(unsafe { ManuallyDrop::take(&mut this.boxed) });
+            // SAFETY: raw points to a live, initialised T; reading it moves
+            // the value out, and the box memory is never used as a T again.
+            let value = unsafe { std::ptr::read(raw) };
+            // When kept, C may still read the block: it is never freed.
+            if !keep {
+                // SAFETY: the value has moved out; the block is unused.
+                unsafe { quarantine(raw as usize, layout) };
+            }
+            return value;
         }
         // SAFETY: `this` is never dropped; the box is taken out once.
         let boxed = unsafe { ManuallyDrop::take(&mut this.boxed) };
@@ -156,20 +166,17 @@ impl Managed<CStr> {
     }
 }
 
-/// Marks the managed region at `start` freed, checking rule P3 first.
-/// Returns false when the memory must not be freed (C still holds it, or a
-/// `Pinner` still pins it): it is then kept, leaked, so C's pointer stays
-/// valid and the program does not crash.
+/// Rule P3 at the end of a managed region's life. Returns false when the
+/// memory must not be freed (C still holds it, or a `Pinner` still pins it):
+/// it is then marked freed but kept, leaked, so C's pointer stays valid and
+/// the program does not crash. When it returns true, the caller frees the
+/// memory through [`quarantine`].
 pub(crate) fn release(start: usize) -> bool {
     let state = registry::update(start, |r| (r.state, r.pins, r.retains));
     let Some((state, pins, retains)) = state else {
         return true;
     };
-    if state != RegionState::Live {
-        return true;
-    }
-    if !checks_on() {
-        registry::mark_freed(start, None);
+    if state != RegionState::Live || !checks_on() {
         return true;
     }
     if retains > 0 {
@@ -183,8 +190,22 @@ pub(crate) fn release(start: usize) -> bool {
             .region_at("pinned region", start),
         );
     }
-    registry::mark_freed(start, None);
-    retains == 0 && pins == 0
+    let keep = retains > 0 || pins > 0;
+    if keep {
+        registry::mark_freed(start, None, Release::Nothing);
+    }
+    !keep
+}
+
+/// Hands a managed block whose value is gone to the quarantine, which gives
+/// it back to the global allocator later (so no new allocation reuses the
+/// range while its freed record can still name it).
+///
+/// # Safety
+/// `start` is a live block from the global allocator with `layout`, its
+/// value already dropped or moved out, and nothing uses it any more.
+unsafe fn quarantine(start: usize, layout: Layout) {
+    registry::mark_freed(start, None, Release::Rust(layout));
 }
 
 #[cold]
@@ -198,7 +219,20 @@ pub(crate) fn report_retained_at_free(start: usize, message: &str) {
 
 impl<T: ?Sized> Drop for Managed<T> {
     fn drop(&mut self) {
-        if COMPILED_IN && self.tracked && !release(self.addr()) {
+        if COMPILED_IN && self.tracked {
+            if !release(self.addr()) {
+                return;
+            }
+            let layout = Layout::for_value(&**self.boxed);
+            // SAFETY: taken once, here; `boxed` is not used afterwards.
+            let raw = Box::into_raw(unsafe { ManuallyDrop::take(&mut self.boxed) });
+            // SAFETY: raw is the box's live value; it is dropped once and its
+            // block (from the global allocator with `layout`) is handed to
+            // the quarantine, unused from now on.
+            unsafe {
+                std::ptr::drop_in_place(raw);
+                quarantine(raw.cast::<u8>() as usize, layout);
+            }
             return;
         }
         // SAFETY: dropped once, here; `boxed` is not used afterwards.

@@ -29,7 +29,9 @@
 //! - every freed region has an entry in its shard's quarantine FIFO; entries
 //!   whose region was since replaced are skipped on eviction (ids differ).
 
+use std::alloc::Layout;
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -188,6 +190,48 @@ const NSHARDS: usize = 1 << SHARD_BITS;
 /// at most one partly filled segment per shard.
 const SEGMENT: usize = 1024;
 
+/// How a quarantined block's memory is given back when it leaves the
+/// quarantine. Holding the memory until then is what makes a freed record
+/// trustworthy: no allocation can reuse the range while the record names it,
+/// so a pointer into it really is a pointer into freed memory.
+#[derive(Clone, Copy)]
+pub(crate) enum Release {
+    /// Nothing to give back (the memory was released already, or is not
+    /// ours to release).
+    Nothing,
+    /// A C deallocator.
+    C(unsafe extern "C" fn(*mut c_void)),
+    /// Rust's global allocator.
+    Rust(Layout),
+}
+
+impl Release {
+    /// Gives the memory at `start` back.
+    ///
+    /// # Safety
+    /// `start` is the block this release was recorded for, nothing uses it
+    /// any more, and it is released once.
+    pub(crate) unsafe fn run(self, start: usize) {
+        match self {
+            Release::Nothing => {}
+            // SAFETY: forwarded contract: the block came from this
+            // deallocator's allocator.
+            Release::C(free) => unsafe { free(start as *mut c_void) },
+            // SAFETY: forwarded contract: the block came from the global
+            // allocator with this layout.
+            Release::Rust(layout) => unsafe { std::alloc::dealloc(start as *mut u8, layout) },
+        }
+    }
+}
+
+/// A freed block waiting in the quarantine.
+struct Quarantined {
+    start: usize,
+    id: u64,
+    size: usize,
+    release: Release,
+}
+
 /// One shard: an ordered index from start address to a slot of the slab,
 /// the slab of records, and the quarantine FIFO.
 #[derive(Default)]
@@ -195,7 +239,8 @@ struct ShardInner {
     index: BTreeMap<usize, u32>,
     segments: Vec<Vec<Region>>,
     vacant: Vec<u32>,
-    quarantine: VecDeque<(usize, u64)>,
+    quarantine: VecDeque<Quarantined>,
+    quarantine_bytes: usize,
 }
 
 impl ShardInner {
@@ -269,6 +314,7 @@ impl Shard {
             segments: Vec::new(),
             vacant: Vec::new(),
             quarantine: VecDeque::new(),
+            quarantine_bytes: 0,
         }))
     }
     // A panic while a shard is locked leaves it consistent (every mutation
@@ -336,12 +382,14 @@ fn shard_for_start(start: usize, size: usize) -> &'static Shard {
     }
 }
 
-/// How many freed regions each shard remembers.
-fn quarantine_per_shard() -> usize {
+/// How many freed blocks, and how many of their bytes, each shard holds
+/// back from reuse: 64 Ki blocks / 64 MiB in all in mode 1, 1 Mi blocks /
+/// 256 MiB in mode 2.
+fn quarantine_limits() -> (usize, usize) {
     if crate::mode::full() {
-        1 << 14
+        (1 << 14, 4 << 20)
     } else {
-        1 << 10
+        (1 << 10, 1 << 20)
     }
 }
 
@@ -551,15 +599,31 @@ pub(crate) fn update_containing<R>(
     (r.id() == info.id).then(|| f(info.start, r))
 }
 
-/// Marks the live region starting at `start` freed (into the quarantine) and
-/// returns it as it was just before. `None` when there is no such region.
-pub(crate) fn mark_freed(start: usize, site: Option<Site>) -> Option<RegionInfo> {
-    let shard = shard_of(start)?;
+/// Marks the live region starting at `start` freed and puts it in the
+/// quarantine, which gives its memory back with `release` when the block is
+/// evicted (the oldest first, once the shard holds too many blocks or bytes).
+/// Returns the region as it was just before; `None` when there is no such
+/// region, in which case `release` runs at once.
+pub(crate) fn mark_freed(start: usize, site: Option<Site>, release: Release) -> Option<RegionInfo> {
     let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
+    let shard = shard_of(start);
+    let Some(shard) = shard else {
+        // SAFETY: the caller hands over a block it owns and no longer uses.
+        unsafe { release.run(start) };
+        return None;
+    };
     let mut inner = shard.write();
-    let r = inner.get_mut(start)?;
+    let Some(r) = inner.get_mut(start) else {
+        drop(inner);
+        // SAFETY: as above.
+        unsafe { release.run(start) };
+        return None;
+    };
     let before = RegionInfo::of(start, r);
     if r.state != RegionState::Live {
+        drop(inner);
+        // A second free of a quarantined block must never release it twice:
+        // the callers report it and skip; this is a last line of defence.
         return Some(before);
     }
     r.state = RegionState::Freed;
@@ -568,25 +632,41 @@ pub(crate) fn mark_freed(start: usize, site: Option<Site>) -> Option<RegionInfo>
         extra.free_site = site;
         extra.free_trace = trace;
     }
-    inner.quarantine.push_back((start, before.id));
-    let limit = quarantine_per_shard();
+    inner.quarantine.push_back(Quarantined {
+        start,
+        id: before.id,
+        size: before.size,
+        release,
+    });
+    inner.quarantine_bytes += before.size;
+    let (max_blocks, max_bytes) = quarantine_limits();
     let mut evicted = Vec::new();
-    while inner.quarantine.len() > limit {
-        let Some((s, old)) = inner.quarantine.pop_front() else {
+    while inner.quarantine.len() > 1
+        && (inner.quarantine.len() > max_blocks || inner.quarantine_bytes > max_bytes)
+    {
+        let Some(q) = inner.quarantine.pop_front() else {
             break;
         };
+        inner.quarantine_bytes -= q.size;
         let current = inner
-            .get(s)
-            .is_some_and(|r| r.id() == old && r.state == RegionState::Freed);
+            .get(q.start)
+            .is_some_and(|r| r.id() == q.id && r.state == RegionState::Freed);
         if current {
-            evicted.extend(inner.remove(s));
+            let r = inner.remove(q.start).expect("present");
+            evicted.push((q, r));
         }
+        // Otherwise the record was replaced: the range was reused behind the
+        // checker's back, so giving it back now would free someone else's
+        // memory. It is left alone (a leak, never a corruption).
     }
     drop(inner);
     LIVE.fetch_sub(1, Ordering::Relaxed);
     crate::report::stats_region_freed(before.kind, before.size);
-    for r in &evicted {
-        forget_removed(r);
+    for (q, r) in evicted {
+        forget_removed(&r);
+        // SAFETY: the block left the quarantine: it was freed by its owner,
+        // held back from reuse since, and is released exactly once, here.
+        unsafe { q.release.run(q.start) };
     }
     Some(before)
 }

@@ -1,0 +1,121 @@
+//! The registry at scale: containing-address lookup with 1,000, 100,000 and
+//! 1,000,000 live regions, insert + remove, the bookkeeping bytes per region,
+//! and the leak report over a million live allocations from 1,000 sites.
+//!
+//! Regions are registered at synthetic addresses (the registry never reads
+//! the memory it tracks), 64 bytes apart, as a malloc-heavy program's would
+//! be. Bytes per region are measured with a counting global allocator: every
+//! byte the registry allocates (slab segments, index nodes) divided by the
+//! number of regions.
+//!
+//! Run: `cargo bench --bench registry` (checks compiled in even in the bench
+//! profile would need `--features always`; the registry functions are
+//! called directly, so this bench measures them either way).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::c_void;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ffi_check::__private::{registry_contains, registry_forget};
+
+struct Counting;
+static NET_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to System and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        NET_BYTES.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        NET_BYTES.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        NET_BYTES.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded contract.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const BASE: usize = 0x5000_0000_0000;
+const STRIDE: usize = 64;
+
+/// Registers `n` regions of 48 bytes, 64 apart, starting at `base`, from
+/// `sites` distinct call sites (one per `n / sites` block).
+fn populate(base: usize, n: usize) {
+    for i in 0..n {
+        ffi_check::c_adopt((base + i * STRIDE) as *mut c_void, 48);
+    }
+}
+
+fn clear(base: usize, n: usize) {
+    for i in 0..n {
+        registry_forget(base + i * STRIDE);
+    }
+}
+
+fn lookup(c: &mut Criterion) {
+    if !ffi_check::COMPILED_IN {
+        eprintln!("registry bench: checks compiled out; run with --features always");
+        return;
+    }
+    let mut g = c.benchmark_group("registry");
+    g.measurement_time(Duration::from_secs(2)).sample_size(20);
+    for &n in &[1_000usize, 100_000, 1_000_000] {
+        let before = NET_BYTES.load(Ordering::Relaxed);
+        populate(BASE, n);
+        let bytes = NET_BYTES.load(Ordering::Relaxed) - before;
+        println!(
+            "registry: {n} regions use {bytes} bytes: {:.1} bytes/region (record + index entry: {} bytes)",
+            bytes as f64 / n as f64,
+            ffi_check::REGION_RECORD_BYTES
+        );
+        let mut i = 0usize;
+        g.bench_with_input(BenchmarkId::new("lookup_interior", n), &n, |b, &n| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                black_box(registry_contains(BASE + i * STRIDE + 17))
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("lookup_miss", n), &n, |b, &n| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                // In the gap between two regions.
+                black_box(registry_contains(BASE + i * STRIDE + 56))
+            })
+        });
+        let extra = BASE + n * STRIDE + (1 << 30);
+        let mut k = 0usize;
+        g.bench_with_input(BenchmarkId::new("insert_remove", n), &n, |b, _| {
+            b.iter(|| {
+                k = (k + 1) % 4096;
+                let p = extra + k * STRIDE;
+                ffi_check::c_adopt(p as *mut c_void, 48);
+                registry_forget(p);
+            })
+        });
+        if n == 1_000_000 {
+            let t = Instant::now();
+            let report = ffi_check::leak_report();
+            println!(
+                "registry: leak report over {} live allocations took {:?}",
+                report.leaked_allocations(),
+                t.elapsed()
+            );
+        }
+        clear(BASE, n);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup);
+criterion_main!(benches);
