@@ -32,9 +32,13 @@ thread_local! {
     static CURRENT: Cell<Option<(&'static str, Site)>> = const { Cell::new(None) };
 }
 
-/// The call this thread is in, if any.
+/// The call this thread is in, if any: the callee's name and the call site.
 pub(crate) fn current_call() -> Option<(&'static str, Site)> {
-    CURRENT.try_with(|c| c.get()).ok().flatten()
+    CURRENT
+        .try_with(|c| c.get())
+        .ok()
+        .flatten()
+        .map(|(path, site)| (callee_name(path), site))
 }
 
 /// One Rust→C call in progress: made by [`call!`](crate::call!), not by hand.
@@ -138,14 +142,14 @@ impl Call {
                 format!(
                     "argument {} of `{}` {}",
                     self.arg,
-                    self.callee,
+                    callee_name(self.callee),
                     msg::UNPINNED_NESTED
                 ),
             )
             .note(format!(
                 "the nested pointer is at offset {offset} of the lent memory"
             ))
-            .with_callee(Some(self.callee))
+            .with_callee(Some(callee_name(self.callee)))
             .with_site(Some(self.site))
             .region_at("lent", lent)
             .region_at("points to", target),
@@ -160,7 +164,7 @@ impl Call {
                 format!(
                     "argument {} of `{}` {}",
                     self.arg,
-                    self.callee,
+                    callee_name(self.callee),
                     msg::USE_AFTER_FREE_ARG
                 ),
             )
@@ -168,7 +172,7 @@ impl Call {
                 "the pointer is {} bytes into the freed region",
                 addr - start
             ))
-            .with_callee(Some(self.callee))
+            .with_callee(Some(callee_name(self.callee)))
             .with_site(Some(self.site))
             .region_at("freed region", start),
         );
@@ -473,7 +477,7 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
                     msg::USE_AFTER_FREE_ARG
                 ),
             )
-            .with_callee(Some(callback))
+            .with_callback(callback)
             .with_site(Some(site))
             .region_at("freed region", r.start),
         );
@@ -498,15 +502,12 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
         format!(
             "result of callback `{callback}` {}",
             match nested {
-                None => msg::CALLBACK_UNPINNED.to_owned(),
-                Some(_) => format!(
-                    "points to {}",
-                    msg::CALLBACK_UNPINNED.trim_start_matches("result is ")
-                ),
+                None => msg::CALLBACK_UNPINNED,
+                Some(_) => msg::CALLBACK_POINTS_TO_UNPINNED,
             }
         ),
     )
-    .with_callee(Some(callback))
+    .with_callback(callback)
     .with_site(Some(site))
     .region_at("returned", r.start);
     if let Some((_, target)) = nested {
@@ -515,11 +516,10 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
     emit(v);
 }
 
-/// The callee's own name from the path `call!` was given (`ffi::png_write`
-/// gives `png_write`), as cgocheck names the C function.
-#[doc(hidden)]
-#[inline(always)]
-pub fn callee_name(path: &'static str) -> &'static str {
+/// The callee's own name from the path `call!` was given (`ffi :: png_write`
+/// gives `png_write`), as cgocheck names the C function. Done only when a
+/// report needs it: the call path carries the path as the macro wrote it.
+pub(crate) fn callee_name(path: &'static str) -> &'static str {
     path.rsplit("::").next().map_or(path, str::trim)
 }
 

@@ -229,7 +229,7 @@ pub use site::Site;
 /// Implementation details of the macros. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{callee_name, enclosing_fn, run_callback, Call};
+    pub use crate::call::{enclosing_fn, run_callback, Call};
 
     /// For the registry benchmarks: whether a tracked region contains `addr`.
     pub fn registry_contains(addr: usize) -> bool {
@@ -266,7 +266,7 @@ pub mod __private {
 macro_rules! call {
     ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {{
         let mut __ffi_check_call =
-            $crate::__private::Call::new($crate::__private::callee_name(stringify!($($f)::+)));
+            $crate::__private::Call::new(stringify!($($f)::+));
         let __ffi_check_ret = $($f)::+( $( $crate::CArg::lower($arg, &mut __ffi_check_call) ),* );
         __ffi_check_call.finish();
         __ffi_check_ret

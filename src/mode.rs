@@ -123,6 +123,7 @@ pub(crate) fn full() -> bool {
 /// ```
 pub fn set_mode(mode: Mode) {
     MODE.store(mode as u8, Ordering::Relaxed);
+    crate::leak::install_exit_report_from_env();
 }
 
 /// The current action.

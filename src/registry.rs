@@ -331,6 +331,9 @@ impl Shard {
 static SHARDS: [Shard; NSHARDS] = [const { Shard::new() }; NSHARDS];
 static LARGE: Shard = Shard::new();
 static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The largest small region ever registered: an address further than this
+/// into its chunk cannot be inside a region that starts in the chunk before.
+static MAX_SMALL: AtomicUsize = AtomicUsize::new(0);
 
 /// Lowest and highest address ever tracked, and the same for managed memory:
 /// the bounds pre-filter that lets a scan or a lookup of an unrelated word
@@ -439,6 +442,8 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let replaced = shard.write().insert(new.start, region);
     if size >= CHUNK {
         LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
+    } else if size > MAX_SMALL.load(Ordering::Relaxed) {
+        MAX_SMALL.fetch_max(size, Ordering::Relaxed);
     }
     LIVE.fetch_add(1, Ordering::Relaxed);
     crate::report::stats_region_created(new.kind, new.size);
@@ -552,8 +557,8 @@ fn lookup_slow(addr: usize) -> Option<RegionInfo> {
         return Some(r);
     }
     // A small region that starts in the previous chunk may reach into this
-    // one.
-    if addr >= CHUNK {
+    // one, if any small region is long enough to.
+    if addr >= CHUNK && addr & (CHUNK - 1) < MAX_SMALL.load(Ordering::Relaxed) {
         let prev = shard_index(addr - CHUNK);
         if prev != here {
             if let Some(r) = find_in(&SHARDS[prev], addr) {

@@ -173,7 +173,8 @@ pub(crate) mod msg {
     /// Go: "cgo argument has Go pointer to unpinned Go pointer".
     pub const UNPINNED_NESTED: &str = "has managed pointer to unpinned managed pointer";
     /// Go: "cgo result is unpinned Go pointer or points to unpinned Go pointer".
-    pub const CALLBACK_UNPINNED: &str = "result is unpinned managed pointer";
+    pub const CALLBACK_UNPINNED: &str = "is unpinned managed pointer";
+    pub const CALLBACK_POINTS_TO_UNPINNED: &str = "points to unpinned managed pointer";
     /// Go (cgocheck2): "write of unpinned Go pointer ... to non-Go memory".
     pub const STORED_UNPINNED: &str = "write of unpinned managed pointer into C memory";
     /// Go: "found leaking pinned pointer; forgot to call Unpin()?".
@@ -296,6 +297,7 @@ struct ViolationData {
     message: String,
     regions: Vec<ReportRegion>,
     callee: Option<&'static str>,
+    in_callback: bool,
     site: Option<Site>,
     thread: String,
     notes: Vec<String>,
@@ -318,6 +320,7 @@ impl Violation {
             message,
             regions: Vec::new(),
             callee: None,
+            in_callback: false,
             site: None,
             thread: current_thread_name(),
             notes: Vec::new(),
@@ -336,6 +339,12 @@ impl Violation {
     }
     pub(crate) fn with_callee(mut self, callee: Option<&'static str>) -> Violation {
         self.0.callee = callee;
+        self
+    }
+    /// Names the Rust callback (called by C) the violation happened in.
+    pub(crate) fn with_callback(mut self, callback: &'static str) -> Violation {
+        self.0.callee = Some(callback);
+        self.0.in_callback = true;
         self
     }
     pub(crate) fn with_site(mut self, site: Option<Site>) -> Violation {
@@ -398,8 +407,14 @@ impl Violation {
         }
         if let Some(site) = d.site {
             let _ = write!(out, "  at {site}");
-            if let Some(callee) = d.callee {
-                let _ = write!(out, " in call to `{callee}`");
+            match (d.callee, d.in_callback) {
+                (Some(callback), true) => {
+                    let _ = write!(out, " in callback `{callback}`");
+                }
+                (Some(callee), false) => {
+                    let _ = write!(out, " in call to `{callee}`");
+                }
+                (None, _) => {}
             }
             let _ = writeln!(out, " on thread `{}`", d.thread);
         } else {
@@ -534,11 +549,20 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                 .unwrap_or_else(|| "<unknown>".into());
             if !started {
                 // Skip the capture machinery and the checker itself.
+                // Everything up to the first frame of the user's code: the
+                // capture machinery, the checker (Rust and C API), and the
+                // std/core adapters they call through.
                 if name.contains("backtrace::")
                     || name.contains("ffi_check::")
+                    || name.starts_with("ffi_check_")
                     || name.contains("catch_unwind")
                     || name.contains("__rust_try")
-                    || name.starts_with("std::panicking")
+                    || name.starts_with("core::")
+                    || name.starts_with("<core::")
+                    || name.starts_with("std::")
+                    || name.starts_with("<std::")
+                    || name.starts_with("alloc::")
+                    || name.starts_with("<alloc::")
                 {
                     continue;
                 }
