@@ -27,60 +27,69 @@ use crate::scan::find_unpinned;
 use crate::site::Site;
 
 thread_local! {
-    /// The checked call this thread is inside, so that what C does during it
-    /// (a retain, a free) can name it.
-    static CURRENT: Cell<Option<(&'static str, Site)>> = const { Cell::new(None) };
+    /// The checked call this thread is inside (a pointer to its `Call` on
+    /// the stack, null outside any), so that what C does during it (a
+    /// retain) can name it. One word: the hot path writes it twice per call.
+    static CURRENT: Cell<*const Call> = const { Cell::new(std::ptr::null()) };
 }
 
 /// The call this thread is in, if any: the callee's name and the call site.
 pub(crate) fn current_call() -> Option<(&'static str, Site)> {
-    CURRENT
-        .try_with(|c| c.get())
-        .ok()
-        .flatten()
-        .map(|(path, site)| (callee_name(path), site))
+    let call = CURRENT.try_with(|c| c.get()).ok()?;
+    if call.is_null() {
+        return None;
+    }
+    // SAFETY: CURRENT is only ever set by `Call::enter` to a `Call` that
+    // stays in place until its drop, which restores the previous value; it
+    // is read only on this thread, so a non-null value is a live `Call`.
+    let call = unsafe { &*call };
+    Some((callee_name(call.callee), call.site))
 }
 
-/// One Rust→C call in progress: made by [`call!`](crate::call!), not by hand.
-///
-/// It carries the callee's name, the call site, the argument counter and
-/// whether checks are on (read once, so each argument costs one branch).
+/// True when `call!` takes its checked path: one relaxed load.
+#[doc(hidden)]
+#[inline(always)]
+pub fn checking() -> bool {
+    checks_on()
+}
+
+/// One checked Rust→C call in progress: made by [`call!`](crate::call!),
+/// not by hand. It carries the callee's name, the call site and the argument
+/// counter for reports.
 #[doc(hidden)]
 pub struct Call {
     callee: &'static str,
     site: Site,
-    on: bool,
     arg: u32,
-    prev: Option<(&'static str, Site)>,
+    entered: bool,
+    prev: *const Call,
 }
 
 impl Call {
-    /// Starts a call to `callee` from the caller's site.
+    /// Starts a call to `callee` (the path as `call!` wrote it) from the
+    /// caller's site.
     #[track_caller]
     #[inline(always)]
     pub fn new(callee: &'static str) -> Call {
-        let on = checks_on();
-        let site = Site::caller();
-        let prev = if on {
-            CURRENT
-                .try_with(|c| c.replace(Some((callee, site))))
-                .ok()
-                .flatten()
-        } else {
-            None
-        };
         Call {
             callee,
-            site,
-            on,
+            site: Site::caller(),
             arg: 0,
-            prev,
+            entered: false,
+            prev: std::ptr::null(),
         }
     }
 
-    /// Ends the call.
+    /// Makes this the thread's current call, until it drops. Called once the
+    /// `Call` is in its final place.
     #[inline(always)]
-    pub fn finish(self) {}
+    pub fn enter(&mut self) {
+        let me: *const Call = self;
+        if let Ok(prev) = CURRENT.try_with(|c| c.replace(me)) {
+            self.prev = prev;
+            self.entered = true;
+        }
+    }
 
     /// Counts an argument that needs no check.
     #[inline(always)]
@@ -93,7 +102,7 @@ impl Call {
     #[inline(always)]
     pub fn lend(&mut self, addr: usize, size: usize, scan: bool) {
         self.arg += 1;
-        if self.on && scan {
+        if scan {
             self.scan_lent(addr, size);
         }
     }
@@ -103,7 +112,7 @@ impl Call {
     #[inline(always)]
     pub fn raw(&mut self, addr: usize) {
         self.arg += 1;
-        if self.on && addr != 0 {
+        if addr != 0 {
             self.check_raw(addr);
         }
     }
@@ -182,7 +191,7 @@ impl Call {
 impl Drop for Call {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.on {
+        if self.entered {
             let prev = self.prev;
             let _ = CURRENT.try_with(|c| c.set(prev));
         }
@@ -216,6 +225,8 @@ impl Drop for Call {
 pub trait CArg<R> {
     /// Converts and checks.
     fn lower(self, call: &mut Call) -> R;
+    /// Converts without a check (checks off at run time, or compiled out).
+    fn pass(self) -> R;
 }
 
 macro_rules! plain_arg {
@@ -223,6 +234,8 @@ macro_rules! plain_arg {
         impl CArg<$t> for $t {
             #[inline(always)]
             fn lower(self, call: &mut Call) -> $t { call.plain(); self }
+            #[inline(always)]
+            fn pass(self) -> $t { self }
         }
     )* };
 }
@@ -251,6 +264,10 @@ impl<T> CArg<*const T> for *const T {
         call.raw(self as usize);
         self
     }
+    #[inline(always)]
+    fn pass(self) -> *const T {
+        self
+    }
 }
 impl<T> CArg<*mut T> for *mut T {
     #[inline(always)]
@@ -258,11 +275,19 @@ impl<T> CArg<*mut T> for *mut T {
         call.raw(self as usize);
         self
     }
+    #[inline(always)]
+    fn pass(self) -> *mut T {
+        self
+    }
 }
 impl<T> CArg<*const T> for *mut T {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *const T {
         call.raw(self as usize);
+        self
+    }
+    #[inline(always)]
+    fn pass(self) -> *const T {
         self
     }
 }
@@ -276,6 +301,10 @@ macro_rules! lend_managed {
                 call.lend(addr, size, scan);
                 addr as *const U
             }
+            #[inline(always)]
+            fn pass(self) -> *const U {
+                self.addr() as *const U
+            }
         }
         impl<'a, T: ?Sized, U> CArg<*const U> for &'a mut $owner<T> {
             #[inline(always)]
@@ -284,6 +313,10 @@ macro_rules! lend_managed {
                 call.lend(addr, size, scan);
                 addr as *const U
             }
+            #[inline(always)]
+            fn pass(self) -> *const U {
+                self.addr() as *const U
+            }
         }
         impl<'a, T: ?Sized, U> CArg<*mut U> for &'a mut $owner<T> {
             #[inline(always)]
@@ -291,6 +324,10 @@ macro_rules! lend_managed {
                 let (addr, size, scan) = $get(&*self);
                 call.lend(addr, size, scan);
                 addr as *mut U
+            }
+            #[inline(always)]
+            fn pass(self) -> *mut U {
+                self.addr() as *mut U
             }
         }
     };
@@ -321,17 +358,26 @@ lend_managed!(CBox, cbox_parts);
 impl<T, U> CArg<*const U> for Option<&T> {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *const U {
-        let p = self.map_or(std::ptr::null(), |r| r as *const T);
+        let p = CArg::<*const U>::pass(self);
         call.raw(p as usize);
-        p.cast::<U>()
+        p
+    }
+    #[inline(always)]
+    fn pass(self) -> *const U {
+        self.map_or(std::ptr::null(), |r| r as *const T).cast::<U>()
     }
 }
 impl<T, U> CArg<*mut U> for Option<&mut T> {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *mut U {
-        let p = self.map_or(std::ptr::null_mut(), |r| r as *mut T);
+        let p = CArg::<*mut U>::pass(self);
         call.raw(p as usize);
-        p.cast::<U>()
+        p
+    }
+    #[inline(always)]
+    fn pass(self) -> *mut U {
+        self.map_or(std::ptr::null_mut(), |r| r as *mut T)
+            .cast::<U>()
     }
 }
 impl CArg<*const c_char> for &CStr {
@@ -340,11 +386,19 @@ impl CArg<*const c_char> for &CStr {
         call.raw(self.as_ptr() as usize);
         self.as_ptr()
     }
+    #[inline(always)]
+    fn pass(self) -> *const c_char {
+        self.as_ptr()
+    }
 }
 impl CArg<*const c_char> for &CString {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *const c_char {
         call.raw(self.as_ptr() as usize);
+        self.as_ptr()
+    }
+    #[inline(always)]
+    fn pass(self) -> *const c_char {
         self.as_ptr()
     }
 }
@@ -356,6 +410,10 @@ impl<F: Copy> CArg<Option<F>> for Option<F> {
         call.plain();
         self
     }
+    #[inline(always)]
+    fn pass(self) -> Option<F> {
+        self
+    }
 }
 
 macro_rules! fn_ptr_arg {
@@ -363,10 +421,14 @@ macro_rules! fn_ptr_arg {
         impl<Ret, $($a),*> CArg<extern "C" fn($($a),*) -> Ret> for extern "C" fn($($a),*) -> Ret {
             #[inline(always)]
             fn lower(self, call: &mut Call) -> Self { call.plain(); self }
+            #[inline(always)]
+            fn pass(self) -> Self { self }
         }
         impl<Ret, $($a),*> CArg<unsafe extern "C" fn($($a),*) -> Ret> for unsafe extern "C" fn($($a),*) -> Ret {
             #[inline(always)]
             fn lower(self, call: &mut Call) -> Self { call.plain(); self }
+            #[inline(always)]
+            fn pass(self) -> Self { self }
         }
     };
 }
@@ -398,6 +460,10 @@ impl<T> CArg<T> for Unchecked<T> {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> T {
         call.plain();
+        self.0
+    }
+    #[inline(always)]
+    fn pass(self) -> T {
         self.0
     }
 }

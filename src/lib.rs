@@ -229,7 +229,7 @@ pub use site::Site;
 /// Implementation details of the macros. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{enclosing_fn, run_callback, Call};
+    pub use crate::call::{checking, enclosing_fn, run_callback, Call};
 
     /// For the registry benchmarks: whether a tracked region contains `addr`.
     pub fn registry_contains(addr: usize) -> bool {
@@ -264,13 +264,18 @@ pub mod __private {
 /// ```
 #[macro_export]
 macro_rules! call {
-    ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {{
-        let mut __ffi_check_call =
-            $crate::__private::Call::new(stringify!($($f)::+));
-        let __ffi_check_ret = $($f)::+( $( $crate::CArg::lower($arg, &mut __ffi_check_call) ),* );
-        __ffi_check_call.finish();
-        __ffi_check_ret
-    }};
+    ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {
+        // One relaxed load decides; compiled out, the test is a constant and
+        // only the plain call remains.
+        if $crate::__private::checking() {
+            let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
+            let __ffi_check_call = &mut __ffi_check_call;
+            __ffi_check_call.enter();
+            $($f)::+( $( $crate::CArg::lower($arg, __ffi_check_call) ),* )
+        } else {
+            $($f)::+( $( $crate::CArg::pass($arg) ),* )
+        }
+    };
 }
 
 /// Wraps the body of a Rust function that C calls: `callback!({ … })`.
