@@ -9,7 +9,7 @@
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int};
 
-use crate::cbox::{check_free, free_checked, Verdict, FAMILY_MALLOC};
+use crate::cbox::{check_free, free_checked, Deallocator, Verdict, FAMILY_MALLOC};
 use crate::mode::checks_on;
 use crate::registry::{self, NewRegion, RegionKind};
 use crate::report::{enter_callback, write_stderr};
@@ -159,7 +159,7 @@ pub extern "C" fn ffi_check_free_at(ptr: *mut c_void, file: *const c_char, line:
         let verdict = check_free(ptr as usize, FAMILY_MALLOC, "free", site);
         // SAFETY: the checks found ptr to be live malloc memory (or memory
         // the checker never saw, which C vouches for).
-        unsafe { free_checked(ptr, verdict, libc::free, site) }
+        unsafe { free_checked(ptr, verdict, &Deallocator::LIBC, site) }
     })
 }
 

@@ -115,9 +115,9 @@ pub(crate) fn family_name(family: u8) -> &'static str {
 pub(crate) enum Verdict {
     /// The checker does not track the block: free it now.
     Untracked,
-    /// A tracked, live block of the right family: hand it to
-    /// [`free_tracked`], which quarantines it.
-    Tracked,
+    /// A tracked, live block (with this id) of the right family: hand it to
+    /// [`free_checked`].
+    Tracked(u64),
     /// Do not touch it: freeing it would corrupt memory (the violation has
     /// been reported).
     Skip,
@@ -137,11 +137,15 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         }
         return Verdict::Untracked;
     }
-    let Some(r) = registry::lookup(ptr) else {
+    let Some(r) = registry::lookup_for_free(ptr) else {
         // Memory the checker never saw (C's own allocations that were not
         // adopted): nothing to check.
         return Verdict::Untracked;
     };
+    if r.start != ptr && r.flags & flags::RELEASED != 0 {
+        // Inside a range whose memory was given back: no longer known.
+        return Verdict::Untracked;
+    }
     if r.start != ptr {
         if r.state == RegionState::Freed {
             emit(
@@ -196,7 +200,10 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         );
         return Verdict::Skip;
     }
-    if r.family != family {
+    // A library's deallocator may wrap `free` (a destroy function does), so
+    // malloc memory freed by one is allowed; library memory freed by `free`
+    // or by another library's deallocator is not.
+    if r.family != family && !(r.family == FAMILY_MALLOC && family != FAMILY_MALLOC) {
         emit(
             Violation::new(
                 ViolationKind::MismatchedFree,
@@ -211,7 +218,7 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         );
         return Verdict::Skip;
     }
-    Verdict::Tracked
+    Verdict::Tracked(r.id)
 }
 
 /// Finishes a free that [`check_free`] allowed: a tracked block goes to the
@@ -224,16 +231,27 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
 pub(crate) unsafe fn free_checked(
     ptr: *mut c_void,
     verdict: Verdict,
-    dealloc: unsafe extern "C" fn(*mut c_void),
+    dealloc: &Deallocator,
     site: Option<Site>,
 ) {
+    let dealloc_fn = dealloc.free;
     match verdict {
         Verdict::Skip => {}
-        Verdict::Tracked => {
-            registry::mark_freed(ptr as usize, site, Release::C(dealloc));
+        Verdict::Tracked(id) if dealloc.family() == FAMILY_MALLOC => {
+            // Plain malloc memory waits in the quarantine.
+            registry::mark_freed(ptr as usize, Some(id), site, Release::C(dealloc_fn));
+        }
+        Verdict::Tracked(id) => {
+            // A library's deallocator runs now: it may be a destroy function
+            // with effects of its own, and it may free through
+            // `ffi_check_free` itself (which then records the free). If it
+            // did not, the record is marked freed and released here.
+            // SAFETY: forwarded contract.
+            unsafe { dealloc_fn(ptr) };
+            registry::mark_freed(ptr as usize, Some(id), site, Release::Released);
         }
         // SAFETY: forwarded contract.
-        Verdict::Untracked => unsafe { dealloc(ptr) },
+        Verdict::Untracked => unsafe { dealloc_fn(ptr) },
     }
 }
 
@@ -329,7 +347,7 @@ pub unsafe fn c_free(ptr: *mut c_void) {
     let verdict = check_free(ptr as usize, FAMILY_MALLOC, "free", site);
     // SAFETY: the caller promises ptr came from malloc and is not used after;
     // the check found no record saying otherwise.
-    unsafe { free_checked(ptr, verdict, libc_free, site) }
+    unsafe { free_checked(ptr, verdict, &Deallocator::LIBC, site) }
 }
 
 /// Frees C memory with the deallocator `dealloc`, checking rule C1 as
@@ -343,7 +361,7 @@ pub unsafe fn c_free_with(ptr: *mut c_void, dealloc: &Deallocator) {
     let site = Some(Site::caller());
     let verdict = check_free(ptr as usize, dealloc.family(), dealloc.name, site);
     // SAFETY: as promised by the caller.
-    unsafe { free_checked(ptr, verdict, dealloc.free, site) }
+    unsafe { free_checked(ptr, verdict, dealloc, site) }
 }
 
 /// Tracks `size` bytes at `ptr`, returned by C's `malloc` family, as C memory
@@ -481,7 +499,7 @@ impl<T: ?Sized> CBox<T> {
         // then the memory is released once (now or from the quarantine).
         unsafe {
             std::ptr::drop_in_place(ptr);
-            free_checked(ptr.cast::<c_void>(), verdict, self.dealloc.free, site);
+            free_checked(ptr.cast::<c_void>(), verdict, &self.dealloc, site);
         }
     }
 

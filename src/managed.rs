@@ -192,7 +192,7 @@ pub(crate) fn release(start: usize) -> bool {
     }
     let keep = retains > 0 || pins > 0;
     if keep {
-        registry::mark_freed(start, None, Release::Nothing);
+        registry::mark_freed(start, None, None, Release::Nothing);
     }
     !keep
 }
@@ -205,7 +205,7 @@ pub(crate) fn release(start: usize) -> bool {
 /// `start` is a live block from the global allocator with `layout`, its
 /// value already dropped or moved out, and nothing uses it any more.
 unsafe fn quarantine(start: usize, layout: Layout) {
-    registry::mark_freed(start, None, Release::Rust(layout));
+    registry::mark_freed(start, None, None, Release::Rust(layout));
 }
 
 #[cold]

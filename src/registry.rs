@@ -95,6 +95,10 @@ pub(crate) mod flags {
     pub const INTENDED_LEAK: u8 = 1 << 1;
     /// Owned by a `Pinned<T>`: pinned for its whole life.
     pub const PINNED_FOREVER: u8 = 1 << 2;
+    /// Freed, and its memory already given back (a library's deallocator
+    /// runs at once, not from the quarantine): the range may be reused, so
+    /// only an exact second free is still judged by this record.
+    pub const RELEASED: u8 = 1 << 3;
 }
 
 /// The rare, large facts about a region, boxed so the common record stays
@@ -203,6 +207,9 @@ pub(crate) enum Release {
     C(unsafe extern "C" fn(*mut c_void)),
     /// Rust's global allocator.
     Rust(Layout),
+    /// Given back already by the caller: the record is kept only to catch
+    /// a second free of the same pointer.
+    Released,
 }
 
 impl Release {
@@ -213,7 +220,7 @@ impl Release {
     /// any more, and it is released once.
     pub(crate) unsafe fn run(self, start: usize) {
         match self {
-            Release::Nothing => {}
+            Release::Nothing | Release::Released => {}
             // SAFETY: forwarded contract: the block came from this
             // deallocator's allocator.
             Release::C(free) => unsafe { free(start as *mut c_void) },
@@ -526,9 +533,20 @@ fn forget_removed(r: &Region) {
     crate::report::stats_region_gone(r.kind, r.size, r.state == RegionState::Live);
 }
 
-/// The region (live or freed) that contains `addr`, if any.
+/// The region (live or quarantined) that contains `addr`, if any. Freed
+/// records whose memory was already given back are not trusted here: the
+/// range may belong to someone else by now.
 #[inline]
 pub(crate) fn lookup(addr: usize) -> Option<RegionInfo> {
+    if addr < LO.load(Ordering::Relaxed) || addr >= HI.load(Ordering::Relaxed) {
+        return None;
+    }
+    lookup_slow(addr).filter(|r| r.flags & flags::RELEASED == 0)
+}
+
+/// Like [`lookup`], including released records: what a free asks, since a
+/// second free of the exact same pointer is a double free either way.
+pub(crate) fn lookup_for_free(addr: usize) -> Option<RegionInfo> {
     if addr < LO.load(Ordering::Relaxed) || addr >= HI.load(Ordering::Relaxed) {
         return None;
     }
@@ -609,7 +627,12 @@ pub(crate) fn update_containing<R>(
 /// evicted (the oldest first, once the shard holds too many blocks or bytes).
 /// Returns the region as it was just before; `None` when there is no such
 /// region, in which case `release` runs at once.
-pub(crate) fn mark_freed(start: usize, site: Option<Site>, release: Release) -> Option<RegionInfo> {
+pub(crate) fn mark_freed(
+    start: usize,
+    expect_id: Option<u64>,
+    site: Option<Site>,
+    release: Release,
+) -> Option<RegionInfo> {
     let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
     let shard = shard_of(start);
     let Some(shard) = shard else {
@@ -625,6 +648,14 @@ pub(crate) fn mark_freed(start: usize, site: Option<Site>, release: Release) -> 
         return None;
     };
     let before = RegionInfo::of(start, r);
+    if expect_id.is_some_and(|id| id != before.id) {
+        // Another block took this address since the caller's check: this
+        // free is not about it.
+        drop(inner);
+        // SAFETY: as above.
+        unsafe { release.run(start) };
+        return None;
+    }
     if r.state != RegionState::Live {
         drop(inner);
         // A second free of a quarantined block must never release it twice:
@@ -632,6 +663,9 @@ pub(crate) fn mark_freed(start: usize, site: Option<Site>, release: Release) -> 
         return Some(before);
     }
     r.state = RegionState::Freed;
+    if matches!(release, Release::Released) {
+        r.flags |= flags::RELEASED;
+    }
     if site.is_some() || trace.is_some() {
         let extra = r.extra_mut();
         extra.free_site = site;

@@ -265,6 +265,46 @@ fn cbox_from_raw_with_frees_with_the_custom_deallocator() {
     });
 }
 
+/// The library's destroy function as a deallocator: it frees through
+/// `ffi_check_free` itself.
+unsafe extern "C" fn counter_destroy(p: *mut c_void) {
+    // SAFETY: only used for CBoxes that own an fx_counter.
+    unsafe { fixtures::fx_counter_free(p.cast()) }
+}
+
+#[test]
+fn owning_an_object_through_its_destroy_function_is_ok() {
+    let destroy = Deallocator::new("fx_counter_free", counter_destroy);
+    assert_clean(|| {
+        // SAFETY: a fresh counter nobody else owns, adopted with the
+        // library's own destroy function.
+        let mut c = unsafe {
+            CBox::<fixtures::FxCounter>::from_raw_with(fixtures::fx_counter_new(1), destroy)
+                .expect("non-null")
+        };
+        // SAFETY: c is a live counter.
+        assert_eq!(unsafe { call!(fixtures::fx_counter_incr(&mut c)) }, 2);
+        drop(c);
+    });
+}
+
+#[test]
+fn freeing_a_destroyed_object_again_is_a_double_free() {
+    let destroy = Deallocator::new("fx_counter_free", counter_destroy);
+    // SAFETY: a fresh counter, adopted with its destroy function.
+    let c = unsafe { fixtures::fx_counter_new(1) };
+    // SAFETY: as above.
+    let b = unsafe { CBox::<fixtures::FxCounter>::from_raw_with(c, destroy) }.expect("non-null");
+    b.free();
+    // SAFETY: the second free is the mistake under test; it is not done.
+    let (_, v) = capture(|| unsafe { c_free_with(c.cast(), &destroy) });
+    assert_report(
+        only(&v),
+        ViolationKind::DoubleFree,
+        "double free of C memory",
+    );
+}
+
 // ---- C2: UseAfterFree -------------------------------------------------------
 
 #[test]
