@@ -8,9 +8,9 @@
 //! byte the registry allocates (slab segments, index nodes) divided by the
 //! number of regions.
 //!
-//! Run: `cargo bench --bench registry` (checks compiled in even in the bench
-//! profile would need `--features always`; the registry functions are
-//! called directly, so this bench measures them either way).
+//! Run: `cargo bench --features always --bench registry` (without the
+//! `always` feature the checks, and so the registry, are compiled out of
+//! the bench profile, and the bench says so and measures nothing).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
@@ -49,8 +49,7 @@ static ALLOC: Counting = Counting;
 const BASE: usize = 0x5000_0000_0000;
 const STRIDE: usize = 64;
 
-/// Registers `n` regions of 48 bytes, 64 apart, starting at `base`, from
-/// `sites` distinct call sites (one per `n / sites` block).
+/// Registers `n` regions of 48 bytes, 64 apart, starting at `base`.
 fn populate(base: usize, n: usize) {
     for i in 0..n {
         ffi_check::c_adopt((base + i * STRIDE) as *mut c_void, 48);
@@ -80,6 +79,15 @@ fn lookup(c: &mut Criterion) {
             ffi_check::REGION_RECORD_BYTES
         );
         let mut i = 0usize;
+        // Warm: the 256 most recently registered regions, as a program
+        // passes the buffers it just made (the bookkeeping is in cache).
+        g.bench_with_input(BenchmarkId::new("lookup_recent", n), &n, |b, &n| {
+            b.iter(|| {
+                i = (i + 1) % 256;
+                black_box(registry_contains(BASE + (n - 1 - i) * STRIDE + 17))
+            })
+        });
+        // Cold: a region anywhere among the n, each lookup far from the last.
         g.bench_with_input(BenchmarkId::new("lookup_interior", n), &n, |b, &n| {
             b.iter(|| {
                 i = (i + 7919) % n;

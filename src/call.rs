@@ -339,12 +339,7 @@ fn managed_parts<T: ?Sized>(m: &Managed<T>) -> (usize, usize, bool) {
 }
 #[inline(always)]
 fn pinned_parts<T: ?Sized>(m: &Pinned<T>) -> (usize, usize, bool) {
-    let inner: &T = m;
-    (
-        m.addr(),
-        std::mem::size_of_val(inner),
-        crate::scan::may_hold_pointers(std::mem::align_of_val(inner), std::mem::size_of_val(inner)),
-    )
+    managed_parts(m.managed())
 }
 #[inline(always)]
 fn cbox_parts<T: ?Sized>(b: &CBox<T>) -> (usize, usize, bool) {

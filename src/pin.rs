@@ -233,7 +233,7 @@ impl<T: ?Sized> Pinned<T> {
         Pinned::from_managed(Managed::from_box(b))
     }
 
-    fn managed(&self) -> &Managed<T> {
+    pub(crate) fn managed(&self) -> &Managed<T> {
         self.inner.as_ref().expect("present until drop")
     }
 
@@ -244,6 +244,23 @@ impl<T: ?Sized> Pinned<T> {
     /// The start address.
     pub fn addr(&self) -> usize {
         self.managed().addr()
+    }
+
+    /// Declares the contents pointer-free, as
+    /// [`Managed::pointer_free`] does: lending never scans them.
+    ///
+    /// ```
+    /// let samples = ffi_check::Pinned::from_vec(vec![0u64; 512]).pointer_free();
+    /// assert_eq!(samples.len(), 512);
+    /// ```
+    pub fn pointer_free(mut self) -> Pinned<T>
+    where
+        T: crate::PointerFree,
+    {
+        if let Some(m) = self.inner.take() {
+            self.inner = Some(m.pointer_free());
+        }
+        self
     }
 }
 
