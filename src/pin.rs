@@ -165,9 +165,8 @@ fn unpin_region(start: usize, id: u64) {
         r.pins = r.pins.saturating_sub(1);
         r.pins == 0 && r.retains > 0 && r.state == RegionState::Live
     });
-    if retained.is_some() {
-        PINS.fetch_sub(1, Ordering::Relaxed);
-    }
+    // The pin was counted when it was taken, whatever became of the region.
+    PINS.fetch_sub(1, Ordering::Relaxed);
     if retained == Some(true) && checks_on() {
         report_retained_at_free(start, msg::UNPINNED_WHILE_RETAINED);
     }
