@@ -420,7 +420,11 @@ pub(crate) struct NewRegion {
 pub(crate) fn insert(new: NewRegion) -> u64 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let size = new.size.max(1);
-    remove_overlapping(new.start, size);
+    if size >= CHUNK {
+        remove_overlapping(new.start, size);
+    } else {
+        remove_overlapping_around(new.start, size);
+    }
     let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
     let extra = (trace.is_some() || new.type_name.is_some()).then(|| {
         Box::new(Extra {
@@ -446,7 +450,16 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
     let shard = shard_for_start(new.start, size);
-    let replaced = shard.write().insert(new.start, region);
+    let mut stale = Vec::new();
+    {
+        let mut inner = shard.write();
+        // Stale records in the region's own shard go under the same lock
+        // as the insert: the common case costs one lock.
+        for s in overlapping(&inner, new.start, new.start.saturating_add(size)) {
+            stale.extend(inner.remove(s));
+        }
+        stale.extend(inner.insert(new.start, region));
+    }
     if size >= CHUNK {
         LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
     } else if size > MAX_SMALL.load(Ordering::Relaxed) {
@@ -454,10 +467,65 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     }
     LIVE.fetch_add(1, Ordering::Relaxed);
     crate::report::stats_region_created(new.kind, new.size);
-    if let Some(old) = replaced {
-        forget_removed(&old);
+    for old in &stale {
+        forget_removed(old);
     }
     id
+}
+
+/// The starts of the records in `inner` that overlap `[start, end)`.
+fn overlapping(inner: &ShardInner, start: usize, end: usize) -> Vec<usize> {
+    let before = inner
+        .predecessor(start.saturating_sub(1))
+        .filter(|(s, r)| *s < start && s.saturating_add(r.size.max(1)) > start)
+        .map(|(s, _)| s);
+    let within = inner.index.range(start..end).map(|(s, _)| *s);
+    before.into_iter().chain(within).collect()
+}
+
+/// Drops the stale records that overlap a small region `[start, start +
+/// size)` from the shards *other* than its own (which `insert` purges under
+/// its own lock): the large shard, the previous chunk's shard when a small
+/// region could reach across, and the next chunk's when the region does.
+fn remove_overlapping_around(start: usize, size: usize) {
+    if start >= HI.load(Ordering::Relaxed)
+        || start.saturating_add(size) <= LO.load(Ordering::Relaxed)
+    {
+        return;
+    }
+    let end = start.saturating_add(size);
+    if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
+        purge(&LARGE, start, end);
+    }
+    let here = shard_index(start);
+    if start >= CHUNK && start & (CHUNK - 1) < MAX_SMALL.load(Ordering::Relaxed) {
+        let prev = shard_index(start - CHUNK);
+        if prev != here {
+            purge(&SHARDS[prev], start, end);
+        }
+    }
+    if (end - 1) >> CHUNK_SHIFT != start >> CHUNK_SHIFT {
+        let next = shard_index(end - 1);
+        if next != here {
+            purge(&SHARDS[next], start, end);
+        }
+    }
+}
+
+/// Drops the records of `shard` that overlap `[start, end)`.
+fn purge(shard: &'static Shard, start: usize, end: usize) {
+    // Read first: overlaps are rare, and a read lock does not stop other
+    // threads' lookups.
+    if start == 0 || overlapping(&shard.read(), start, end).is_empty() {
+        return;
+    }
+    let mut inner = shard.write();
+    let stale = overlapping(&inner, start, end);
+    let removed: Vec<Region> = stale.into_iter().filter_map(|s| inner.remove(s)).collect();
+    drop(inner);
+    for r in &removed {
+        forget_removed(r);
+    }
 }
 
 fn widen(lo: &AtomicUsize, hi: &AtomicUsize, start: usize, size: usize) {
@@ -481,30 +549,8 @@ fn remove_overlapping(start: usize, size: usize) {
         return;
     }
     let end = start.saturating_add(size);
-    let purge = |shard: &'static Shard| {
-        // Read first: overlaps are rare, and a read lock does not stop other
-        // threads' lookups.
-        let overlapping = |inner: &ShardInner| {
-            let before = inner
-                .predecessor(start.saturating_sub(1))
-                .filter(|(s, r)| *s < start && s.saturating_add(r.size.max(1)) > start)
-                .map(|(s, _)| s);
-            let within = inner.index.range(start..end).map(|(s, _)| *s);
-            before.into_iter().chain(within).collect::<Vec<usize>>()
-        };
-        if start == 0 || overlapping(&shard.read()).is_empty() {
-            return;
-        }
-        let mut inner = shard.write();
-        let stale = overlapping(&inner);
-        let removed: Vec<Region> = stale.into_iter().filter_map(|s| inner.remove(s)).collect();
-        drop(inner);
-        for r in &removed {
-            forget_removed(r);
-        }
-    };
     if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
-        purge(&LARGE);
+        purge(&LARGE, start, end);
     }
     // Small regions start in the chunk before `start` up to the one holding
     // `end - 1`; visit each shard once.
@@ -515,7 +561,7 @@ fn remove_overlapping(start: usize, size: usize) {
         let idx = shard_index(chunk << CHUNK_SHIFT);
         if seen & (1 << idx) == 0 {
             seen |= 1 << idx;
-            purge(&SHARDS[idx]);
+            purge(&SHARDS[idx], start, end);
         }
         if seen == u64::MAX {
             break;
@@ -590,9 +636,13 @@ fn lookup_slow(addr: usize) -> Option<RegionInfo> {
     None
 }
 
-/// The shard that holds the region starting exactly at `start`, if any.
+/// The shard that holds the region starting exactly at `start`, if any
+/// (while no large region exists, the small shard without a look).
 fn shard_of(start: usize) -> Option<&'static Shard> {
     let small = &SHARDS[shard_index(start)];
+    if LARGE_COUNT.load(Ordering::Relaxed) == 0 {
+        return Some(small);
+    }
     if small.read().index.contains_key(&start) {
         return Some(small);
     }
