@@ -175,8 +175,8 @@ pub(crate) mod msg {
     /// Go: "cgo result is unpinned Go pointer or points to unpinned Go pointer".
     pub const CALLBACK_UNPINNED: &str = "is unpinned managed pointer";
     pub const CALLBACK_POINTS_TO_UNPINNED: &str = "points to unpinned managed pointer";
-    /// Go (cgocheck2): "write of unpinned Go pointer ... to non-Go memory".
-    pub const STORED_UNPINNED: &str = "write of unpinned managed pointer into C memory";
+    /// Go (cgocheck2): "unpinned Go pointer stored into non-Go memory".
+    pub const STORED_UNPINNED: &str = "unpinned managed pointer stored into C memory";
     /// Go: "found leaking pinned pointer; forgot to call Unpin()?".
     pub const LEAKED_PIN: &str = "found leaking pinned pointer; forgot to call Pinner::unpin()?";
     pub const RETAINED: &str = "C keeps a pointer to unpinned managed memory after the call";

@@ -8,51 +8,23 @@
 // The checks only exist in builds that compile them in.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::c_int;
-use std::process::{Command, Output};
 
+use common::{fixtures, is_child, kinds, run_child, text};
 use ffi_check::{
     action, c_free, c_malloc, call, capture, mode, release, retain, set_mode, stats, to_c, Action,
-    CBox, Managed, Mode, Violation, ViolationKind, COMPILED_IN,
+    CBox, Managed, Mode, ViolationKind, COMPILED_IN,
 };
 
 // ---- child processes and shorthands ------------------------------------------
 
-const CHILD: &str = "FFI_CHECK_TEST_CHILD";
-
-/// True in the child process started for `name`.
-fn is_child(name: &str) -> bool {
-    std::env::var(CHILD).as_deref() == Ok(name)
-}
-
-/// Runs the test `name` of this binary alone in a child process, with a
-/// clean ffi-check environment plus `env`.
-fn run_child(name: &str, env: &[(&str, &str)]) -> Output {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]);
-    for var in [
-        "FFI_CHECK",
-        "FFI_CHECK_ACTION",
-        "FFI_CHECK_LOG",
-        "FFI_CHECK_LEAKS",
-        "FFI_CHECK_BACKTRACE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env(CHILD, name);
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run the test binary as a child")
-}
-
 /// Runs the child and asserts that it passed; returns its stderr.
 fn child_passes(name: &str, env: &[(&str, &str)]) -> String {
     let out = run_child(name, env);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
         "child {name} failed:\n{stdout}\n{stderr}"
@@ -63,10 +35,6 @@ fn child_passes(name: &str, env: &[(&str, &str)]) -> String {
         "child {name} did not run:\n{stdout}"
     );
     stderr
-}
-
-fn kinds(v: &[Violation]) -> Vec<ViolationKind> {
-    v.iter().map(Violation::kind).collect()
 }
 
 /// Three mistakes that mode 1 reports: lending a table of unpinned

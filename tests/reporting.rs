@@ -9,51 +9,19 @@
 // The checks only exist in builds that compile them in.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
 
+use common::{fixtures, is_child, kinds, run_child, text};
 use ffi_check::{
     assert_clean, c_free, c_malloc, call, callback, capture, stats, to_c, Managed, RegionKind,
-    RegionState, Violation, ViolationKind,
+    RegionState, ViolationKind,
 };
 
-// ---- child processes and shorthands ------------------------------------------
-
-const CHILD: &str = "FFI_CHECK_TEST_CHILD";
-
-/// True in the child process started for `name`.
-fn is_child(name: &str) -> bool {
-    std::env::var(CHILD).as_deref() == Ok(name)
-}
-
-/// Runs the test `name` of this binary alone in a child process, with a
-/// clean ffi-check environment plus `env`.
-fn run_child(name: &str, env: &[(&str, &str)]) -> Output {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]);
-    for var in [
-        "FFI_CHECK",
-        "FFI_CHECK_ACTION",
-        "FFI_CHECK_LOG",
-        "FFI_CHECK_LEAKS",
-        "FFI_CHECK_BACKTRACE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env(CHILD, name);
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run the test binary as a child")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+// ---- shorthands --------------------------------------------------------------
 
 /// A double free of a fresh 32-byte block through `c_free`.
 fn double_free() {
@@ -69,10 +37,6 @@ fn double_free() {
 /// A `LossyConversion`: 2^40 does not fit in a `c_int`.
 fn lossy() {
     let _: c_int = to_c(1usize << 40);
-}
-
-fn kinds(v: &[Violation]) -> Vec<ViolationKind> {
-    v.iter().map(Violation::kind).collect()
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -11,16 +11,17 @@
 // Without the checks compiled in there is nothing to observe.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::ffi::{c_void, CStr};
 use std::os::raw::c_char;
 use std::sync::{Arc, Barrier};
 
+use common::fixtures;
+use common::{assert_c_site, assert_report, assert_rust_site, is_child, only, run_child, text};
 use ffi_check::{
     assert_clean, c_free, c_free_with, c_malloc, call, capture, intended_leak, str_from_c, CBox,
-    Deallocator, LeakCheck, Managed, RegionKind, RegionState, Violation, ViolationKind,
+    Deallocator, LeakCheck, Managed, RegionKind, RegionState, ViolationKind,
 };
 
 const THIS_FILE: &str = file!();
@@ -28,39 +29,6 @@ const THIS_FILE: &str = file!();
 /// `fx_alloc`'s family: a library-specific allocator, as `sqlite3_free` is
 /// SQLite's.
 const FX_DEALLOC: Deallocator = Deallocator::new("fx_dealloc", fixtures::fx_dealloc);
-
-/// Checks what every report promises: its kind, a first line that starts
-/// with `ffi-check: ` and holds the kind's fixed phrase, and a last line that
-/// is the kind's `help:` line.
-fn assert_report(v: &Violation, kind: ViolationKind, phrase: &str) {
-    let text = v.to_string();
-    assert_eq!(v.kind(), kind, "{text}");
-    let first = text.lines().next().expect("a report has lines");
-    assert_eq!(first, v.first_line());
-    assert!(first.starts_with("ffi-check: "), "{text}");
-    assert!(first.contains(phrase), "{first:?} lacks {phrase:?}");
-    let last = text.lines().last().expect("a report has lines");
-    assert!(last.starts_with("help: "), "{text}");
-    assert_eq!(last, v.help());
-}
-
-/// The one violation `vs` must hold.
-fn only(vs: &[Violation]) -> &Violation {
-    assert_eq!(vs.len(), 1, "expected exactly one violation, got {vs:#?}");
-    &vs[0]
-}
-
-fn assert_rust_site(site: Option<ffi_check::Site>, line: u32) {
-    let site = site.expect("a site");
-    assert_eq!(site.file(), THIS_FILE);
-    assert_eq!(site.line(), line, "site {site}");
-}
-
-fn assert_c_site(site: Option<ffi_check::Site>) {
-    let site = site.expect("a site");
-    assert!(site.is_c(), "site {site} should be in C");
-    assert!(site.file().ends_with("fixtures.c"), "site {site}");
-}
 
 // ---- C1: DoubleFree ---------------------------------------------------------
 
@@ -82,9 +50,9 @@ fn double_free_from_rust_reports_both_sites_and_frees_once() {
     assert_eq!(r.size(), 40);
     assert_eq!(r.kind(), RegionKind::C);
     assert_eq!(r.state(), RegionState::Freed);
-    assert_rust_site(r.alloc_site(), alloc_line);
-    assert_rust_site(r.free_site(), first_free_line);
-    assert_rust_site(v.call_site(), second_free_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
+    assert_rust_site(r.free_site(), THIS_FILE, first_free_line);
+    assert_rust_site(v.call_site(), THIS_FILE, second_free_line);
     let text = v.to_string();
     assert!(
         text.contains(&format!("allocated at {THIS_FILE}:{alloc_line}:")),
@@ -110,7 +78,7 @@ fn double_free_of_cbox_after_c_freed_it_is_reported_on_drop() {
     let r = &v.regions()[0];
     assert_eq!(r.size(), std::mem::size_of::<u32>());
     assert_eq!(r.type_name(), Some("u32"));
-    assert_rust_site(r.alloc_site(), alloc_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
     // The first free is C's, inside `fx_free_it`.
     assert_c_site(r.free_site());
 }
@@ -125,7 +93,7 @@ fn double_free_inside_c_is_reported_once_with_the_first_free_site() {
     assert_report(v, ViolationKind::DoubleFree, "double free of C memory");
     let r = &v.regions()[0];
     assert_eq!(r.addr(), p as usize);
-    assert_rust_site(r.alloc_site(), alloc_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
     let first = r.free_site().expect("first free site");
     let second = v.call_site().expect("second free site");
     assert!(first.is_c() && second.is_c(), "{v}");
@@ -150,7 +118,7 @@ fn c_freeing_managed_memory_is_reported_and_not_done() {
     let r = &v.regions()[0];
     assert_eq!(r.kind(), RegionKind::Managed);
     assert_eq!(r.addr(), managed.addr());
-    assert_rust_site(r.alloc_site(), alloc_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
     assert_c_site(v.call_site());
     // Not freed: the value is intact and Rust frees it as usual.
     assert_eq!(*managed, 99);
@@ -172,7 +140,7 @@ fn freeing_an_interior_pointer_is_reported_and_not_done() {
     let r = &v.regions()[0];
     assert_eq!(r.addr(), p as usize);
     assert_eq!(r.state(), RegionState::Live);
-    assert_rust_site(r.alloc_site(), alloc_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
     // The block is still live and is freed properly, once.
     assert_clean(|| {
         // SAFETY: p came from c_malloc and was not freed.
@@ -338,8 +306,8 @@ fn passing_a_pointer_into_a_freed_block_is_use_after_free() {
     let r = &v.regions()[0];
     assert_eq!(r.addr(), p as usize);
     assert_eq!(r.state(), RegionState::Freed);
-    assert_rust_site(r.alloc_site(), alloc_line);
-    assert_rust_site(r.free_site(), free_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
+    assert_rust_site(r.free_site(), THIS_FILE, free_line);
     assert!(v
         .to_string()
         .contains(&format!("first freed at {THIS_FILE}:{free_line}:")));
@@ -365,9 +333,9 @@ fn passing_a_dropped_cbox_address_is_use_after_free() {
     let r = &v.regions()[0];
     assert_eq!(r.addr(), old as usize);
     assert_eq!(r.state(), RegionState::Freed);
-    assert_rust_site(r.alloc_site(), alloc_line);
+    assert_rust_site(r.alloc_site(), THIS_FILE, alloc_line);
     // The freeing site is where the box was freed.
-    assert_rust_site(r.free_site(), free_line);
+    assert_rust_site(r.free_site(), THIS_FILE, free_line);
 }
 
 #[test]
@@ -528,7 +496,7 @@ fn leaks_are_leak_violations() {
     let first = v.first_line();
     assert!(first.contains("17 byte(s) in 1 allocation(s)"), "{first}");
     assert!(first.contains(&format!("{THIS_FILE}:{line}:")), "{first}");
-    assert_rust_site(v.regions()[0].alloc_site(), line);
+    assert_rust_site(v.regions()[0].alloc_site(), THIS_FILE, line);
     // SAFETY: p came from c_malloc and is freed once.
     unsafe { c_free(p) };
 }
@@ -603,7 +571,7 @@ fn leak_checks_on_parallel_threads_see_only_their_own_leaks() {
         let g = &report.groups()[0];
         assert_eq!(g.count(), count, "{report}");
         assert_eq!(g.bytes(), count * size, "{report}");
-        assert_rust_site(g.site(), line);
+        assert_rust_site(g.site(), THIS_FILE, line);
     }
     let report = outer.finish();
     assert!(
@@ -612,12 +580,9 @@ fn leak_checks_on_parallel_threads_see_only_their_own_leaks() {
     );
 }
 
-/// The env var that makes the child below leak; unset in the normal run.
-const EXIT_CHILD_ENV: &str = "RULES_C_EXIT_LEAK_CHILD";
-
 #[test]
 fn exit_leak_report_child() {
-    if std::env::var_os(EXIT_CHILD_ENV).is_none() {
+    if !is_child("exit_leak_report_child") {
         return;
     }
     let p = c_malloc(37);
@@ -629,20 +594,9 @@ fn exit_leak_report_child() {
 
 #[test]
 fn leaks_env_prints_the_leak_report_at_exit() {
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "exit_leak_report_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(EXIT_CHILD_ENV, "1")
-        .env("FFI_CHECK_LEAKS", "1")
-        .env_remove("FFI_CHECK")
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_child("exit_leak_report_child", &[("FFI_CHECK_LEAKS", "1")]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
     let site = stdout
         .lines()

@@ -4,39 +4,22 @@
 //! allocation. Checked against the C fixture library.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::{c_int, c_ulong, c_void};
 
+use common::fixtures::{self, FxView};
+use common::{assert_report_line, only};
 use ffi_check::{
     assert_clean, call, capture, CBox, Managed, Pinned, Pinner, Violation, ViolationKind,
 };
-use fixtures::FxView;
 
 const NESTED_FIRST_LINE: &str =
     "ffi-check: argument 1 of `fx_sum_nested` has managed pointer to unpinned managed pointer";
 
-/// The one violation `violations` holds.
-fn only(violations: Vec<Violation>) -> Violation {
-    assert_eq!(violations.len(), 1, "{violations:#?}");
-    violations.into_iter().next().expect("one violation")
-}
-
 /// The shape every P1 report has: its kind, the first line, the help line.
 fn assert_unpinned_nested(v: &Violation, first_line: &str) {
-    assert_eq!(v.kind(), ViolationKind::UnpinnedNested, "{v}");
-    assert_eq!(v.rule(), "P1");
-    let report = v.to_string();
-    assert_eq!(report.lines().next(), Some(first_line), "{report}");
-    assert_eq!(v.first_line(), first_line);
-    let help = report.lines().last().expect("a report has lines");
-    assert!(help.starts_with("help: "), "{report}");
-    assert_eq!(help, v.help());
-    assert_eq!(
-        help,
-        format!("help: {}", ViolationKind::UnpinnedNested.help())
-    );
+    assert_report_line(v, ViolationKind::UnpinnedNested, "P1", first_line);
 }
 
 #[test]
@@ -51,8 +34,8 @@ fn lending_table_of_unpinned_pointers_is_reported() {
     });
     assert_eq!(sum, 3, "the call is still made");
 
-    let v = only(violations);
-    assert_unpinned_nested(&v, NESTED_FIRST_LINE);
+    let v = only(&violations);
+    assert_unpinned_nested(v, NESTED_FIRST_LINE);
     assert_eq!(v.callee(), Some("fx_sum_nested"));
     let site = v.call_site().expect("the call site");
     assert_eq!(site.file(), file!());
@@ -103,8 +86,8 @@ fn lending_vec_of_unpinned_pointers_is_reported() {
     });
     assert_eq!(sum, 10);
 
-    let v = only(violations);
-    assert_unpinned_nested(&v, NESTED_FIRST_LINE);
+    let v = only(&violations);
+    assert_unpinned_nested(v, NESTED_FIRST_LINE);
     assert_eq!(v.callee(), Some("fx_sum_nested"));
     assert_eq!(v.regions()[0].role(), "lent");
     assert_eq!(v.regions()[0].addr(), table.addr());
@@ -126,9 +109,9 @@ fn lending_struct_holding_unpinned_pointer_is_reported() {
     });
     assert_eq!(sum, 18);
 
-    let v = only(violations);
+    let v = only(&violations);
     assert_unpinned_nested(
-        &v,
+        v,
         "ffi-check: argument 1 of `fx_sum_view` has managed pointer to unpinned managed pointer",
     );
     assert_eq!(v.callee(), Some("fx_sum_view"));
@@ -157,8 +140,8 @@ fn pointer_into_middle_of_table_lends_whole_allocation() {
     });
     assert_eq!(sum, 2);
 
-    let v = only(violations);
-    assert_unpinned_nested(&v, NESTED_FIRST_LINE);
+    let v = only(&violations);
+    assert_unpinned_nested(v, NESTED_FIRST_LINE);
     assert_eq!(v.regions()[0].role(), "lent");
     assert_eq!(
         v.regions()[0].addr(),
@@ -189,9 +172,9 @@ fn user_data_holding_unpinned_pointer_is_reported_with_its_argument_number() {
     });
     assert_eq!(calls, 2);
 
-    let v = only(violations);
+    let v = only(&violations);
     assert_unpinned_nested(
-        &v,
+        v,
         "ffi-check: argument 4 of `fx_for_each` has managed pointer to unpinned managed pointer",
     );
     assert_eq!(v.callee(), Some("fx_for_each"));
@@ -296,9 +279,9 @@ fn words_that_look_like_pointers_are_scanned() {
         // SAFETY: `words` is 32 readable bytes.
         unsafe { call!(fixtures::fx_checksum(&words, 32)) }
     });
-    let v = only(violations);
+    let v = only(&violations);
     assert_unpinned_nested(
-        &v,
+        v,
         "ffi-check: argument 1 of `fx_checksum` has managed pointer to unpinned managed pointer",
     );
     assert_eq!(v.regions()[1].addr(), unpinned.addr());
@@ -344,8 +327,8 @@ fn lending_after_unpin_is_reported_again() {
         unsafe { call!(fixtures::fx_sum_nested(&table, 2)) }
     });
     assert_eq!(sum, 3);
-    let v = only(violations);
-    assert_unpinned_nested(&v, NESTED_FIRST_LINE);
+    let v = only(&violations);
+    assert_unpinned_nested(v, NESTED_FIRST_LINE);
     assert_eq!(v.regions()[1].addr(), first.addr());
 }
 

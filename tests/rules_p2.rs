@@ -3,44 +3,19 @@
 //! and says so (`ffi_check_retain`), so the check fires at once.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::c_void;
-use std::sync::{Mutex, MutexGuard};
 
+use common::fixtures;
+use common::{assert_report_line, forget, only, slot};
 use ffi_check::{
     assert_clean, call, capture, CBox, Managed, Pinned, Pinner, Violation, ViolationKind,
 };
 
-/// `fx_keep`/`fx_forget` share one C slot: one test at a time uses it.
-static SLOT: Mutex<()> = Mutex::new(());
-
-fn slot() -> MutexGuard<'static, ()> {
-    SLOT.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn only(violations: Vec<Violation>) -> Violation {
-    assert_eq!(violations.len(), 1, "{violations:#?}");
-    violations.into_iter().next().expect("one violation")
-}
-
+/// The shape every P2 report has: its kind, the first line, the help line.
 fn assert_retained(v: &Violation, first_line: &str) {
-    assert_eq!(v.kind(), ViolationKind::Retained, "{v}");
-    assert_eq!(v.rule(), "P2");
-    let report = v.to_string();
-    assert_eq!(report.lines().next(), Some(first_line), "{report}");
-    assert_eq!(v.first_line(), first_line);
-    let help = report.lines().last().expect("a report has lines");
-    assert!(help.starts_with("help: "), "{report}");
-    assert_eq!(help, format!("help: {}", ViolationKind::Retained.help()));
-}
-
-/// Empties the slot (releasing what it held) before the memory it points to
-/// is dropped.
-fn forget() {
-    // SAFETY: fx_forget only clears the global slot.
-    unsafe { call!(fixtures::fx_forget()) };
+    assert_report_line(v, ViolationKind::Retained, "P2", first_line);
 }
 
 #[test]
@@ -53,16 +28,16 @@ fn c_keeping_unpinned_managed_pointer_is_reported_at_once() {
         // (it is emptied below, before `lent` drops).
         unsafe { call!(fixtures::fx_keep(&lent)) }
     });
-    // SAFETY: fx_kept only reads the slot.
     assert_eq!(
+        // SAFETY: fx_kept only reads the slot.
         unsafe { fixtures::fx_kept() },
         lent.as_ptr().cast::<c_void>()
     );
     forget();
 
-    let v = only(violations);
+    let v = only(&violations);
     assert_retained(
-        &v,
+        v,
         "ffi-check: C keeps a pointer to unpinned managed memory after the call (`fx_keep`)",
     );
     assert_eq!(v.callee(), Some("fx_keep"));
@@ -93,9 +68,9 @@ fn c_keeping_unpinned_pointer_outside_call_names_no_callee() {
     });
     forget();
 
-    let v = only(violations);
+    let v = only(&violations);
     assert_retained(
-        &v,
+        v,
         "ffi-check: C keeps a pointer to unpinned managed memory after the call",
     );
     assert_eq!(v.callee(), None);
@@ -109,8 +84,8 @@ fn keeping_pinned_memory_is_ok() {
     assert_clean(|| {
         // SAFETY: the memory is pinned and outlives the slot.
         unsafe { call!(fixtures::fx_keep(&kept)) };
-        // SAFETY: fx_kept only reads the slot.
         assert_eq!(
+            // SAFETY: fx_kept only reads the slot.
             unsafe { fixtures::fx_kept() },
             kept.as_ptr().cast::<c_void>()
         );
@@ -139,8 +114,8 @@ fn keeping_c_memory_is_ok() {
         let kept = CBox::new(5u64);
         // SAFETY: the C memory outlives the slot.
         unsafe { call!(fixtures::fx_keep(&kept)) };
-        // SAFETY: fx_kept only reads the slot.
         assert_eq!(
+            // SAFETY: fx_kept only reads the slot.
             unsafe { fixtures::fx_kept() },
             kept.as_ptr().cast::<c_void>()
         );

@@ -3,35 +3,17 @@
 //! dropped while a `Pinner` still pins it (`FreedWhilePinned`).
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::c_void;
-use std::sync::{Mutex, MutexGuard};
 
+use common::fixtures;
+use common::{assert_report_line, forget, only, slot};
 use ffi_check::{assert_clean, call, capture, Managed, Pinned, Pinner, Violation, ViolationKind};
 
-/// `fx_keep`/`fx_forget` share one C slot: one test at a time uses it.
-static SLOT: Mutex<()> = Mutex::new(());
-
-fn slot() -> MutexGuard<'static, ()> {
-    SLOT.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn only(violations: Vec<Violation>) -> Violation {
-    assert_eq!(violations.len(), 1, "{violations:#?}");
-    violations.into_iter().next().expect("one violation")
-}
-
-fn assert_report(v: &Violation, kind: ViolationKind, first_line: &str) {
-    assert_eq!(v.kind(), kind, "{v}");
-    assert_eq!(v.rule(), "P3");
-    let report = v.to_string();
-    assert_eq!(report.lines().next(), Some(first_line), "{report}");
-    assert_eq!(v.first_line(), first_line);
-    let help = report.lines().last().expect("a report has lines");
-    assert!(help.starts_with("help: "), "{report}");
-    assert_eq!(help, format!("help: {}", kind.help()));
+/// The shape every P3 report has: its kind, the first line, the help line.
+fn assert_p3_report(v: &Violation, kind: ViolationKind, first_line: &str) {
+    assert_report_line(v, kind, "P3", first_line);
 }
 
 /// The retain site of the report's region is `fx_keep`'s call of
@@ -59,11 +41,6 @@ fn keep<T: ?Sized>(p: *const T) {
     unsafe { call!(fixtures::fx_keep(p.cast::<c_void>())) }
 }
 
-fn forget() {
-    // SAFETY: fx_forget only clears the global slot.
-    unsafe { call!(fixtures::fx_forget()) }
-}
-
 #[test]
 fn dropping_pinned_memory_c_still_keeps_is_reported() {
     let _slot = slot();
@@ -72,13 +49,13 @@ fn dropping_pinned_memory_c_still_keeps_is_reported() {
     assert_clean(|| keep(kept.as_ptr()));
 
     let (_, violations) = capture(|| drop(kept));
-    let v = only(violations);
-    assert_report(
-        &v,
+    let v = only(&violations);
+    assert_p3_report(
+        v,
         ViolationKind::FreedWhileRetained,
         "ffi-check: managed memory freed while C still holds a pointer to it",
     );
-    assert_retained_by_fixture(&v, addr);
+    assert_retained_by_fixture(v, addr);
     assert!(
         v.to_string()
             .contains("the memory is kept (leaked) so that C's pointer stays valid"),
@@ -101,13 +78,13 @@ fn unpinning_memory_c_still_keeps_is_reported() {
     assert_clean(|| keep(kept.as_ptr()));
 
     let (_, violations) = capture(|| pinner.unpin());
-    let v = only(violations);
-    assert_report(
-        &v,
+    let v = only(&violations);
+    assert_p3_report(
+        v,
         ViolationKind::FreedWhileRetained,
         "ffi-check: managed memory unpinned while C still holds a pointer to it",
     );
-    assert_retained_by_fixture(&v, kept.addr());
+    assert_retained_by_fixture(v, kept.addr());
 
     // Releasing it afterwards lets the memory drop cleanly.
     assert_clean(|| {
@@ -150,9 +127,9 @@ fn dropping_managed_memory_a_pinner_pins_is_reported() {
     pinner.pin(&value);
 
     let (_, violations) = capture(|| drop(value));
-    let v = only(violations);
-    assert_report(
-        &v,
+    let v = only(&violations);
+    assert_p3_report(
+        v,
         ViolationKind::FreedWhilePinned,
         "ffi-check: managed memory dropped while a Pinner still pins it",
     );

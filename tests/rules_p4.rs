@@ -8,32 +8,19 @@
 //! inside `capture`.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::{c_int, c_void};
 
+use common::fixtures;
+use common::{assert_report_line, only};
 use ffi_check::{
     assert_clean, call, callback, capture, CBox, Managed, Pinned, Violation, ViolationKind,
 };
 
-fn only(violations: Vec<Violation>) -> Violation {
-    assert_eq!(violations.len(), 1, "{violations:#?}");
-    violations.into_iter().next().expect("one violation")
-}
-
+/// The shape every P4 report has: its kind, the first line, the help line.
 fn assert_callback_returned_unpinned(v: &Violation, first_line: &str) {
-    assert_eq!(v.kind(), ViolationKind::CallbackReturnedUnpinned, "{v}");
-    assert_eq!(v.rule(), "P4");
-    let report = v.to_string();
-    assert_eq!(report.lines().next(), Some(first_line), "{report}");
-    assert_eq!(v.first_line(), first_line);
-    let help = report.lines().last().expect("a report has lines");
-    assert!(help.starts_with("help: "), "{report}");
-    assert_eq!(
-        help,
-        format!("help: {}", ViolationKind::CallbackReturnedUnpinned.help())
-    );
+    assert_report_line(v, ViolationKind::CallbackReturnedUnpinned, "P4", first_line);
 }
 
 /// Hands C the address of the `Managed<u32>` passed as user data: the
@@ -91,9 +78,9 @@ fn callback_returning_unpinned_managed_pointer_is_reported() {
     let (returned, violations) = capture(|| drive(produce_unpinned, &value));
     assert_eq!(returned, value.as_ptr().cast::<c_void>());
 
-    let v = only(violations);
+    let v = only(&violations);
     assert_callback_returned_unpinned(
-        &v,
+        v,
         "ffi-check: result of callback `produce_unpinned` is unpinned managed pointer",
     );
     assert_eq!(v.callee(), Some("produce_unpinned"));
@@ -111,9 +98,9 @@ fn callback_returning_pinned_memory_holding_unpinned_pointer_is_reported() {
     let table = Pinned::new([target.as_ptr()]);
     let (_, violations) = capture(|| drive(produce_pinned_table, &table));
 
-    let v = only(violations);
+    let v = only(&violations);
     assert_callback_returned_unpinned(
-        &v,
+        v,
         "ffi-check: result of callback `produce_pinned_table` points to unpinned managed pointer",
     );
     assert_eq!(v.callee(), Some("produce_pinned_table"));

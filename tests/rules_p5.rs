@@ -3,32 +3,18 @@
 //! to. Checked on every `CBox::set`.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::os::raw::c_int;
 
+use common::fixtures::FxView;
+use common::{assert_report_line, only};
 use ffi_check::{assert_clean, capture, CBox, Managed, Pinned, Pinner, Violation, ViolationKind};
-use fixtures::FxView;
 
-fn only(violations: Vec<Violation>) -> Violation {
-    assert_eq!(violations.len(), 1, "{violations:#?}");
-    violations.into_iter().next().expect("one violation")
-}
-
+/// The shape every P5 report has: its kind, the first line, the help line.
 fn assert_stored_unpinned(v: &Violation) {
-    let first_line = "ffi-check: write of unpinned managed pointer into C memory";
-    assert_eq!(v.kind(), ViolationKind::StoredUnpinned, "{v}");
-    assert_eq!(v.rule(), "P5");
-    let report = v.to_string();
-    assert_eq!(report.lines().next(), Some(first_line), "{report}");
-    assert_eq!(v.first_line(), first_line);
-    let help = report.lines().last().expect("a report has lines");
-    assert!(help.starts_with("help: "), "{report}");
-    assert_eq!(
-        help,
-        format!("help: {}", ViolationKind::StoredUnpinned.help())
-    );
+    let first_line = "ffi-check: unpinned managed pointer stored into C memory";
+    assert_report_line(v, ViolationKind::StoredUnpinned, "P5", first_line);
 }
 
 #[test]
@@ -39,8 +25,8 @@ fn storing_unpinned_pointer_in_c_memory_is_reported() {
     let (_, violations) = capture(|| slot.set(value.as_ptr()));
     assert_eq!(*slot, value.as_ptr(), "the store is still made");
 
-    let v = only(violations);
-    assert_stored_unpinned(&v);
+    let v = only(&violations);
+    assert_stored_unpinned(v);
     assert_eq!(v.call_site().map(|s| s.file()), Some(file!()));
     let regions = v.regions();
     assert_eq!(regions[0].role(), "C region written");
@@ -67,8 +53,8 @@ fn storing_struct_holding_unpinned_pointer_in_c_memory_is_reported() {
             len: data.len(),
         })
     });
-    let v = only(violations);
-    assert_stored_unpinned(&v);
+    let v = only(&violations);
+    assert_stored_unpinned(v);
     assert_eq!(v.regions()[0].addr(), view.addr());
     assert_eq!(v.regions()[1].addr(), data.addr());
 }

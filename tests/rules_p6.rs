@@ -3,6 +3,9 @@
 //! pointer").
 #![cfg(any(debug_assertions, feature = "always"))]
 
+mod common;
+
+use common::assert_report_line;
 use ffi_check::{assert_clean, capture, LeakCheck, Managed, Pinner, ViolationKind};
 
 const LEAKED_PIN_FIRST_LINE: &str =
@@ -31,13 +34,8 @@ fn forgetting_a_pinner_that_pins_is_a_leaked_pin() {
         .iter()
         .find(|v| v.kind() == ViolationKind::LeakedPin)
         .expect("a LeakedPin violation");
-    assert_eq!(v.rule(), "P6");
+    assert_report_line(v, ViolationKind::LeakedPin, "P6", LEAKED_PIN_FIRST_LINE);
     let text = v.to_string();
-    assert_eq!(text.lines().next(), Some(LEAKED_PIN_FIRST_LINE), "{text}");
-    assert_eq!(v.first_line(), LEAKED_PIN_FIRST_LINE);
-    let help = text.lines().last().expect("a report has lines");
-    assert!(help.starts_with("help: "), "{text}");
-    assert_eq!(help, format!("help: {}", ViolationKind::LeakedPin.help()));
     assert_eq!(v.regions()[0].role(), "still pinned");
     assert_eq!(v.regions()[0].addr(), value.addr());
     assert!(

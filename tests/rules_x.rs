@@ -11,37 +11,17 @@
 // Without the checks compiled in there is nothing to observe.
 #![cfg(any(debug_assertions, feature = "always"))]
 
-#[path = "common/fixtures.rs"]
-mod fixtures;
+mod common;
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_long, c_uint};
 
+use common::fixtures;
+use common::{assert_report, only};
 use ffi_check::{
     assert_clean, c_free, call, capture, slice_from_c, str_from_c, string_from_c, to_c, try_to_c,
-    CBox, Managed, Pinned, Violation, ViolationKind,
+    CBox, Managed, Pinned, ViolationKind,
 };
-
-/// Checks what every report promises: its kind, a first line that starts
-/// with `ffi-check: ` and holds the kind's fixed phrase, and a last line that
-/// is the kind's `help:` line.
-fn assert_report(v: &Violation, kind: ViolationKind, phrase: &str) {
-    let text = v.to_string();
-    assert_eq!(v.kind(), kind, "{text}");
-    let first = text.lines().next().expect("a report has lines");
-    assert_eq!(first, v.first_line());
-    assert!(first.starts_with("ffi-check: "), "{text}");
-    assert!(first.contains(phrase), "{first:?} lacks {phrase:?}");
-    let last = text.lines().last().expect("a report has lines");
-    assert!(last.starts_with("help: "), "{text}");
-    assert_eq!(last, v.help());
-}
-
-/// The one violation `vs` must hold.
-fn only(vs: &[Violation]) -> &Violation {
-    assert_eq!(vs.len(), 1, "expected exactly one violation, got {vs:#?}");
-    &vs[0]
-}
 
 // ---- X1: LossyConversion -----------------------------------------------------
 

@@ -4,7 +4,7 @@
 //! allocator, and a few functions that misbehave on purpose.
 //!
 //! The build script compiles it into the static library `ffi_check_fixtures`.
-//! Tests include this file with `#[path]`, examples with
+//! Tests reach this file as `common::fixtures`, examples include it with
 //! `#[path = "../tests/common/fixtures.rs"] mod fixtures;`, so it depends on
 //! nothing else in `tests/`.
 
