@@ -30,6 +30,7 @@
 //!   whose region was since replaced are skipped on eviction (ids differ).
 
 use std::alloc::Layout;
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -152,15 +153,16 @@ impl Region {
 }
 
 /// A copy of a region's small facts, taken under the shard lock and used
-/// after it is released.
+/// after it is released. 32 bytes, laid out for cheap copies.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct RegionInfo {
     pub start: usize,
     pub size: usize,
     pub id: u64,
+    pub pins: u16,
     pub kind: RegionKind,
     pub state: RegionState,
-    pub pins: u16,
     pub family: u8,
     pub flags: u8,
 }
@@ -312,26 +314,40 @@ impl ShardInner {
     }
 }
 
-struct Shard(RwLock<ShardInner>);
+/// A shard: its lock, and a version that every write bumps, so a thread's
+/// cached answer about this shard can be checked with one plain load.
+/// Aligned to two cache lines so that neighbouring shards never share one.
+#[repr(align(128))]
+struct Shard {
+    lock: RwLock<ShardInner>,
+    version: AtomicU64,
+}
 
 impl Shard {
     const fn new() -> Shard {
-        Shard(RwLock::new(ShardInner {
-            index: BTreeMap::new(),
-            segments: Vec::new(),
-            vacant: Vec::new(),
-            quarantine: VecDeque::new(),
-            quarantine_bytes: 0,
-        }))
+        Shard {
+            lock: RwLock::new(ShardInner {
+                index: BTreeMap::new(),
+                segments: Vec::new(),
+                vacant: Vec::new(),
+                quarantine: VecDeque::new(),
+                quarantine_bytes: 0,
+            }),
+            version: AtomicU64::new(0),
+        }
     }
     // A panic while a shard is locked leaves it consistent (every mutation
     // is completed before anything that could panic), so a poisoned lock is
     // used as is: the checker must not turn one panic into a cascade.
     fn read(&self) -> RwLockReadGuard<'_, ShardInner> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.lock.read().unwrap_or_else(|e| e.into_inner())
     }
+    /// Every change to a shard goes through here, and so bumps its version
+    /// (while holding the lock, before the change is made).
     fn write(&self) -> RwLockWriteGuard<'_, ShardInner> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.lock.write().unwrap_or_else(|e| e.into_inner());
+        self.version.fetch_add(1, Ordering::Release);
+        guard
     }
 }
 
@@ -609,13 +625,89 @@ pub(crate) fn lookup_managed(addr: usize) -> Option<RegionInfo> {
     lookup_slow(addr).filter(|r| r.kind == RegionKind::Managed)
 }
 
-fn find_in(shard: &Shard, addr: usize) -> Option<RegionInfo> {
+fn find_in(shard: &'static Shard, addr: usize) -> Option<RegionInfo> {
     let inner = shard.read();
+    // Read under the lock: no write is in progress, so the answer below is
+    // exactly what this version of the shard says.
+    let version = shard.version.load(Ordering::Acquire);
     let (s, r) = inner.predecessor(addr)?;
-    (addr < s.saturating_add(r.size.max(1))).then(|| RegionInfo::of(s, r))
+    let info = (addr < s.saturating_add(r.size.max(1))).then(|| RegionInfo::of(s, r))?;
+    drop(inner);
+    remember(shard, version, info);
+    Some(info)
+}
+
+/// A thread's recent answers: the regions it found lately, each with the
+/// version of the shard it came from. While that shard has not changed, the
+/// answer holds, and a lookup that hits here takes no lock and writes no
+/// shared memory, so threads that look up at the same time do not slow each
+/// other down (a read lock would bounce its cache line between them).
+///
+/// Kept as parallel arrays of small cells, so a probe compares two words per
+/// entry and copies out only the answer it returns.
+struct RecentHits {
+    ranges: [Cell<(usize, usize)>; RECENT],
+    versions: [Cell<u64>; RECENT],
+    shards: [Cell<Option<&'static Shard>>; RECENT],
+    infos: [Cell<RegionInfo>; RECENT],
+    next: Cell<usize>,
+}
+
+const RECENT: usize = 8;
+
+const NO_INFO: RegionInfo = RegionInfo {
+    start: 0,
+    size: 0,
+    id: 0,
+    pins: 0,
+    kind: RegionKind::C,
+    state: RegionState::Freed,
+    family: 0,
+    flags: 0,
+};
+
+thread_local! {
+    static RECENT_HITS: RecentHits = const {
+        RecentHits {
+            ranges: [const { Cell::new((0, 0)) }; RECENT],
+            versions: [const { Cell::new(0) }; RECENT],
+            shards: [const { Cell::new(None) }; RECENT],
+            infos: [const { Cell::new(NO_INFO) }; RECENT],
+            next: Cell::new(0),
+        }
+    };
+}
+
+fn remember(shard: &'static Shard, version: u64, info: RegionInfo) {
+    let _ = RECENT_HITS.try_with(|r| {
+        let i = r.next.get();
+        r.next.set((i + 1) % RECENT);
+        r.ranges[i].set((info.start, info.start + info.size.max(1)));
+        r.versions[i].set(version);
+        r.shards[i].set(Some(shard));
+        r.infos[i].set(info);
+    });
+}
+
+#[inline]
+fn recall(addr: usize) -> Option<RegionInfo> {
+    RECENT_HITS
+        .try_with(|r| {
+            let i = r.ranges.iter().position(|c| {
+                let (start, end) = c.get();
+                start <= addr && addr < end
+            })?;
+            let shard = r.shards[i].get()?;
+            (shard.version.load(Ordering::Acquire) == r.versions[i].get()).then(|| r.infos[i].get())
+        })
+        .ok()
+        .flatten()
 }
 
 fn lookup_slow(addr: usize) -> Option<RegionInfo> {
+    if let Some(info) = recall(addr) {
+        return Some(info);
+    }
     let here = shard_index(addr);
     if let Some(r) = find_in(&SHARDS[here], addr) {
         return Some(r);
