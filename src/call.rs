@@ -204,9 +204,9 @@ impl Drop for Call {
 /// Implemented for integers, floats and `bool` (to themselves only: a
 /// different width needs [`to_c`](crate::to_c), rule X1), raw pointers,
 /// references to [`Managed`], [`Pinned`] and [`CBox`] (to pointers of any
-/// element type, for C's `void *`), `Option<&T>`, `&CStr`, `&CString`,
-/// `Option` of a function pointer, `extern "C"` function pointers, and
-/// [`Unchecked`].
+/// element type, for C's `void *`), a `CBox` by value (handed to C, as
+/// `into_raw` does), `Option<&T>`, `&CStr`, `&CString`, `Option` of a
+/// function pointer, `extern "C"` function pointers, and [`Unchecked`].
 ///
 /// ```
 /// use ffi_check::{call, Managed};
@@ -349,6 +349,31 @@ fn cbox_parts<T: ?Sized>(b: &CBox<T>) -> (usize, usize, bool) {
 lend_managed!(Managed, managed_parts);
 lend_managed!(Pinned, pinned_parts);
 lend_managed!(CBox, cbox_parts);
+
+/// A `CBox` passed by value is handed to C, as [`CBox::into_raw`] does: C
+/// owns the memory from then on and must free it with the box's deallocator.
+impl<T: ?Sized, U> CArg<*mut U> for CBox<T> {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *mut U {
+        call.plain();
+        self.into_raw_addr() as *mut U
+    }
+    #[inline(always)]
+    fn pass(self) -> *mut U {
+        self.into_raw_addr() as *mut U
+    }
+}
+impl<T: ?Sized, U> CArg<*const U> for CBox<T> {
+    #[inline(always)]
+    fn lower(self, call: &mut Call) -> *const U {
+        call.plain();
+        self.into_raw_addr() as *const U
+    }
+    #[inline(always)]
+    fn pass(self) -> *const U {
+        self.into_raw_addr() as *const U
+    }
+}
 
 impl<T, U> CArg<*const U> for Option<&T> {
     #[inline(always)]

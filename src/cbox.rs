@@ -138,8 +138,20 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         return Verdict::Untracked;
     }
     let Some(r) = registry::lookup_for_free(ptr) else {
-        // Memory the checker never saw (C's own allocations that were not
-        // adopted): nothing to check.
+        // Memory the checker never saw: C's own allocations that were not
+        // adopted pass unchecked, but a stack address or static data is
+        // certainly not from a C allocator.
+        if let Some(what) = never_allocated(ptr) {
+            emit(
+                Violation::new(
+                    ViolationKind::InvalidFree,
+                    format!("{} (`{api}`)", msg::FREE_NOT_HEAP),
+                )
+                .note(format!("the pointer {ptr:#x} is {what}"))
+                .with_site(site),
+            );
+            return Verdict::Skip;
+        }
         return Verdict::Untracked;
     };
     if r.start != ptr && r.flags & flags::RELEASED != 0 {
@@ -252,6 +264,41 @@ pub(crate) unsafe fn free_checked(
         }
         // SAFETY: forwarded contract.
         Verdict::Untracked => unsafe { dealloc_fn(ptr) },
+    }
+}
+
+/// What `ptr` is when it certainly did not come from a heap allocator: the
+/// current thread's stack, or the image (code, static data) of a loaded
+/// program or library. Cold: only frees of untracked pointers ask.
+#[cold]
+fn never_allocated(ptr: usize) -> Option<&'static str> {
+    if on_this_stack(ptr) {
+        return Some("on this thread's stack");
+    }
+    // SAFETY: dladdr only reads the loader's tables; `info` is plain data
+    // it fills in.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; any address may be asked about.
+    if unsafe { libc::dladdr(ptr as *const c_void, &mut info) } != 0 {
+        return Some("in the static data or code of a loaded program or library");
+    }
+    None
+}
+
+/// Whether `ptr` lies in the current thread's stack.
+fn on_this_stack(ptr: usize) -> bool {
+    // SAFETY: pthread_getattr_np fills `attr` for the calling thread;
+    // pthread_attr_getstack reads it; the attribute is destroyed once.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return false;
+        }
+        let mut base: *mut c_void = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut base, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        ok && ptr >= base as usize && ptr < base as usize + size
     }
 }
 
@@ -501,6 +548,12 @@ impl<T: ?Sized> CBox<T> {
             std::ptr::drop_in_place(ptr);
             free_checked(ptr.cast::<c_void>(), verdict, &self.dealloc, site);
         }
+    }
+
+    /// Hands ownership to C and returns the start address (what passing a
+    /// `CBox` by value to `call!` does).
+    pub(crate) fn into_raw_addr(self) -> usize {
+        self.into_raw_inner().as_ptr().cast::<u8>() as usize
     }
 
     fn into_raw_inner(self) -> NonNull<T> {

@@ -188,6 +188,7 @@ pub(crate) mod msg {
     pub const DOUBLE_FREE: &str = "double free of C memory";
     pub const FREE_MANAGED: &str = "C free of managed memory";
     pub const FREE_INTERIOR: &str = "free of a pointer into the middle of C memory";
+    pub const FREE_NOT_HEAP: &str = "free of a pointer no C allocator returned";
     pub const MISMATCHED_FREE: &str = "C memory freed with the wrong deallocator";
     pub const USE_AFTER_FREE_ARG: &str = "is a pointer into freed memory";
     pub const LEAK: &str = "leak of C memory";

@@ -148,6 +148,50 @@ fn freeing_an_interior_pointer_is_reported_and_not_done() {
     });
 }
 
+#[test]
+fn freeing_a_stack_address_is_reported_and_not_done() {
+    let mut local = [0u8; 16];
+    let p = local.as_mut_ptr().cast::<c_void>();
+    let line = line!() + 2;
+    // SAFETY: the checker refuses the free, which is the mistake under test.
+    let (_, v) = capture(|| unsafe { c_free(p) });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::InvalidFree,
+        "free of a pointer no C allocator returned",
+    );
+    assert!(v.to_string().contains("on this thread's stack"), "{v}");
+    assert_rust_site(v.call_site(), THIS_FILE, line);
+    local[0] = 1;
+    assert_eq!(local[0], 1);
+}
+
+#[test]
+fn freeing_static_data_is_reported_and_not_done() {
+    // SAFETY: fx_version returns a static string.
+    let version = unsafe { fixtures::fx_version() };
+    // SAFETY: the checker refuses the free, which is the mistake under test.
+    let (_, v) = capture(|| unsafe { c_free(version.cast_mut().cast()) });
+    assert_report(
+        only(&v),
+        ViolationKind::InvalidFree,
+        "free of a pointer no C allocator returned",
+    );
+    // The string is still there.
+    // SAFETY: a static NUL-terminated string.
+    assert_eq!(unsafe { str_from_c(version) }, "fixtures 1.0");
+}
+
+#[test]
+fn passing_a_cbox_by_value_hands_it_to_c() {
+    assert_clean(|| {
+        let buf = CBox::from_elem(7u8, 32);
+        // SAFETY: fx_free_it frees what it is given, which C now owns.
+        unsafe { call!(fixtures::fx_free_it(buf)) };
+    });
+}
+
 // ---- C1: MismatchedFree -----------------------------------------------------
 
 #[test]
