@@ -603,7 +603,7 @@ pub(crate) fn lookup(addr: usize) -> Option<RegionInfo> {
     if addr < LO.load(Ordering::Relaxed) || addr >= HI.load(Ordering::Relaxed) {
         return None;
     }
-    lookup_slow(addr).filter(|r| r.flags & flags::RELEASED == 0)
+    lookup_slow(addr, true).filter(|r| r.flags & flags::RELEASED == 0)
 }
 
 /// Like [`lookup`], including released records: what a free asks, since a
@@ -612,20 +612,24 @@ pub(crate) fn lookup_for_free(addr: usize) -> Option<RegionInfo> {
     if addr < LO.load(Ordering::Relaxed) || addr >= HI.load(Ordering::Relaxed) {
         return None;
     }
-    lookup_slow(addr)
+    lookup_slow(addr, true)
 }
 
 /// Like [`lookup`], restricted to the managed-memory bounds: the question a
 /// pointer scan asks of every word.
 #[inline]
-pub(crate) fn lookup_managed(addr: usize) -> Option<RegionInfo> {
+///
+/// `remember`: keep the answer in this thread's recent answers (worth it when
+/// the same regions are asked about again, as one small struct lent call
+/// after call is; not for a long scan that visits many regions once).
+pub(crate) fn lookup_managed(addr: usize, remember: bool) -> Option<RegionInfo> {
     if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
         return None;
     }
-    lookup_slow(addr).filter(|r| r.kind == RegionKind::Managed)
+    lookup_slow(addr, remember).filter(|r| r.kind == RegionKind::Managed)
 }
 
-fn find_in(shard: &'static Shard, addr: usize) -> Option<RegionInfo> {
+fn find_in(shard: &'static Shard, addr: usize, keep: bool) -> Option<RegionInfo> {
     let inner = shard.read();
     // Read under the lock: no write is in progress, so the answer below is
     // exactly what this version of the shard says.
@@ -633,7 +637,9 @@ fn find_in(shard: &'static Shard, addr: usize) -> Option<RegionInfo> {
     let (s, r) = inner.predecessor(addr)?;
     let info = (addr < s.saturating_add(r.size.max(1))).then(|| RegionInfo::of(s, r))?;
     drop(inner);
-    remember(shard, version, info);
+    if keep {
+        remember(shard, version, info);
+    }
     Some(info)
 }
 
@@ -653,7 +659,7 @@ struct RecentHits {
     next: Cell<usize>,
 }
 
-const RECENT: usize = 8;
+const RECENT: usize = 4;
 
 const NO_INFO: RegionInfo = RegionInfo {
     start: 0,
@@ -704,12 +710,12 @@ fn recall(addr: usize) -> Option<RegionInfo> {
         .flatten()
 }
 
-fn lookup_slow(addr: usize) -> Option<RegionInfo> {
+fn lookup_slow(addr: usize, keep: bool) -> Option<RegionInfo> {
     if let Some(info) = recall(addr) {
         return Some(info);
     }
     let here = shard_index(addr);
-    if let Some(r) = find_in(&SHARDS[here], addr) {
+    if let Some(r) = find_in(&SHARDS[here], addr, keep) {
         return Some(r);
     }
     // A small region that starts in the previous chunk may reach into this
@@ -717,15 +723,67 @@ fn lookup_slow(addr: usize) -> Option<RegionInfo> {
     if addr >= CHUNK && addr & (CHUNK - 1) < MAX_SMALL.load(Ordering::Relaxed) {
         let prev = shard_index(addr - CHUNK);
         if prev != here {
-            if let Some(r) = find_in(&SHARDS[prev], addr) {
+            if let Some(r) = find_in(&SHARDS[prev], addr, keep) {
                 return Some(r);
             }
         }
     }
     if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
-        return find_in(&LARGE, addr);
+        return find_in(&LARGE, addr, keep);
     }
     None
+}
+
+/// Lookups for a long scan: it keeps the read lock of the shard it last
+/// looked in, so a run of words that point into one shard (an array of
+/// pointers to buffers allocated together) costs one lock, not one each.
+/// Only one shard is held at a time, and only for the scan: drop the reader
+/// before doing anything else with the registry (a report, say).
+pub(crate) struct ScanReader {
+    held: Option<(usize, RwLockReadGuard<'static, ShardInner>)>,
+}
+
+impl ScanReader {
+    pub(crate) fn new() -> ScanReader {
+        ScanReader { held: None }
+    }
+
+    /// The managed region (live or freed) that contains `addr`, if any.
+    pub(crate) fn lookup_managed(&mut self, addr: usize) -> Option<RegionInfo> {
+        if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
+            return None;
+        }
+        let here = shard_index(addr);
+        let found = self.find(here, addr).or_else(|| {
+            if addr >= CHUNK && addr & (CHUNK - 1) < MAX_SMALL.load(Ordering::Relaxed) {
+                let prev = shard_index(addr - CHUNK);
+                if prev != here {
+                    return self.find(prev, addr);
+                }
+            }
+            None
+        });
+        let found = match found {
+            Some(r) => Some(r),
+            None if LARGE_COUNT.load(Ordering::Relaxed) > 0 => {
+                self.held = None;
+                find_in(&LARGE, addr, false)
+            }
+            None => None,
+        };
+        found.filter(|r| r.kind == RegionKind::Managed)
+    }
+
+    fn find(&mut self, idx: usize, addr: usize) -> Option<RegionInfo> {
+        if self.held.as_ref().map(|(i, _)| *i) != Some(idx) {
+            // Release the old shard before taking the next: one at a time.
+            self.held = None;
+            self.held = Some((idx, SHARDS[idx].read()));
+        }
+        let (_, inner) = self.held.as_ref()?;
+        let (s, r) = inner.predecessor(addr)?;
+        (addr < s.saturating_add(r.size.max(1))).then(|| RegionInfo::of(s, r))
+    }
 }
 
 /// The shard that holds the region starting exactly at `start`, if any

@@ -98,6 +98,10 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, R
     // scan only compares them, as any conservative scanner does.
     let words = unsafe { std::slice::from_raw_parts(first as *const usize, n) };
     let span = hi - lo;
+    // A short range (a struct lent call after call) asks the registry word
+    // by word, through the thread's recent answers; a long one keeps the
+    // lock of the shard it is reading from word to word.
+    let mut reader = (n > 32).then(registry::ScanReader::new);
     // Blocks of 64 words: the bounds test over a block has no early exit,
     // so it vectorises; only a block with a candidate is looked at closely.
     for (b, block) in words.chunks(64).enumerate() {
@@ -111,10 +115,14 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, R
             if w.wrapping_sub(lo) >= span {
                 continue;
             }
-            if let Some(r) = registry::lookup_managed(*w) {
-                if r.is_unpinned_managed() {
-                    return Some((first - start + (b * 64 + i) * word, r));
-                }
+            let found = match reader.as_mut() {
+                Some(reader) => reader.lookup_managed(*w),
+                None => registry::lookup_managed(*w, true),
+            };
+            if let Some(r) = found.filter(RegionInfo::is_unpinned_managed) {
+                // The reader's lock is released here, before any report.
+                drop(reader);
+                return Some((first - start + (b * 64 + i) * word, r));
             }
         }
     }
