@@ -183,6 +183,40 @@ fn user_data_holding_unpinned_pointer_is_reported_with_its_argument_number() {
 }
 
 #[test]
+fn one_unpinned_pointer_among_many_pinned_is_found() {
+    // A long table (more than a few words) is scanned with one shard lock
+    // held across runs of lookups; the one unpinned entry is still found.
+    let pinned: Vec<Pinned<c_int>> = (0..100).map(Pinned::new).collect();
+    let loose = Managed::<c_int>::new(1000);
+    let mut ptrs: Vec<*const c_int> = pinned.iter().map(|p| p.as_ptr()).collect();
+    ptrs.insert(70, loose.as_ptr());
+    let table = Managed::from_vec(ptrs);
+    let (sum, v) = capture(|| {
+        // SAFETY: the table holds 101 pointers to live ints.
+        unsafe { call!(fixtures::fx_sum_nested(&table, 101)) }
+    });
+    assert_eq!(sum, (0..100).sum::<i64>() + 1000);
+    let v = only(&v);
+    assert_unpinned_nested(v, NESTED_FIRST_LINE);
+    assert!(
+        v.to_string().contains("at offset 560 of the lent memory"),
+        "{v}"
+    );
+    assert_eq!(v.regions()[1].addr(), loose.as_ptr() as usize);
+}
+
+#[test]
+fn many_pinned_pointers_are_ok() {
+    let pinned: Vec<Pinned<c_int>> = (0..300).map(Pinned::new).collect();
+    let table = Managed::from_vec(pinned.iter().map(|p| p.as_ptr()).collect::<Vec<_>>());
+    let sum = assert_clean(|| {
+        // SAFETY: the table holds 300 pointers to live, pinned ints.
+        unsafe { call!(fixtures::fx_sum_nested(&table, 300)) }
+    });
+    assert_eq!(sum, (0..300).sum::<i64>());
+}
+
+#[test]
 fn lending_pinned_nested_is_ok() {
     let first = Managed::<c_int>::new(1);
     let second = Managed::<c_int>::new(2);
