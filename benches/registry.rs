@@ -15,6 +15,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
 use std::hint::black_box;
+use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -111,18 +112,40 @@ fn lookup(c: &mut Criterion) {
                 registry_forget(p);
             })
         });
-        if n == 1_000_000 {
-            let t = Instant::now();
-            let report = ffi_check::leak_report();
-            println!(
-                "registry: leak report over {} live allocations took {:?}",
-                report.leaked_allocations(),
-                t.elapsed()
-            );
-        }
         clear(BASE, n);
     }
     g.finish();
+    leak_report_from_1000_sites();
+}
+
+extern "C" {
+    // The crate's C API (csrc/ffi_check.h), as C code calls it.
+    fn ffi_check_malloc_at(size: usize, file: *const c_char, line: c_int) -> *mut c_void;
+    fn ffi_check_free_at(ptr: *mut c_void, file: *const c_char, line: c_int);
+}
+
+/// The leak report over a million live allocations made from 1,000
+/// distinct (C) sites: real blocks, allocated the way C code using the
+/// header allocates them.
+fn leak_report_from_1000_sites() {
+    const N: usize = 1_000_000;
+    let file = c"bench.c".as_ptr();
+    let blocks: Vec<*mut c_void> = (0..N)
+        // SAFETY: a plain allocation through the C API, freed below.
+        .map(|i| unsafe { ffi_check_malloc_at(16, file, (i % 1000) as c_int + 1) })
+        .collect();
+    let t = Instant::now();
+    let report = ffi_check::leak_report();
+    let took = t.elapsed();
+    println!(
+        "registry: leak report over {} live allocations from {} sites took {took:?}",
+        report.leaked_allocations(),
+        report.groups().len(),
+    );
+    for p in blocks {
+        // SAFETY: each block came from ffi_check_malloc_at and is freed once.
+        unsafe { ffi_check_free_at(p, file, 0) };
+    }
 }
 
 criterion_group!(benches, lookup);
