@@ -11,12 +11,14 @@
 //!
 //! The groups:
 //!
+//! - `no_pointer` — a call that takes two integers: the cost of the
+//!   boundary itself, with nothing to check.
 //! - `lend_64B` — lending a 64-byte `Managed<[u8]>`. `call!/mode1 - raw` is
 //!   the per-call overhead of the default mode; `call!/mode0 - raw` is what a
 //!   program that ships with the checks compiled in but turned off pays.
-//! - `buffer_size` — a 1 MiB `Managed<[u8]>` against a 64-byte one. Byte
-//!   buffers cannot hold an aligned pointer, so they are never scanned: the
-//!   two figures should be the same.
+//! - `buffer_size` — a 4 KiB and a 1 MiB `Managed<[u8]>` against a 64-byte
+//!   one. Byte buffers cannot hold an aligned pointer, so they are never
+//!   scanned: the three figures should be the same.
 //! - `struct_with_pinned_pointer` — a 64-byte `#[repr(C)]` struct holding one
 //!   pointer to pinned memory. Its type can hold pointers, so lending it
 //!   scans its 8 words (rule P1) and looks the one candidate up.
@@ -97,8 +99,24 @@ fn lend_64_bytes(c: &mut Criterion) {
     g.finish();
 }
 
+/// A C function that takes no pointer.
+#[inline(never)]
+extern "C" fn add(a: i32, b: i32) -> i32 {
+    black_box(a.wrapping_add(b))
+}
+
+fn no_pointer(c: &mut Criterion) {
+    let mut g = group(c, "no_pointer");
+    g.bench_function("raw", |b| b.iter(|| add(black_box(1), black_box(2))));
+    in_modes(&mut g, &ALL_MODES, || {
+        call!(add(black_box(1), black_box(2))) as usize
+    });
+    g.finish();
+}
+
 fn buffer_size(c: &mut Criterion) {
     let small = Managed::from_vec(vec![1u8; 64]);
+    let page = Managed::from_vec(vec![1u8; 4096]);
     let big = Managed::from_vec(vec![1u8; 1 << 20]);
     let mut g = group(c, "buffer_size");
     g.bench_function("raw/1MiB", |b| {
@@ -109,6 +127,9 @@ fn buffer_size(c: &mut Criterion) {
     }
     g.bench_function("call!/64B", |b| {
         b.iter(|| call!(touch(black_box(&small), black_box(64))))
+    });
+    g.bench_function("call!/4KiB", |b| {
+        b.iter(|| call!(touch(black_box(&page), black_box(4096))))
     });
     g.bench_function("call!/1MiB", |b| {
         b.iter(|| call!(touch(black_box(&big), black_box(1 << 20))))
@@ -161,6 +182,7 @@ fn pinned_pointer_array(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    no_pointer,
     lend_64_bytes,
     buffer_size,
     struct_with_pinned_pointer,
