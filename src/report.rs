@@ -511,7 +511,15 @@ fn render_region(out: &mut String, r: &ReportRegion) {
     out.push_str(")\n");
     let events: [(&str, Option<Site>, Option<&Backtrace>); 4] = [
         ("allocated", d.alloc_site, d.alloc_trace.as_ref()),
-        ("pinned", d.pin_site, d.pin_trace.as_ref()),
+        (
+            if d.pins == 0 {
+                "last pinned (unpinned since)"
+            } else {
+                "pinned"
+            },
+            d.pin_site,
+            d.pin_trace.as_ref(),
+        ),
         ("retained by C", d.retain_site, d.retain_trace.as_ref()),
         ("first freed", d.free_site, d.free_trace.as_ref()),
     ];
