@@ -516,14 +516,9 @@ fn overlapping(inner: &ShardInner, start: usize, end: usize) -> Vec<usize> {
 /// its own lock): the large shard, the previous chunk's shard when a small
 /// region could reach across, and the next chunk's when the region does.
 fn remove_overlapping_around(start: usize, size: usize) {
-    if start >= HI.load(Ordering::Relaxed)
-        || start.saturating_add(size) <= LO.load(Ordering::Relaxed)
-    {
-        return;
-    }
     let end = start.saturating_add(size);
-    if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
-        purge(&LARGE, start, end);
+    if !purge_large(start, end) {
+        return;
     }
     let here = shard_index(start);
     if start >= CHUNK && start & (CHUNK - 1) < MAX_SMALL.load(Ordering::Relaxed) {
@@ -538,6 +533,19 @@ fn remove_overlapping_around(start: usize, size: usize) {
             purge(&SHARDS[next], start, end);
         }
     }
+}
+
+/// The first step of every purge: false when `[start, end)` lies outside
+/// every range ever tracked (nothing to do); otherwise purges the large
+/// shard, which any range may overlap.
+fn purge_large(start: usize, end: usize) -> bool {
+    if start >= HI.load(Ordering::Relaxed) || end <= LO.load(Ordering::Relaxed) {
+        return false;
+    }
+    if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
+        purge(&LARGE, start, end);
+    }
+    true
 }
 
 /// Drops the records of `shard` that overlap `[start, end)`.
@@ -571,14 +579,9 @@ fn widen(lo: &AtomicUsize, hi: &AtomicUsize, start: usize, size: usize) {
 /// Drops the records that overlap `[start, start + size)`: only stale ones
 /// can (live allocations do not overlap), so this is bookkeeping, not a check.
 fn remove_overlapping(start: usize, size: usize) {
-    if start >= HI.load(Ordering::Relaxed)
-        || start.saturating_add(size) <= LO.load(Ordering::Relaxed)
-    {
-        return;
-    }
     let end = start.saturating_add(size);
-    if LARGE_COUNT.load(Ordering::Relaxed) > 0 {
-        purge(&LARGE, start, end);
+    if !purge_large(start, end) {
+        return;
     }
     // Small regions start in the chunk before `start` up to the one holding
     // `end - 1`; visit each shard once.
