@@ -163,7 +163,7 @@ pub(crate) unsafe fn c_strlen(ptr: *const c_char, site: Option<Site>) -> Option<
             None
         }
         Some(r) => {
-            let avail = r.start + r.size - ptr as usize;
+            let avail = r.start.saturating_add(r.size) - ptr as usize;
             // SAFETY: the tracked region is live and `avail` bytes long from ptr.
             let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), avail) };
             match bytes.iter().position(|b| *b == 0) {

@@ -703,7 +703,7 @@ fn remember(shard: &'static Shard, version: u64, info: RegionInfo) {
     let _ = RECENT_HITS.try_with(|r| {
         let i = r.next.get();
         r.next.set((i + 1) % RECENT);
-        r.ranges[i].set((info.start, info.start + info.size.max(1)));
+        r.ranges[i].set((info.start, info.start.saturating_add(info.size.max(1))));
         r.versions[i].set(version);
         r.shards[i].set(Some(shard));
         r.infos[i].set(info);
