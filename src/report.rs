@@ -690,7 +690,13 @@ pub(crate) fn emit(v: Violation) {
     }) {
         Ok(None) => return,
         Ok(Some(v)) => v,
-        Err(_) => return, // thread exiting: nothing to capture into, nothing to act on safely
+        Err(_) => {
+            // The thread's locals are being torn down (a tracked value
+            // dropped by a thread-local destructor): no capture can be
+            // active, and panicking here would abort. The report is printed.
+            write_stderr(&format!("{v}\n"));
+            return;
+        }
     };
     act(v);
 }
