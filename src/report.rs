@@ -678,27 +678,22 @@ pub(crate) fn emit(v: Violation) {
         slot.fetch_add(1, Ordering::Relaxed);
     }
     log_json(&v);
-    let v = match CAPTURES.try_with(|c| {
-        let mut c = c.borrow_mut();
-        match c.last_mut() {
-            Some(frame) => {
-                frame.push(v);
-                None
-            }
-            None => Some(v),
+    let mut pending = Some(v);
+    let captured = CAPTURES.try_with(|c| match c.borrow_mut().last_mut() {
+        Some(frame) => {
+            frame.extend(pending.take());
+            true
         }
-    }) {
-        Ok(None) => return,
-        Ok(Some(v)) => v,
-        Err(_) => {
-            // The thread's locals are being torn down (a tracked value
-            // dropped by a thread-local destructor): no capture can be
-            // active, and panicking here would abort. The report is printed.
-            write_stderr(&format!("{v}\n"));
-            return;
-        }
-    };
-    act(v);
+        None => false,
+    });
+    let Some(v) = pending else { return };
+    match captured {
+        Ok(_) => act(v),
+        // The thread's locals are being torn down (a tracked value dropped
+        // by a thread-local destructor): no capture can be active, and
+        // panicking here would abort. The report is printed.
+        Err(_) => write_stderr(&format!("{v}\n")),
+    }
 }
 
 fn act(v: Violation) {
