@@ -548,6 +548,9 @@ fn render_region(out: &mut String, r: &ReportRegion) {
 pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
     let mut bt = bt.clone();
     bt.resolve();
+    // Paths under the working directory print relative to it, as the sites
+    // do; others (the standard library, dependencies) print in full.
+    let cwd = std::env::current_dir().ok();
     let mut shown = 0;
     let mut started = false;
     for frame in bt.frames() {
@@ -557,7 +560,6 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                 .map(|n| format!("{n:#}"))
                 .unwrap_or_else(|| "<unknown>".into());
             if !started {
-                // Skip the capture machinery and the checker itself.
                 // Everything up to the first frame of the user's code: the
                 // capture machinery, the checker (Rust and C API), and the
                 // std/core adapters they call through.
@@ -577,7 +579,13 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                 }
                 started = true;
             }
-            if name.contains("core::ops::function") {
+            // Further down, the checker's own frames (`capture`, a callback
+            // wrapper) and closure-call adapters say nothing to the reader.
+            if name.contains("core::ops::function")
+                || name.contains("ffi_check::")
+                || name.contains("catch_unwind")
+                || name.contains("__rust_try")
+            {
                 continue;
             }
             if name.starts_with("std::rt::lang_start")
@@ -594,6 +602,10 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
             }
             let _ = write!(out, "{indent}{shown}: {name}");
             if let (Some(file), Some(line)) = (sym.filename(), sym.lineno()) {
+                let file = cwd
+                    .as_deref()
+                    .and_then(|cwd| file.strip_prefix(cwd).ok())
+                    .unwrap_or(file);
                 let _ = write!(out, "\n{indent}       at {}:{line}", file.display());
             }
             out.push('\n');
