@@ -5,6 +5,9 @@
 //! figure equals the one-thread figure; if the threads serialised, it would
 //! double.
 //!
+//! A second pair does the same for tracked allocation: each thread makes
+//! and frees `CBox`es, which registers and quarantines them.
+//!
 //! Run: `cargo bench --features always --bench threads`.
 
 use std::hint::black_box;
@@ -12,7 +15,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ffi_check::{call, Managed, Pinned, COMPILED_IN};
+use ffi_check::{call, CBox, Managed, Pinned, COMPILED_IN};
 
 #[inline(never)]
 extern "C" fn touch(buf: *const u8, len: usize) -> usize {
@@ -41,12 +44,26 @@ fn work(iters: u64, start: &Barrier) -> Duration {
     t.elapsed()
 }
 
+/// One thread's allocation work: `iters` `CBox` allocate + free pairs.
+fn alloc_work(iters: u64, start: &Barrier) -> Duration {
+    start.wait();
+    let t = Instant::now();
+    for _ in 0..iters {
+        CBox::new(black_box([0u8; 64])).free();
+    }
+    t.elapsed()
+}
+
 fn run(threads: usize, iters: u64) -> Duration {
+    run_with(threads, iters, work)
+}
+
+fn run_with(threads: usize, iters: u64, body: fn(u64, &Barrier) -> Duration) -> Duration {
     let start = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let start = Arc::clone(&start);
-            std::thread::spawn(move || work(iters, &start))
+            std::thread::spawn(move || body(iters, &start))
         })
         .collect();
     // The slowest thread's time: what the caller waits for.
@@ -67,6 +84,11 @@ fn scaling(c: &mut Criterion) {
             format!("lend_struct_with_pinned_pointer/{threads}_thread"),
             |b| b.iter_custom(|iters| run(threads, iters)),
         );
+    }
+    for threads in [1usize, 2] {
+        g.bench_function(format!("cbox_new_free/{threads}_thread"), |b| {
+            b.iter_custom(|iters| run_with(threads, iters, alloc_work))
+        });
     }
     g.finish();
 }

@@ -45,7 +45,7 @@ use std::alloc::Layout;
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use backtrace::Backtrace;
@@ -381,12 +381,19 @@ static MANAGED_HI: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
 
-/// Live regions right now; lets a mode-0 free skip the registry entirely when
-/// nothing was ever tracked.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Ids are handed to threads in blocks, so making a region does not touch a
+/// shared counter. Ids are unique, and grow along each thread: a leak scope
+/// (which is per thread) can tell its regions by id.
+const ID_BLOCK: u64 = 1024;
+
+/// Set once anything is tracked: until then a mode-0 free skips the
+/// registry entirely.
+static EVER_TRACKED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static THREAD_SERIAL: u32 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & ((1 << THREAD_BITS) - 1);
+    /// This thread's next id and the end of its block.
+    static THREAD_IDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// A small number naming the current thread in region records.
@@ -394,15 +401,40 @@ pub(crate) fn thread_serial() -> u32 {
     THREAD_SERIAL.try_with(|t| *t).unwrap_or(0)
 }
 
-/// A fresh id from the same sequence as regions' (for pinners).
+/// A fresh id (for a region or a pinner).
 pub(crate) fn new_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    THREAD_IDS
+        .try_with(|ids| {
+            let (mut next, mut end) = ids.get();
+            if next == end {
+                next = NEXT_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                end = next + ID_BLOCK;
+            }
+            ids.set((next + 1, end));
+            next
+        })
+        // A thread whose locals are gone takes its id straight from the
+        // shared sequence.
+        .unwrap_or_else(|_| NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The id the next region will get: regions created after this call have
-/// ids at least this large.
+/// The id this thread's next region will get: regions this thread creates
+/// after this call have ids at least this large.
 pub(crate) fn next_id() -> u64 {
-    NEXT_ID.load(Ordering::Relaxed)
+    THREAD_IDS
+        .try_with(|ids| {
+            let (next, end) = ids.get();
+            if next == end {
+                // Take the next block now, so the answer is a real lower
+                // bound for the ids to come.
+                let next = NEXT_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                ids.set((next, next + ID_BLOCK));
+                next
+            } else {
+                next
+            }
+        })
+        .unwrap_or_else(|_| NEXT_ID.load(Ordering::Relaxed))
 }
 
 #[inline]
@@ -446,7 +478,7 @@ pub(crate) struct NewRegion {
 /// (freed regions whose memory was reused, or live records of memory that was
 /// freed behind the checker's back) are dropped.
 pub(crate) fn insert(new: NewRegion) -> u64 {
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let id = new_id();
     let size = new.size.max(1);
     if size >= CHUNK {
         remove_overlapping(new.start, size);
@@ -493,7 +525,9 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     } else if size > MAX_SMALL.load(Ordering::Relaxed) {
         MAX_SMALL.fetch_max(size, Ordering::Relaxed);
     }
-    LIVE.fetch_add(1, Ordering::Relaxed);
+    if !EVER_TRACKED.load(Ordering::Relaxed) {
+        EVER_TRACKED.store(true, Ordering::Relaxed);
+    }
     crate::report::stats_region_created(new.kind, new.size);
     for old in &stale {
         forget_removed(old);
@@ -603,9 +637,6 @@ fn remove_overlapping(start: usize, size: usize) {
 fn forget_removed(r: &Region) {
     if r.size.max(1) >= CHUNK {
         LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
-    }
-    if r.state == RegionState::Live {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
     crate::report::stats_region_gone(r.kind, r.size, r.state == RegionState::Live);
 }
@@ -914,7 +945,6 @@ pub(crate) fn mark_freed(
         // memory. It is left alone (a leak, never a corruption).
     }
     drop(inner);
-    LIVE.fetch_sub(1, Ordering::Relaxed);
     crate::report::stats_region_freed(before.kind, before.size);
     for (q, r) in evicted {
         forget_removed(&r);
@@ -935,10 +965,11 @@ pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
     Some(info)
 }
 
-/// True when no region is live: a mode-0 free can skip the registry.
+/// True while nothing was ever tracked: a mode-0 free can skip the
+/// registry.
 #[inline]
 pub(crate) fn nothing_live() -> bool {
-    LIVE.load(Ordering::Relaxed) == 0
+    !EVER_TRACKED.load(Ordering::Relaxed)
 }
 
 /// Calls `f` on every region, one shard at a time (each shard is read-locked

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use backtrace::Backtrace;
 use once_cell::sync::OnceCell;
@@ -839,50 +839,80 @@ fn log_json(v: &Violation) {
 // ---- counters -------------------------------------------------------------
 
 static VIOLATIONS: [AtomicU64; 17] = [const { AtomicU64::new(0) }; 17];
-static LIVE_MANAGED: AtomicU64 = AtomicU64::new(0);
-static LIVE_C: AtomicU64 = AtomicU64::new(0);
-static LIVE_MANAGED_BYTES: AtomicU64 = AtomicU64::new(0);
-static LIVE_C_BYTES: AtomicU64 = AtomicU64::new(0);
-static FREED_MANAGED: AtomicU64 = AtomicU64::new(0);
-static FREED_C: AtomicU64 = AtomicU64::new(0);
-static QUARANTINED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static PINS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static RETAINS: AtomicU64 = AtomicU64::new(0);
 
-fn live_counters(kind: RegionKind) -> (&'static AtomicU64, &'static AtomicU64) {
+/// The region counters, striped: each thread counts in the stripe its
+/// serial picks, so threads that allocate at once do not fight over one
+/// cache line; [`stats`] adds the stripes up. A block freed on another
+/// thread than the one that made it is counted down in another stripe, so a
+/// stripe can go below zero; the sums are right.
+#[repr(align(128))]
+struct RegionCounters {
+    live: [AtomicI64; 2],
+    live_bytes: [AtomicI64; 2],
+    freed: [AtomicI64; 2],
+    quarantined: AtomicI64,
+}
+
+const STRIPES: usize = 16;
+
+static COUNTERS: [RegionCounters; STRIPES] = [const {
+    RegionCounters {
+        live: [const { AtomicI64::new(0) }; 2],
+        live_bytes: [const { AtomicI64::new(0) }; 2],
+        freed: [const { AtomicI64::new(0) }; 2],
+        quarantined: AtomicI64::new(0),
+    }
+}; STRIPES];
+
+fn stripe() -> &'static RegionCounters {
+    &COUNTERS[crate::registry::thread_serial() as usize % STRIPES]
+}
+
+fn kind_index(kind: RegionKind) -> usize {
     match kind {
-        RegionKind::Managed => (&LIVE_MANAGED, &LIVE_MANAGED_BYTES),
-        RegionKind::C => (&LIVE_C, &LIVE_C_BYTES),
+        RegionKind::Managed => 0,
+        RegionKind::C => 1,
     }
 }
 
 pub(crate) fn stats_region_created(kind: RegionKind, size: usize) {
-    let (n, b) = live_counters(kind);
-    n.fetch_add(1, Ordering::Relaxed);
-    b.fetch_add(size as u64, Ordering::Relaxed);
+    let c = stripe();
+    let k = kind_index(kind);
+    c.live[k].fetch_add(1, Ordering::Relaxed);
+    c.live_bytes[k].fetch_add(size as i64, Ordering::Relaxed);
 }
 
 pub(crate) fn stats_region_freed(kind: RegionKind, size: usize) {
-    let (n, b) = live_counters(kind);
-    n.fetch_sub(1, Ordering::Relaxed);
-    b.fetch_sub(size as u64, Ordering::Relaxed);
-    match kind {
-        RegionKind::Managed => FREED_MANAGED.fetch_add(1, Ordering::Relaxed),
-        RegionKind::C => FREED_C.fetch_add(1, Ordering::Relaxed),
-    };
-    QUARANTINED.fetch_add(1, Ordering::Relaxed);
+    let c = stripe();
+    let k = kind_index(kind);
+    c.live[k].fetch_sub(1, Ordering::Relaxed);
+    c.live_bytes[k].fetch_sub(size as i64, Ordering::Relaxed);
+    c.freed[k].fetch_add(1, Ordering::Relaxed);
+    c.quarantined.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A record left the registry: live (unregistered without a free) or freed
 /// (evicted from the quarantine).
 pub(crate) fn stats_region_gone(kind: RegionKind, size: usize, was_live: bool) {
+    let c = stripe();
     if was_live {
-        let (n, b) = live_counters(kind);
-        n.fetch_sub(1, Ordering::Relaxed);
-        b.fetch_sub(size as u64, Ordering::Relaxed);
+        let k = kind_index(kind);
+        c.live[k].fetch_sub(1, Ordering::Relaxed);
+        c.live_bytes[k].fetch_sub(size as i64, Ordering::Relaxed);
     } else {
-        QUARANTINED.fetch_sub(1, Ordering::Relaxed);
+        c.quarantined.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The sum over the stripes of one counter (never below zero).
+fn total(get: impl Fn(&RegionCounters) -> &AtomicI64) -> u64 {
+    let sum: i64 = COUNTERS
+        .iter()
+        .map(|c| get(c).load(Ordering::Relaxed))
+        .sum();
+    u64::try_from(sum).unwrap_or(0)
 }
 
 /// Counters of the whole process, from [`stats`].
@@ -944,13 +974,13 @@ pub fn stats() -> Stats {
         *slot = l(v);
     }
     Stats {
-        live_managed_regions: l(&LIVE_MANAGED),
-        live_c_regions: l(&LIVE_C),
-        live_managed_bytes: l(&LIVE_MANAGED_BYTES),
-        live_c_bytes: l(&LIVE_C_BYTES),
-        freed_managed_regions: l(&FREED_MANAGED),
-        freed_c_regions: l(&FREED_C),
-        quarantined_regions: l(&QUARANTINED),
+        live_managed_regions: total(|c| &c.live[0]),
+        live_c_regions: total(|c| &c.live[1]),
+        live_managed_bytes: total(|c| &c.live_bytes[0]),
+        live_c_bytes: total(|c| &c.live_bytes[1]),
+        freed_managed_regions: total(|c| &c.freed[0]),
+        freed_c_regions: total(|c| &c.freed[1]),
+        quarantined_regions: total(|c| &c.quarantined),
         pins: l(&PINS),
         retains: l(&RETAINS),
         violations,
