@@ -206,6 +206,9 @@ mod leak;
 mod managed;
 mod mode;
 mod pin;
+#[cfg(feature = "proptest")]
+#[path = "proptest_support.rs"]
+pub mod proptest;
 mod registry;
 mod report;
 mod scan;
