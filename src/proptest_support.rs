@@ -16,18 +16,20 @@
 //!     unsafe { std::slice::from_raw_parts(p, n) }.iter().map(|b| *b as usize).sum()
 //! }
 //!
-//! proptest! {
-//!     #[test]
-//!     fn lending_bytes_is_always_clean(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-//!         let n = bytes.len();
-//!         let sum = ffi_check::proptest::check(|| {
-//!             let buf = Managed::from_vec(bytes.clone());
-//!             call!(total(&buf, n))
-//!         })?;
-//!         prop_assert_eq!(sum, bytes.iter().map(|b| *b as usize).sum::<usize>());
-//!     }
+//! fn lending_bytes_is_clean(bytes: Vec<u8>) -> Result<(), TestCaseError> {
+//!     let n = bytes.len();
+//!     let sum = ffi_check::proptest::check(|| {
+//!         let buf = Managed::from_vec(bytes.clone());
+//!         call!(total(&buf, n))
+//!     })?;
+//!     prop_assert_eq!(sum, bytes.iter().map(|b| *b as usize).sum::<usize>());
+//!     Ok(())
 //! }
-//! # fn main() {}
+//!
+//! // In a test: any broken rule fails the case, and proptest shrinks it.
+//! proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..64))| {
+//!     lending_bytes_is_clean(bytes)?;
+//! });
 //! ```
 
 use std::fmt::Write as _;
@@ -37,7 +39,7 @@ use ::proptest::test_runner::TestCaseError;
 use crate::leak::LeakCheck;
 use crate::report::capture;
 
-/// Runs `case` under a fresh leak scope and [`capture`](crate::capture):
+/// Runs `case` under a fresh leak scope and [`capture`]:
 /// `Ok` with its value when no rule was broken and nothing it allocated on
 /// this thread leaked, otherwise a failing [`TestCaseError`] whose message
 /// holds the full reports (so proptest shrinks toward the smallest case that
