@@ -121,7 +121,7 @@ impl Call {
     fn scan_lent(&self, addr: usize, size: usize) {
         // SAFETY: the caller lends memory it owns and borrows for the call.
         if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
-            self.report_nested(addr, offset, target.start);
+            self.report_nested(addr, offset, target);
         }
     }
 
@@ -136,7 +136,7 @@ impl Call {
                 // SAFETY: the region is live managed memory, registered by
                 // its owner, who lends it for the call.
                 if let Some((offset, target)) = unsafe { find_unpinned(r.start, r.size) } {
-                    self.report_nested(r.start, offset, target.start);
+                    self.report_nested(r.start, offset, target);
                 }
             }
             _ => {}
@@ -597,7 +597,7 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
     .with_site(Some(site))
     .region_at("returned", r.start);
     if let Some((_, target)) = nested {
-        v = v.region_at("points to", target.start);
+        v = v.region_at("points to", target);
     }
     emit(v);
 }

@@ -691,7 +691,7 @@ impl<T> CBox<T> {
                     .note(format!("stored at offset {offset} of the C region"))
                     .with_site(Some(site))
                     .region_at("C region written", self.addr())
-                    .region_at("points to", target.start),
+                    .region_at("points to", target),
                 );
             }
         }

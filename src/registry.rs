@@ -661,20 +661,6 @@ pub(crate) fn lookup_for_free(addr: usize) -> Option<RegionInfo> {
     lookup_slow(addr, true)
 }
 
-/// Like [`lookup`], restricted to the managed-memory bounds: the question a
-/// pointer scan asks of every word.
-#[inline]
-///
-/// `remember`: keep the answer in this thread's recent answers (worth it when
-/// the same regions are asked about again, as one small struct lent call
-/// after call is; not for a long scan that visits many regions once).
-pub(crate) fn lookup_managed(addr: usize, remember: bool) -> Option<RegionInfo> {
-    if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
-        return None;
-    }
-    lookup_slow(addr, remember).filter(|r| r.kind == RegionKind::Managed)
-}
-
 fn find_in(shard: &'static Shard, addr: usize, keep: bool) -> Option<RegionInfo> {
     let inner = shard.read();
     // Read under the lock: no write is in progress, so the answer below is
@@ -699,6 +685,9 @@ fn find_in(shard: &'static Shard, addr: usize, keep: bool) -> Option<RegionInfo>
 /// entry and copies out only the answer it returns.
 struct RecentHits {
     ranges: [Cell<(usize, usize)>; RECENT],
+    /// Whether the answer is live unpinned managed memory: what the pointer
+    /// scan asks of every candidate word, kept apart so it reads one byte.
+    unpinned: [Cell<bool>; RECENT],
     versions: [Cell<u64>; RECENT],
     shards: [Cell<Option<&'static Shard>>; RECENT],
     infos: [Cell<RegionInfo>; RECENT],
@@ -722,6 +711,7 @@ thread_local! {
     static RECENT_HITS: RecentHits = const {
         RecentHits {
             ranges: [const { Cell::new((0, 0)) }; RECENT],
+            unpinned: [const { Cell::new(false) }; RECENT],
             versions: [const { Cell::new(0) }; RECENT],
             shards: [const { Cell::new(None) }; RECENT],
             infos: [const { Cell::new(NO_INFO) }; RECENT],
@@ -735,13 +725,14 @@ fn remember(shard: &'static Shard, version: u64, info: RegionInfo) {
         let i = r.next.get();
         r.next.set((i + 1) % RECENT);
         r.ranges[i].set((info.start, info.start.saturating_add(info.size.max(1))));
+        r.unpinned[i].set(info.is_unpinned_managed());
         r.versions[i].set(version);
         r.shards[i].set(Some(shard));
         r.infos[i].set(info);
     });
 }
 
-#[inline]
+#[inline(always)]
 fn recall(addr: usize) -> Option<RegionInfo> {
     RECENT_HITS
         .try_with(|r| {
@@ -756,10 +747,46 @@ fn recall(addr: usize) -> Option<RegionInfo> {
         .flatten()
 }
 
-fn lookup_slow(addr: usize, keep: bool) -> Option<RegionInfo> {
-    if let Some(info) = recall(addr) {
-        return Some(info);
+/// For the pointer scan: the start of the live, unpinned managed region that
+/// contains `addr`, if that is what `addr` points into. A still-valid recent
+/// answer settles it without a lock and without copying a whole record.
+#[inline(always)]
+pub(crate) fn unpinned_managed_start(addr: usize, remember: bool) -> Option<usize> {
+    if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
+        return None;
     }
+    let recalled = RECENT_HITS
+        .try_with(|r| {
+            let i = r.ranges.iter().position(|c| {
+                let (start, end) = c.get();
+                start <= addr && addr < end
+            })?;
+            let shard = r.shards[i].get()?;
+            (shard.version.load(Ordering::Acquire) == r.versions[i].get())
+                .then(|| r.unpinned[i].get().then(|| r.ranges[i].get().0))
+        })
+        .ok()
+        .flatten();
+    match recalled {
+        Some(answer) => answer,
+        None => lookup_locked(addr, remember)
+            .filter(RegionInfo::is_unpinned_managed)
+            .map(|r| r.start),
+    }
+}
+
+/// The lookup behind the bounds pre-filter: the thread's recent answers
+/// first (inline, no lock), then the shards.
+#[inline(always)]
+fn lookup_slow(addr: usize, keep: bool) -> Option<RegionInfo> {
+    match recall(addr) {
+        Some(info) => Some(info),
+        None => lookup_locked(addr, keep),
+    }
+}
+
+#[inline(never)]
+fn lookup_locked(addr: usize, keep: bool) -> Option<RegionInfo> {
     let here = shard_index(addr);
     if let Some(r) = find_in(&SHARDS[here], addr, keep) {
         return Some(r);

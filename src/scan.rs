@@ -77,11 +77,12 @@ pub(crate) fn may_hold_pointers(align: usize, size: usize) -> bool {
 }
 
 /// The first aligned word in `[start, start + len)` that points into live
-/// unpinned managed memory, with its offset.
+/// unpinned managed memory: its offset, and the start of the region it
+/// points into.
 ///
 /// # Safety
 /// The range is readable memory that is not freed while the scan runs.
-pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, RegionInfo)> {
+pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, usize)> {
     let (lo, hi) = registry::managed_bounds();
     if lo >= hi {
         return None;
@@ -116,13 +117,16 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, R
                 continue;
             }
             let found = match reader.as_mut() {
-                Some(reader) => reader.lookup_managed(*w),
-                None => registry::lookup_managed(*w, true),
+                Some(reader) => reader
+                    .lookup_managed(*w)
+                    .filter(RegionInfo::is_unpinned_managed)
+                    .map(|r| r.start),
+                None => registry::unpinned_managed_start(*w, true),
             };
-            if let Some(r) = found.filter(RegionInfo::is_unpinned_managed) {
+            if let Some(target) = found {
                 // The reader's lock is released here, before any report.
                 drop(reader);
-                return Some((first - start + (b * 64 + i) * word, r));
+                return Some((first - start + (b * 64 + i) * word, target));
             }
         }
     }
