@@ -97,20 +97,13 @@ pub extern "C" fn ffi_check_realloc_at(
         return ffi_check_malloc_at(size, file, line);
     }
     from_c("ffi_check_realloc", || {
+        // The free checks, without the free: a realloc of freed, managed,
+        // interior, stack or foreign memory is the same mistake as a free
+        // of it. Refused, it returns NULL and leaves the block alone, as a
+        // failed realloc does.
         let site = c_site(file, line);
-        if checks_on() {
-            if let Some(r) = registry::lookup(ptr as usize) {
-                // Run the free checks without freeing: a realloc of freed,
-                // managed or foreign memory is the same mistake as a free.
-                if (r.start != ptr as usize
-                    || r.state != crate::RegionState::Live
-                    || r.kind != RegionKind::C
-                    || r.family != FAMILY_MALLOC)
-                    && check_free(ptr as usize, FAMILY_MALLOC, "realloc", site) == Verdict::Skip
-                {
-                    return std::ptr::null_mut();
-                }
-            }
+        if check_free(ptr as usize, FAMILY_MALLOC, "realloc", site) == Verdict::Skip {
+            return std::ptr::null_mut();
         }
         // SAFETY: ptr is live malloc memory (checked above when tracked).
         let q = unsafe { libc::realloc(ptr, size.max(1)) };

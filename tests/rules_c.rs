@@ -192,6 +192,66 @@ fn passing_a_cbox_by_value_hands_it_to_c() {
     });
 }
 
+extern "C" {
+    // The crate's C API, as C code calls it (csrc/ffi_check.h).
+    fn ffi_check_realloc_at(
+        ptr: *mut c_void,
+        size: usize,
+        file: *const c_char,
+        line: std::os::raw::c_int,
+    ) -> *mut c_void;
+}
+
+#[test]
+fn realloc_moves_the_tracking_to_the_new_block() {
+    let scope = LeakCheck::start();
+    let p = c_malloc(16);
+    // SAFETY: p is a live malloc block; realloc returns its successor.
+    let q = unsafe { ffi_check_realloc_at(p, 4096, c"grow.c".as_ptr(), 7) };
+    assert!(!q.is_null());
+    let report = scope.finish();
+    // One live block: the new one, 4096 bytes, allocated at the C site.
+    assert_eq!(report.leaked_allocations(), 1, "{report}");
+    assert_eq!(report.leaked_bytes(), 4096, "{report}");
+    assert_eq!(report.groups()[0].site().map(|s| s.line()), Some(7));
+    assert_clean(|| {
+        // SAFETY: q is the live block realloc returned.
+        unsafe { c_free(q) }
+    });
+}
+
+#[test]
+fn realloc_of_a_freed_block_is_refused() {
+    let p = c_malloc(16);
+    // SAFETY: p came from c_malloc and is freed once.
+    unsafe { c_free(p) };
+    // SAFETY: the checker refuses the realloc (the mistake under test).
+    let (q, v) = capture(|| unsafe { ffi_check_realloc_at(p, 32, c"grow.c".as_ptr(), 9) });
+    assert!(q.is_null(), "a refused realloc returns NULL");
+    assert_report(
+        only(&v),
+        ViolationKind::DoubleFree,
+        "double free of C memory (`realloc`)",
+    );
+}
+
+#[test]
+fn realloc_of_a_stack_address_is_refused() {
+    let mut local = [0u8; 8];
+    // SAFETY: the checker refuses the realloc (the mistake under test).
+    let (q, v) = capture(|| unsafe {
+        ffi_check_realloc_at(local.as_mut_ptr().cast(), 32, c"grow.c".as_ptr(), 11)
+    });
+    assert!(q.is_null());
+    assert_report(
+        only(&v),
+        ViolationKind::InvalidFree,
+        "free of a pointer no C allocator returned (`realloc`)",
+    );
+    local[0] = 1;
+    assert_eq!(local[0], 1);
+}
+
 // ---- C1: MismatchedFree -----------------------------------------------------
 
 #[test]
