@@ -732,17 +732,24 @@ fn remember(shard: &'static Shard, version: u64, info: RegionInfo) {
     });
 }
 
+impl RecentHits {
+    /// The entry whose region contains `addr`, if its shard has not
+    /// changed since the answer was kept.
+    #[inline(always)]
+    fn valid_entry(&self, addr: usize) -> Option<usize> {
+        let i = self.ranges.iter().position(|c| {
+            let (start, end) = c.get();
+            start <= addr && addr < end
+        })?;
+        let shard = self.shards[i].get()?;
+        (shard.version.load(Ordering::Acquire) == self.versions[i].get()).then_some(i)
+    }
+}
+
 #[inline(always)]
 fn recall(addr: usize) -> Option<RegionInfo> {
     RECENT_HITS
-        .try_with(|r| {
-            let i = r.ranges.iter().position(|c| {
-                let (start, end) = c.get();
-                start <= addr && addr < end
-            })?;
-            let shard = r.shards[i].get()?;
-            (shard.version.load(Ordering::Acquire) == r.versions[i].get()).then(|| r.infos[i].get())
-        })
+        .try_with(|r| r.valid_entry(addr).map(|i| r.infos[i].get()))
         .ok()
         .flatten()
 }
@@ -757,13 +764,8 @@ pub(crate) fn unpinned_managed_start(addr: usize, remember: bool) -> Option<usiz
     }
     let recalled = RECENT_HITS
         .try_with(|r| {
-            let i = r.ranges.iter().position(|c| {
-                let (start, end) = c.get();
-                start <= addr && addr < end
-            })?;
-            let shard = r.shards[i].get()?;
-            (shard.version.load(Ordering::Acquire) == r.versions[i].get())
-                .then(|| r.unpinned[i].get().then(|| r.ranges[i].get().0))
+            r.valid_entry(addr)
+                .map(|i| r.unpinned[i].get().then(|| r.ranges[i].get().0))
         })
         .ok()
         .flatten();
