@@ -9,7 +9,7 @@
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int};
 
-use crate::cbox::{check_free, free_checked, Deallocator, Verdict, FAMILY_MALLOC};
+use crate::cbox::{check_free, free_through_checks, Deallocator, Verdict, FAMILY_MALLOC};
 use crate::mode::checks_on;
 use crate::registry::{self, NewRegion, RegionKind};
 use crate::report::{enter_callback, write_stderr};
@@ -108,7 +108,8 @@ pub extern "C" fn ffi_check_realloc_at(
         // SAFETY: ptr is live malloc memory (checked above when tracked).
         let q = unsafe { libc::realloc(ptr, size.max(1)) };
         if !q.is_null() {
-            if checks_on() || !registry::nothing_live() {
+            // With checks off, `check_free` already forgot the old block.
+            if checks_on() {
                 registry::remove(ptr as usize);
             }
             track(q, size, file, line);
@@ -148,11 +149,9 @@ pub extern "C" fn ffi_check_free_at(ptr: *mut c_void, file: *const c_char, line:
         return;
     }
     from_c("ffi_check_free", || {
-        let site = c_site(file, line);
-        let verdict = check_free(ptr as usize, FAMILY_MALLOC, "free", site);
-        // SAFETY: the checks found ptr to be live malloc memory (or memory
-        // the checker never saw, which C vouches for).
-        unsafe { free_checked(ptr, verdict, &Deallocator::LIBC, site) }
+        // SAFETY: C passes memory from malloc that it no longer uses; the
+        // checks refuse what is not.
+        unsafe { free_through_checks(ptr, &Deallocator::LIBC, c_site(file, line)) }
     })
 }
 

@@ -58,6 +58,11 @@ impl Deallocator {
     fn family(&self) -> u8 {
         family_of(self)
     }
+
+    /// Whether this is C's `free` (a pointer comparison, no table lookup).
+    fn is_libc(&self) -> bool {
+        self.free as *const () == libc_free as *const ()
+    }
 }
 
 impl fmt::Debug for Deallocator {
@@ -74,10 +79,10 @@ pub(crate) const FAMILY_RUST: u8 = 1;
 static FAMILIES: RwLock<Vec<(&'static str, usize)>> = RwLock::new(Vec::new());
 
 fn family_of(d: &Deallocator) -> u8 {
-    let addr = d.free as *const () as usize;
-    if addr == libc_free as *const () as usize {
+    if d.is_libc() {
         return FAMILY_MALLOC;
     }
+    let addr = d.free as *const () as usize;
     {
         let fams = FAMILIES.read().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = fams.iter().position(|(_, a)| *a == addr) {
@@ -249,7 +254,7 @@ pub(crate) unsafe fn free_checked(
     let dealloc_fn = dealloc.free;
     match verdict {
         Verdict::Skip => {}
-        Verdict::Tracked(id) if dealloc.family() == FAMILY_MALLOC => {
+        Verdict::Tracked(id) if dealloc.is_libc() => {
             // Plain malloc memory waits in the quarantine.
             registry::mark_freed(ptr as usize, Some(id), site, Release::C(dealloc_fn));
         }
@@ -265,6 +270,22 @@ pub(crate) unsafe fn free_checked(
         // SAFETY: forwarded contract.
         Verdict::Untracked => unsafe { dealloc_fn(ptr) },
     }
+}
+
+/// A whole checked free: [`check_free`], then [`free_checked`]. What
+/// `c_free`, `c_free_with` and C's `ffi_check_free` do.
+///
+/// # Safety
+/// As [`free_checked`]: `ptr` is null or came from `dealloc`'s allocator and
+/// is not used after this.
+pub(crate) unsafe fn free_through_checks(
+    ptr: *mut c_void,
+    dealloc: &Deallocator,
+    site: Option<Site>,
+) {
+    let verdict = check_free(ptr as usize, dealloc.family(), dealloc.name, site);
+    // SAFETY: forwarded contract; the check found no record saying otherwise.
+    unsafe { free_checked(ptr, verdict, dealloc, site) }
 }
 
 /// What `ptr` is when it certainly did not come from a heap allocator: the
@@ -390,11 +411,8 @@ pub fn c_malloc(size: usize) -> *mut c_void {
 /// ```
 #[track_caller]
 pub unsafe fn c_free(ptr: *mut c_void) {
-    let site = Some(Site::caller());
-    let verdict = check_free(ptr as usize, FAMILY_MALLOC, "free", site);
-    // SAFETY: the caller promises ptr came from malloc and is not used after;
-    // the check found no record saying otherwise.
-    unsafe { free_checked(ptr, verdict, &Deallocator::LIBC, site) }
+    // SAFETY: the caller promises ptr came from malloc and is not used after.
+    unsafe { free_through_checks(ptr, &Deallocator::LIBC, Some(Site::caller())) }
 }
 
 /// Frees C memory with the deallocator `dealloc`, checking rule C1 as
@@ -405,10 +423,8 @@ pub unsafe fn c_free(ptr: *mut c_void) {
 /// after this.
 #[track_caller]
 pub unsafe fn c_free_with(ptr: *mut c_void, dealloc: &Deallocator) {
-    let site = Some(Site::caller());
-    let verdict = check_free(ptr as usize, dealloc.family(), dealloc.name, site);
     // SAFETY: as promised by the caller.
-    unsafe { free_checked(ptr, verdict, dealloc, site) }
+    unsafe { free_through_checks(ptr, dealloc, Some(Site::caller())) }
 }
 
 /// Tracks `size` bytes at `ptr`, returned by C's `malloc` family, as C memory
