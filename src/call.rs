@@ -113,7 +113,18 @@ impl Call {
     pub fn raw(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw(addr);
+            self.check_raw(addr, false);
+        }
+    }
+
+    /// Passes a raw `*mut` pointer: as [`raw`](Call::raw), and with the
+    /// tracking allocator a heap block passed this way is remembered as
+    /// possibly handed over to C (`Box::into_raw`), for the leak report.
+    #[inline(always)]
+    pub fn raw_mut(&mut self, addr: usize) {
+        self.arg += 1;
+        if addr != 0 {
+            self.check_raw(addr, true);
         }
     }
 
@@ -126,8 +137,11 @@ impl Call {
     }
 
     #[inline(never)]
-    fn check_raw(&self, addr: usize) {
+    fn check_raw(&self, addr: usize, mutable: bool) {
         let Some(r) = registry::lookup(addr) else {
+            if let Some(block) = crate::alloc::block_at(addr) {
+                self.check_heap_block(block, mutable);
+            }
             return;
         };
         match (r.state, r.kind) {
@@ -140,6 +154,22 @@ impl Call {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A block of the tracking allocator that the registry does not know.
+    fn check_heap_block(&self, block: crate::alloc::Block, mutable: bool) {
+        if block.freed {
+            return self.report_freed(block.start, block.start);
+        }
+        if block.may_hold_pointers() {
+            // SAFETY: a live heap block, lent for the call by its owner.
+            if let Some((offset, target)) = unsafe { find_unpinned(block.start, block.size) } {
+                self.report_nested(block.start, offset, target);
+            }
+        }
+        if mutable {
+            crate::alloc::note_lent_mut(block.start, callee_name(self.callee), self.site);
         }
     }
 
@@ -160,8 +190,8 @@ impl Call {
             ))
             .with_callee(Some(callee_name(self.callee)))
             .with_site(Some(self.site))
-            .region_at("lent", lent)
-            .region_at("points to", target),
+            .region_at_any("lent", lent)
+            .region_at_any("points to", target),
         );
     }
 
@@ -183,7 +213,7 @@ impl Call {
             ))
             .with_callee(Some(callee_name(self.callee)))
             .with_site(Some(self.site))
-            .region_at("freed region", start),
+            .region_at_any("freed region", start),
         );
     }
 }
@@ -272,7 +302,7 @@ impl<T> CArg<*const T> for *const T {
 impl<T> CArg<*mut T> for *mut T {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *mut T {
-        call.raw(self as usize);
+        call.raw_mut(self as usize);
         self
     }
     #[inline(always)]
@@ -283,7 +313,7 @@ impl<T> CArg<*mut T> for *mut T {
 impl<T> CArg<*const T> for *mut T {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *const T {
-        call.raw(self as usize);
+        call.raw_mut(self as usize);
         self
     }
     #[inline(always)]
@@ -552,6 +582,9 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
         return;
     }
     let Some(r) = registry::lookup(addr) else {
+        if let Some(block) = crate::alloc::block_at(addr) {
+            report_returned_heap_block(block, callback, site);
+        }
         return;
     };
     if r.state == RegionState::Freed {
@@ -600,6 +633,32 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
         v = v.region_at("points to", target);
     }
     emit(v);
+}
+
+/// A callback returned a heap block of the tracking allocator that the
+/// registry does not know: freed, or live and unpinned (a pinned one would
+/// be in the registry).
+#[cold]
+fn report_returned_heap_block(block: crate::alloc::Block, callback: &'static str, site: Site) {
+    let (kind, what, role) = if block.freed {
+        (
+            ViolationKind::UseAfterFree,
+            msg::USE_AFTER_FREE_ARG,
+            "freed region",
+        )
+    } else {
+        (
+            ViolationKind::CallbackReturnedUnpinned,
+            msg::CALLBACK_UNPINNED,
+            "returned",
+        )
+    };
+    emit(
+        Violation::new(kind, format!("result of callback `{callback}` {what}"))
+            .with_callback(callback)
+            .with_site(Some(site))
+            .region_at_any(role, block.start),
+    );
 }
 
 /// The callee's own name from the path `call!` was given (`ffi :: png_write`

@@ -143,6 +143,10 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         return Verdict::Untracked;
     }
     let Some(r) = registry::lookup_for_free(ptr) else {
+        // A Rust heap block (tracking allocator) handed to C's `free`.
+        if crate::alloc::c_free_of_rust_block(ptr, api, site) {
+            return Verdict::Skip;
+        }
         // Memory the checker never saw: C's own allocations that were not
         // adopted pass unchecked, but a stack address or static data is
         // certainly not from a C allocator.

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::Once;
 
+use crate::alloc::HandedToC;
 use crate::pin::{live_pinners, PinnerLeak};
 use crate::registry::{self, flags, RegionDetail, RegionKind, RegionState};
 use crate::report::{msg, render_backtrace, ReportRegion, Violation, ViolationKind};
@@ -112,6 +113,7 @@ pub struct LeakReport {
     groups: Vec<LeakGroup>,
     pins: Vec<LeakedPin>,
     intended: Vec<RegionDetail>,
+    handed: Vec<HandedToC>,
 }
 
 impl LeakReport {
@@ -134,6 +136,16 @@ impl LeakReport {
     /// Allocations leaked in all.
     pub fn leaked_allocations(&self) -> usize {
         self.groups.iter().map(|g| g.count).sum()
+    }
+    /// With the [`TrackingAllocator`](crate::TrackingAllocator): Rust heap
+    /// blocks that were passed to C as `*mut` pointers (the shape
+    /// `Box::into_raw` and `CString::into_raw` produce) and are still live.
+    /// Those C took ownership of are never freed unless C hands them back
+    /// (`Box::from_raw`); those Rust still owns are listed too, so they are
+    /// shown apart and do not make [`is_empty`](LeakReport::is_empty) false.
+    /// Only [`leak_report`] lists them, not a [`LeakCheck`] scope.
+    pub fn handed_to_c(&self) -> &[HandedToC] {
+        &self.handed
     }
     /// Allocations marked as intended leaks.
     pub fn intended_leaks(&self) -> usize {
@@ -189,6 +201,24 @@ impl fmt::Display for LeakReport {
                     d.size,
                     d.start,
                     d.leak_reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        if !self.handed.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{} Rust heap block(s) passed to C as `*mut` and still live (handed over with `into_raw`?), not counted:",
+                self.handed.len()
+            );
+            for h in self.handed.iter().take(16) {
+                let _ = writeln!(
+                    out,
+                    "    {} byte(s) at {:#x}, passed to `{}` at {}",
+                    h.size,
+                    h.addr,
+                    h.callee,
+                    h.site
+                        .map_or_else(|| "an unknown site".to_owned(), |s| s.to_string())
                 );
             }
         }
@@ -250,6 +280,11 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
         groups,
         pins,
         intended,
+        handed: if scope.is_none() {
+            crate::alloc::handed_to_c()
+        } else {
+            Vec::new()
+        },
     }
 }
 

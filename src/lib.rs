@@ -198,6 +198,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod alloc;
 mod call;
 mod capi;
 mod cbox;
@@ -214,6 +215,7 @@ mod report;
 mod scan;
 mod site;
 
+pub use alloc::{HandedToC, TrackingAllocator};
 pub use call::{unchecked, CArg, CReturn, Unchecked};
 pub use cbox::{
     c_adopt, c_adopt_with, c_free, c_free_with, c_malloc, intended_leak, CBox, Deallocator,

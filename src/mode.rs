@@ -103,6 +103,24 @@ pub(crate) fn checks_on() -> bool {
     }
 }
 
+/// The mode byte as stored, without reading the environment: `u8::MAX`
+/// while uninitialised. For the tracking allocator, which may run before
+/// `main` or while the environment's lock is held.
+#[inline(always)]
+pub(crate) fn raw_mode() -> u8 {
+    MODE.load(Ordering::Relaxed)
+}
+
+/// [`event_backtraces`] without reading the environment (as [`raw_mode`]).
+#[inline]
+pub(crate) fn raw_event_backtraces() -> bool {
+    match BACKTRACE.load(Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => raw_mode() == Mode::Full as u8,
+    }
+}
+
 /// True in mode 2.
 #[inline]
 pub(crate) fn full() -> bool {

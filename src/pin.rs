@@ -113,6 +113,11 @@ impl Pinner {
             return;
         }
         let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
+        // A heap block of the tracking allocator becomes known to the
+        // registry the first time it is pinned.
+        if registry::lookup(addr).is_none() {
+            crate::alloc::promote(addr, Some(site));
+        }
         let pinned = registry::update_containing(addr, |start, r| {
             if r.kind != RegionKind::Managed || r.state != RegionState::Live {
                 return None;
@@ -345,6 +350,24 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
         return;
     }
     let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
+    if registry::lookup(addr).is_none() {
+        if let Some(block) = crate::alloc::block_at(addr).filter(|b| b.freed) {
+            crate::report::emit(
+                crate::report::Violation::new(
+                    crate::ViolationKind::UseAfterFree,
+                    format!(
+                        "C retained a pointer {}",
+                        msg::USE_AFTER_FREE_ARG.trim_start_matches("is ")
+                    ),
+                )
+                .with_site(site)
+                .with_callee(crate::call::current_call().map(|c| c.0))
+                .region_at_any("freed region", block.start),
+            );
+            return;
+        }
+        crate::alloc::promote(addr, site);
+    }
     let outcome = registry::update_containing(addr, |start, r| {
         if r.state != RegionState::Live {
             return (start, r.state, r.kind, true);

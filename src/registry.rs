@@ -478,6 +478,7 @@ pub(crate) struct NewRegion {
 /// (freed regions whose memory was reused, or live records of memory that was
 /// freed behind the checker's back) are dropped.
 pub(crate) fn insert(new: NewRegion) -> u64 {
+    let _bookkeeping = crate::alloc::bookkeeping();
     let id = new_id();
     let size = new.size.max(1);
     if size >= CHUNK {
@@ -507,6 +508,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     };
     widen(&LO, &HI, new.start, size);
     if new.kind == RegionKind::Managed {
+        crate::alloc::mark_registered(new.start);
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
     let shard = shard_for_start(new.start, size);
@@ -880,6 +882,7 @@ fn shard_of(start: usize) -> Option<&'static Shard> {
 /// Runs `f` on the region that starts exactly at `start`, under its shard's
 /// write lock. `f` must not call back into the registry.
 pub(crate) fn update<R>(start: usize, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
+    let _bookkeeping = crate::alloc::bookkeeping();
     let shard = shard_of(start)?;
     let mut inner = shard.write();
     inner.get_mut(start).map(f)
@@ -890,6 +893,7 @@ pub(crate) fn update_containing<R>(
     addr: usize,
     f: impl FnOnce(usize, &mut Region) -> R,
 ) -> Option<R> {
+    let _bookkeeping = crate::alloc::bookkeeping();
     let info = lookup(addr)?;
     let shard = shard_of(info.start)?;
     let mut inner = shard.write();
@@ -908,6 +912,7 @@ pub(crate) fn mark_freed(
     site: Option<Site>,
     release: Release,
 ) -> Option<RegionInfo> {
+    let _bookkeeping = crate::alloc::bookkeeping();
     let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
     let shard = shard_of(start);
     let Some(shard) = shard else {
@@ -986,6 +991,7 @@ pub(crate) fn mark_freed(
 
 /// Forgets the region starting at `start` without quarantining it.
 pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
+    let _bookkeeping = crate::alloc::bookkeeping();
     let shard = shard_of(start)?;
     let r = shard.write().remove(start)?;
     // A freed record's quarantine entry is skipped on eviction (id mismatch).

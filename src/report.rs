@@ -338,6 +338,11 @@ impl Violation {
             None => self,
         }
     }
+    /// As [`region_at`](Self::region_at), and a heap block of the tracking
+    /// allocator when the registry does not know `start`.
+    pub(crate) fn region_at_any(self, role: &'static str, start: usize) -> Violation {
+        crate::alloc::region_for_report(self, role, start)
+    }
     pub(crate) fn with_callee(mut self, callee: Option<&'static str>) -> Violation {
         self.0.callee = callee;
         self
@@ -568,6 +573,10 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                     || name.starts_with("ffi_check_")
                     || name.contains("catch_unwind")
                     || name.contains("__rust_try")
+                    || name.contains("__rust_dealloc")
+                    || name.contains("__rust_realloc")
+                    || name.contains("__rust_alloc")
+                    || name.contains("__rustc::")
                     || name.starts_with("core::")
                     || name.starts_with("<core::")
                     || name.starts_with("std::")
@@ -720,6 +729,13 @@ fn act(v: Violation) {
             if in_callback() {
                 write_stderr(&text);
                 write_stderr("ffi-check: aborting: a panic here would unwind into C\n");
+                std::process::abort();
+            }
+            if crate::alloc::in_allocator() {
+                write_stderr(&text);
+                write_stderr(
+                    "ffi-check: aborting: a panic here would unwind out of the global allocator\n",
+                );
                 std::process::abort();
             }
             if std::thread::panicking() {

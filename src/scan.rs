@@ -83,7 +83,10 @@ pub(crate) fn may_hold_pointers(align: usize, size: usize) -> bool {
 /// # Safety
 /// The range is readable memory that is not freed while the scan runs.
 pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, usize)> {
-    let (lo, hi) = registry::managed_bounds();
+    let (mlo, mhi) = registry::managed_bounds();
+    // With the tracking allocator, every heap block is managed memory too.
+    let (hlo, hhi) = crate::alloc::heap_bounds();
+    let (lo, hi) = (mlo.min(hlo), mhi.max(hhi));
     if lo >= hi {
         return None;
     }
@@ -122,7 +125,10 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
                     .filter(RegionInfo::is_unpinned_managed)
                     .map(|r| r.start),
                 None => registry::unpinned_managed_start(*w, true),
-            };
+            }
+            // A heap block of the tracking allocator that the registry does
+            // not know (it knows every pinned one) is unpinned.
+            .or_else(|| crate::alloc::unpinned_block_at(*w).then_some(*w));
             if let Some(target) = found {
                 // The reader's lock is released here, before any report.
                 drop(reader);

@@ -1,0 +1,498 @@
+//! The tracking allocator (SPEC §6): installed as this test binary's global
+//! allocator, it makes every Rust heap block managed memory, so raw-pointer
+//! FFI code is checked by `call!` without wrappers.
+
+#![cfg(any(debug_assertions, feature = "always"))]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int, c_void};
+
+use common::fixtures::*;
+use common::{assert_report, assert_rust_site, only};
+use ffi_check::{
+    assert_clean, c_free, c_malloc, call, capture, leak_report, Pinner, RegionKind, RegionState,
+    TrackingAllocator, ViolationKind,
+};
+
+#[global_allocator]
+static ALLOC: TrackingAllocator = TrackingAllocator::new();
+
+// ---- use after free ----------------------------------------------------------
+
+#[test]
+#[allow(dangling_pointers_from_temporaries)]
+fn dangling_cstring_temporary_is_use_after_free_with_the_line_that_freed_it() {
+    ffi_check::set_event_backtraces(Some(true));
+    let ((_, freed_at, call_at), v) = capture(|| {
+        let p = CString::new("hello").unwrap().as_ptr();
+        let freed_at = line!() - 1;
+        // SAFETY: deliberately passes the dangling pointer; the checker
+        // reports it (the quarantine keeps the memory mapped meanwhile).
+        let n = unsafe { call!(fx_strlen(p)) };
+        let call_at = line!() - 1;
+        (n, freed_at, call_at)
+    });
+    ffi_check::set_event_backtraces(None);
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `fx_strlen` is a pointer into freed memory",
+    );
+    let text = v.to_string();
+    let r = &v.regions()[0];
+    assert_eq!(r.kind(), RegionKind::Managed);
+    assert_eq!(r.state(), RegionState::Freed);
+    assert_eq!(r.size(), 6);
+    assert!(
+        text.contains("Rust heap block (tracking allocator)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dangling_pointers_from_temporaries"),
+        "{text}"
+    );
+    // The free's backtrace names the `let` line that dropped the temporary.
+    let freed = text.split("first freed").nth(1).expect("a free backtrace");
+    assert!(
+        freed.contains(&format!("tests/tracking_alloc.rs:{freed_at}")),
+        "{text}"
+    );
+    assert_rust_site(v.call_site(), file!(), call_at);
+}
+
+#[test]
+fn a_temporary_inside_the_call_lives_through_it() {
+    let n = assert_clean(|| {
+        // SAFETY: the temporary CString lives until the end of the statement.
+        unsafe { call!(fx_strlen(CString::new("four").unwrap().as_ptr())) }
+    });
+    assert_eq!(n, 4);
+}
+
+#[test]
+fn a_pointer_kept_across_a_growing_push_is_use_after_free() {
+    let (_, v) = capture(|| {
+        let mut v = vec![1u8, 2, 3];
+        v.shrink_to_fit();
+        let stale = v.as_ptr();
+        v.extend_from_slice(&[0; 4096]);
+        // SAFETY: deliberately passes the pointer the reallocation left
+        // behind; the quarantine keeps it mapped.
+        unsafe { call!(fx_checksum(stale, 3)) }
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `fx_checksum` is a pointer into freed memory",
+    );
+}
+
+#[test]
+fn a_block_freed_inside_a_call_names_that_call_without_backtraces() {
+    unsafe extern "C" fn free_it(user: *mut c_void) -> *const c_void {
+        // SAFETY: `user` is the Box<u64> leaked below; it is taken back once.
+        drop(unsafe { Box::from_raw(user.cast::<u64>()) });
+        user
+    }
+    let (_, v) = capture(|| {
+        let user = Box::into_raw(Box::new(7u64)).cast::<c_void>();
+        // SAFETY: fx_call_producer calls free_it(user) and returns its result.
+        let back = unsafe {
+            call!(fx_call_producer(
+                Some(free_it as unsafe extern "C" fn(*mut c_void) -> *const c_void),
+                user
+            ))
+        };
+        // SAFETY: deliberately passes the freed block back to C.
+        unsafe { call!(fx_keep_silently(back)) };
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `fx_keep_silently`",
+    );
+    let r = &v.regions()[0];
+    assert_eq!(r.state(), RegionState::Freed);
+    // Freed inside the call to fx_call_producer: that call names the free.
+    assert_eq!(r.free_site().map(|s| s.file()), Some(file!()));
+    assert!(v.to_string().contains("first freed"), "{v}");
+}
+
+// ---- rule P1 on raw pointers ---------------------------------------------------
+
+#[test]
+fn an_array_of_pointers_to_unpinned_heap_blocks_is_unpinned_nested() {
+    let items: Vec<Box<c_int>> = (1..=3).map(Box::new).collect();
+    let ptrs: Vec<*const c_int> = items.iter().map(|b| &**b as *const c_int).collect();
+    let (sum, v) = capture(|| {
+        // SAFETY: ptrs holds 3 valid pointers.
+        unsafe { call!(fx_sum_nested(ptrs.as_ptr(), ptrs.len())) }
+    });
+    assert_eq!(sum, 6);
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UnpinnedNested,
+        "argument 1 of `fx_sum_nested` has managed pointer to unpinned managed pointer",
+    );
+    assert_eq!(v.regions()[0].size(), 24);
+    assert_eq!(v.regions()[1].size(), 4);
+}
+
+#[test]
+fn the_same_array_after_pinning_is_clean() {
+    let items: Vec<Box<c_int>> = (1..=3).map(Box::new).collect();
+    let ptrs: Vec<*const c_int> = items.iter().map(|b| &**b as *const c_int).collect();
+    let sum = assert_clean(|| {
+        let mut pinner = Pinner::new();
+        for b in &items {
+            pinner.pin_ptr(&**b as *const c_int);
+        }
+        // SAFETY: ptrs holds 3 valid, pinned pointers.
+        let sum = unsafe { call!(fx_sum_nested(ptrs.as_ptr(), ptrs.len())) };
+        pinner.unpin();
+        sum
+    });
+    assert_eq!(sum, 6);
+}
+
+#[test]
+fn argv_of_cstrings_needs_pins_and_is_clean_with_them() {
+    let args: Vec<CString> = ["a", "bb", "ccc"]
+        .iter()
+        .map(|s| CString::new(*s).unwrap())
+        .collect();
+    let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    let (_, v) = capture(|| {
+        // SAFETY: argv holds valid pointers; fx_sum_nested only reads them.
+        unsafe { call!(fx_sum_nested(argv.as_ptr().cast::<*const c_int>(), 0)) }
+    });
+    assert_eq!(only(&v).kind(), ViolationKind::UnpinnedNested);
+    assert_clean(|| {
+        let mut pinner = Pinner::new();
+        for a in &args {
+            pinner.pin_ptr(a.as_ptr());
+        }
+        // SAFETY: as above, now pinned.
+        unsafe { call!(fx_sum_nested(argv.as_ptr().cast::<*const c_int>(), 0)) }
+    });
+}
+
+#[test]
+fn dropping_a_pinned_heap_block_is_freed_while_pinned() {
+    let (_, v) = capture(|| {
+        let s = CString::new("pinned").unwrap();
+        let mut pinner = Pinner::new();
+        pinner.pin_ptr(s.as_ptr());
+        drop(s);
+        pinner.unpin();
+    });
+    assert_report(
+        only(&v),
+        ViolationKind::FreedWhilePinned,
+        "managed memory dropped while a Pinner still pins it",
+    );
+}
+
+#[test]
+fn retaining_an_unpinned_heap_block_is_retained_and_pinned_is_fine() {
+    let s = CString::new("kept").unwrap();
+    let (_, v) = capture(|| ffi_check::retain(s.as_ptr()));
+    assert_report(
+        only(&v),
+        ViolationKind::Retained,
+        "C keeps a pointer to unpinned managed memory",
+    );
+    ffi_check::release(s.as_ptr());
+    let t = CString::new("kept too").unwrap();
+    assert_clean(|| {
+        let mut pinner = Pinner::new();
+        pinner.pin_ptr(t.as_ptr());
+        ffi_check::retain(t.as_ptr());
+        ffi_check::release(t.as_ptr());
+        pinner.unpin();
+    });
+}
+
+#[test]
+fn a_callback_returning_an_unpinned_heap_block_is_reported() {
+    unsafe extern "C" fn produce(_user: *mut c_void) -> *const c_void {
+        ffi_check::callback!({ Box::into_raw(Box::new(5u32)).cast::<c_void>().cast_const() })
+    }
+    let (p, v) = capture(|| {
+        // SAFETY: fx_call_producer calls produce and returns its result.
+        unsafe {
+            call!(fx_call_producer(
+                Some(produce as unsafe extern "C" fn(*mut c_void) -> *const c_void),
+                std::ptr::null_mut()
+            ))
+        }
+    });
+    assert_report(
+        only(&v),
+        ViolationKind::CallbackReturnedUnpinned,
+        "result of callback `produce` is unpinned managed pointer",
+    );
+    // SAFETY: p is the Box<u32> produce leaked.
+    drop(unsafe { Box::from_raw(p.cast::<u32>().cast_mut()) });
+}
+
+// ---- cross-domain frees --------------------------------------------------------
+
+#[test]
+fn c_free_of_a_cstring_into_raw_is_invalid_free_naming_both_sides() {
+    let p = CString::new("rust").unwrap().into_raw();
+    let (_, v) = capture(|| {
+        // SAFETY: deliberately frees Rust memory with C's free; the checker
+        // refuses and leaves it alone.
+        unsafe { c_free(p.cast()) }
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::InvalidFree,
+        "C free of managed memory (`free`)",
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains("allocated by Rust's allocator, freed with `free` (C)"),
+        "{text}"
+    );
+    assert_eq!(v.regions()[0].kind(), RegionKind::Managed);
+    // The block is intact: Rust takes it back and frees it.
+    // SAFETY: p came from CString::into_raw and was not freed.
+    let back = unsafe { CString::from_raw(p) };
+    assert_eq!(back.to_str(), Ok("rust"));
+}
+
+#[test]
+fn c_code_freeing_rust_memory_through_the_c_api_is_invalid_free() {
+    let p = Box::into_raw(Box::new([7u8; 32]));
+    let (_, v) = capture(|| {
+        // SAFETY: fx_free_it calls ffi_check_free, which refuses Rust memory.
+        unsafe { call!(fx_free_it(p.cast::<c_void>())) }
+    });
+    let v = only(&v);
+    assert_report(v, ViolationKind::InvalidFree, "C free of managed memory");
+    // SAFETY: p came from Box::into_raw and was not freed.
+    drop(unsafe { Box::from_raw(p) });
+}
+
+#[test]
+fn box_from_raw_of_malloc_memory_is_invalid_free_naming_both_sides() {
+    let p = c_malloc(16).cast::<[u8; 16]>();
+    let (_, v) = capture(|| {
+        // SAFETY: deliberately hands malloc memory to Rust's allocator; the
+        // checker refuses to free it.
+        drop(unsafe { Box::from_raw(p) });
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::InvalidFree,
+        "Rust's allocator asked to free memory it did not allocate",
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains("allocated by C (`malloc`), freed by Rust's allocator"),
+        "{text}"
+    );
+    assert_eq!(v.regions()[0].kind(), RegionKind::C);
+    // SAFETY: the block is still C's: C frees it.
+    unsafe { c_free(p.cast()) };
+}
+
+#[test]
+fn cstring_from_raw_of_a_c_string_is_invalid_free() {
+    let name = CString::new("c side").unwrap();
+    // SAFETY: fx_greet returns a malloc'd string.
+    let greeting = unsafe { call!(fx_greet(name.as_ptr())) };
+    let (_, v) = capture(|| {
+        // SAFETY: deliberately gives C memory to Rust's allocator.
+        drop(unsafe { CString::from_raw(greeting) });
+    });
+    assert_report(
+        only(&v),
+        ViolationKind::InvalidFree,
+        "Rust's allocator asked to free memory it did not allocate",
+    );
+    // SAFETY: the string is still C's.
+    unsafe { c_free(greeting.cast()) };
+}
+
+#[test]
+fn box_from_raw_twice_is_double_free() {
+    let p = Box::into_raw(Box::new(11u64));
+    let (_, v) = capture(|| {
+        // SAFETY: the first take-back is right; the second is the mistake,
+        // refused by the checker.
+        unsafe {
+            drop(Box::from_raw(p));
+            drop(Box::from_raw(p));
+        }
+    });
+    assert_report(
+        only(&v),
+        ViolationKind::DoubleFree,
+        "double free of a Rust heap block",
+    );
+}
+
+// ---- leaks -------------------------------------------------------------------
+
+#[test]
+fn a_block_handed_to_c_with_into_raw_shows_in_the_leak_report() {
+    let _slot = common::slot();
+    let p = CString::new("handed over").unwrap().into_raw();
+    // SAFETY: C keeps the pointer; Rust never takes it back in this test.
+    unsafe { call!(fx_keep_silently(p.cast::<c_void>())) };
+    let line = line!() - 1;
+    let report = leak_report();
+    let h = report
+        .handed_to_c()
+        .iter()
+        .find(|h| h.addr == p as usize)
+        .expect("the handed-over block is listed");
+    assert_eq!(h.size, 12);
+    assert_eq!(h.callee, "fx_keep_silently");
+    assert_rust_site(h.site, file!(), line);
+    assert!(report.to_string().contains("passed to `fx_keep_silently`"));
+    // SAFETY: C forgets it; Rust takes it back.
+    unsafe {
+        call!(fx_forget_silently());
+        drop(CString::from_raw(p));
+    }
+    assert!(leak_report()
+        .handed_to_c()
+        .iter()
+        .all(|h| h.addr != p as usize));
+}
+
+// ---- ordinary Rust code is silent -----------------------------------------------
+
+#[test]
+fn ordinary_rust_code_reports_nothing() {
+    assert_clean(|| {
+        let mut map = HashMap::new();
+        let mut tree = BTreeMap::new();
+        let mut text = String::new();
+        for i in 0..5_000u32 {
+            map.insert(format!("key {i}"), vec![i; (i % 17) as usize]);
+            tree.insert(i, i.to_string());
+            text.push_str(&format!("{i:x}"));
+            if i % 3 == 0 {
+                map.remove(&format!("key {}", i / 2));
+            }
+        }
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut v: Vec<String> = Vec::new();
+                    for i in 0..2_000 {
+                        v.push(format!("{t}-{i}"));
+                        if v.len() > 64 {
+                            v.drain(..32);
+                        }
+                    }
+                    v.len()
+                })
+            })
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap() > 0);
+        }
+        // CString round trips done right: lent for a call, handed over and
+        // taken back.
+        for i in 0..1_000 {
+            let s = CString::new(format!("round trip {i}")).unwrap();
+            // SAFETY: s lives through the call.
+            let n = unsafe { call!(fx_strlen(s.as_ptr())) };
+            assert_eq!(n, s.as_bytes().len());
+            let raw = s.into_raw();
+            // SAFETY: raw is a valid C string until it is taken back.
+            let m = unsafe { call!(fx_strlen(raw)) };
+            assert_eq!(m, n);
+            // SAFETY: raw came from into_raw, taken back once.
+            let back = unsafe { CString::from_raw(raw) };
+            assert_eq!(back.as_bytes().len(), n);
+        }
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: buf is lent for the call.
+        unsafe { call!(fx_fill(buf.as_mut_ptr(), buf.len(), 9)) };
+        assert!(buf.iter().all(|b| *b == 9));
+        let c: &CStr = c"static";
+        // SAFETY: a static C string.
+        assert_eq!(unsafe { call!(fx_strlen(c.as_ptr())) }, 6);
+        assert!(map.len() > 1000 && tree.len() == 5000 && !text.is_empty());
+    });
+    // (A violation on a spawned thread would have panicked it, failing
+    // its join.)
+}
+
+// ---- any thread, before main, during exit ---------------------------------------
+
+/// Work done on a thread the Rust runtime knows nothing of.
+extern "C" fn c_thread_body(arg: *mut c_void) -> *mut c_void {
+    let mut total = 0usize;
+    for i in 0..500 {
+        let s = CString::new(format!("from a C thread {i}")).unwrap();
+        // SAFETY: s lives through the call.
+        total += unsafe { call!(fx_strlen(s.as_ptr())) };
+        let v: Vec<u64> = (0..i).collect();
+        total += v.len();
+    }
+    // SAFETY: arg is the &mut usize the creator passed, alive until join.
+    unsafe { *arg.cast::<usize>() = total };
+    std::ptr::null_mut()
+}
+
+#[test]
+fn a_thread_created_by_c_allocates_and_calls_cleanly() {
+    let mut total = 0usize;
+    let mut tid: libc::pthread_t = 0;
+    // SAFETY: the thread writes `total` and is joined before it goes away.
+    let rc = unsafe {
+        libc::pthread_create(
+            &mut tid,
+            std::ptr::null(),
+            c_thread_body,
+            (&mut total as *mut usize).cast(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: tid is the thread just created, joined once.
+    assert_eq!(unsafe { libc::pthread_join(tid, std::ptr::null_mut()) }, 0);
+    assert!(total > 500 * 17);
+}
+
+static BEFORE_MAIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Allocates and frees before `main`, and registers an exit handler that
+/// does the same while the process ends.
+#[used]
+#[link_section = ".init_array"]
+static ALLOCATE_BEFORE_MAIN: extern "C" fn() = {
+    extern "C" fn before_main() {
+        let v: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let s = CString::new(v.concat()).unwrap();
+        BEFORE_MAIN.store(s.as_bytes().len(), std::sync::atomic::Ordering::Relaxed);
+        extern "C" fn at_exit() {
+            let v: Vec<Box<u64>> = (0..100).map(Box::new).collect();
+            drop(v);
+        }
+        // SAFETY: registers a plain extern "C" fn.
+        unsafe { libc::atexit(at_exit) };
+    }
+    before_main
+};
+
+#[test]
+fn allocation_before_main_worked() {
+    assert_eq!(BEFORE_MAIN.load(std::sync::atomic::Ordering::Relaxed), 190);
+}
