@@ -574,6 +574,88 @@ impl Ring {
 
 static QUARANTINE: [Mutex<Ring>; SHARDS] = [const { Mutex::new(Ring::EMPTY) }; SHARDS];
 
+/// Freed blocks a thread collects before it takes its shard's lock once for
+/// all of them (mode 1, without event backtraces).
+const BATCH: usize = 32;
+
+thread_local! {
+    static PENDING_P: [Cell<usize>; BATCH] = const { [const { Cell::new(0) }; BATCH] };
+    static PENDING_SITE: [Cell<Option<Site>>; BATCH] = const { [const { Cell::new(None) }; BATCH] };
+    static PENDING_LEN: Cell<usize> = const { Cell::new(0) };
+    /// 0: not asked yet; 1: batching, the flusher is registered; 2: no
+    /// batching on this thread (registering, or the thread is ending).
+    static BATCHING: Cell<u8> = const { Cell::new(0) };
+    /// Its destructor hands the pending blocks of an ending thread over.
+    static FLUSHER: Flusher = const { Flusher };
+}
+
+/// Blocks that ended threads left pending, adopted by the next push.
+static ORPHANS: Mutex<Vec<(usize, Option<Site>)>> = Mutex::new(Vec::new());
+static HAS_ORPHANS: AtomicBool = AtomicBool::new(false);
+
+struct Flusher;
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        BATCHING.with(|b| b.set(2));
+        let n = PENDING_LEN.with(|l| l.replace(0));
+        if n == 0 {
+            return;
+        }
+        let _g = bookkeeping();
+        let mut orphans = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
+        PENDING_P.with(|ps| {
+            PENDING_SITE.with(|ss| {
+                for i in 0..n {
+                    orphans.push((ps[i].get(), ss[i].get()));
+                }
+            })
+        });
+        HAS_ORPHANS.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Adds a freed block to this thread's pending batch. False when batching
+/// is not possible here, or when the batch is full: the caller then pushes
+/// the whole batch (`PENDING_*[..BATCH]`) and the block under one lock.
+#[inline]
+fn batch(p: usize, site: Option<Site>) -> bool {
+    match BATCHING.with(Cell::get) {
+        1 => {}
+        0 => {
+            // The first access registers the flusher's destructor (with the
+            // C library, not through Rust's allocator); frees meanwhile go
+            // straight to the shard.
+            BATCHING.with(|b| b.set(2));
+            if FLUSHER.try_with(|_| ()).is_err() {
+                return false;
+            }
+            BATCHING.with(|b| b.set(1));
+        }
+        _ => return false,
+    }
+    let n = PENDING_LEN.with(Cell::get);
+    if n == BATCH {
+        PENDING_LEN.with(|l| l.set(0));
+        return false;
+    }
+    PENDING_P.with(|ps| ps[n].set(p));
+    PENDING_SITE.with(|ss| ss[n].set(site));
+    PENDING_LEN.with(|l| l.set(n + 1));
+    true
+}
+
+/// This thread's pending entry for `p`, if any.
+fn pending_site(p: usize) -> Option<Option<Site>> {
+    let n = PENDING_LEN.with(Cell::get);
+    PENDING_P.with(|ps| {
+        (0..n)
+            .rev()
+            .find(|&i| ps[i].get() == p)
+            .map(|i| PENDING_SITE.with(|ss| ss[i].get()))
+    })
+}
+
 #[inline]
 fn my_shard() -> usize {
     let a = GUARD.with(|g| g as *const Cell<bool> as usize);
@@ -583,6 +665,9 @@ fn my_shard() -> usize {
 /// Where a quarantined block was freed: the call site and the backtrace, as
 /// far as they were recorded.
 fn free_record(p: usize) -> (Option<Site>, Option<Backtrace>) {
+    if let Some(site) = pending_site(p) {
+        return (site, None);
+    }
     let _g = bookkeeping();
     for shard in &QUARANTINE {
         let ring = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -782,44 +867,111 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// As for [`release`](Self::release); the block's meta is already FREED.
     unsafe fn quarantine_block(&self, p: usize, meta: usize, site: Option<Site>) {
         let size = meta_size(meta);
-        let cap = self.quarantine_blocks / SHARDS;
-        let max_bytes = self.quarantine_bytes / SHARDS;
-        if cap == 0 || size > max_bytes {
+        if self.quarantine_blocks / SHARDS == 0 || size > self.quarantine_bytes / SHARDS {
             // SAFETY: as the caller vouches.
             unsafe { self.release(p, meta) };
             return;
         }
-        let trace = if crate::mode::raw_event_backtraces() {
-            let _g = bookkeeping();
-            Some(Box::new(Backtrace::new_unresolved()))
-        } else {
-            None
+        if crate::mode::raw_event_backtraces() {
+            let trace = {
+                let _g = bookkeeping();
+                Some(Box::new(Backtrace::new_unresolved()))
+            };
+            // SAFETY: as the caller vouches.
+            unsafe { self.push_locked(std::iter::once(Entry { p, site, trace })) };
+            return;
+        }
+        if batch(p, site) {
+            return;
+        }
+        let full = PENDING_P.with(|ps| {
+            PENDING_SITE.with(|ss| {
+                let items: [(usize, Option<Site>); BATCH] =
+                    std::array::from_fn(|i| (ps[i].get(), ss[i].get()));
+                items
+            })
+        });
+        let items = full.into_iter().map(|(p, site)| Entry {
+            p,
+            site,
+            trace: None,
+        });
+        // SAFETY: every pending block was freed by its owner and is FREED.
+        unsafe {
+            self.push_locked(items.chain(std::iter::once(Entry {
+                p,
+                site,
+                trace: None,
+            })))
         };
+    }
+
+    /// Pushes freed blocks into this thread's quarantine shard under one
+    /// lock, evicting the oldest beyond the limits (and first adopting the
+    /// blocks that exited threads left pending).
+    ///
+    /// # Safety
+    /// Each entry is a block of ours, FREED, that nothing uses any more.
+    unsafe fn push_locked(&self, items: impl Iterator<Item = Entry>) {
+        let cap = self.quarantine_blocks / SHARDS;
+        let max_bytes = self.quarantine_bytes / SHARDS;
+        let orphan_list = if HAS_ORPHANS.load(Ordering::Relaxed) {
+            let _g = bookkeeping();
+            HAS_ORPHANS.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *ORPHANS.lock().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Vec::new()
+        };
+        let orphans = orphan_list.iter().map(|&(p, site)| Entry {
+            p,
+            site,
+            trace: None,
+        });
         let mut ring = QUARANTINE[my_shard()]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !ring.ensure(cap) {
-            drop(ring);
-            // SAFETY: as the caller vouches.
-            unsafe { self.release(p, meta) };
-            return;
-        }
-        while ring.len >= ring.cap || ring.bytes + size > max_bytes {
-            let Some(old) = ring.pop() else { break };
-            // SAFETY: a quarantined block is ours, FREED, and unused.
-            let old_meta = unsafe { words(old.p).0.load(Ordering::Acquire) };
-            ring.bytes -= meta_size(old_meta);
-            if meta_state(old_meta) & state::PROMOTED != 0 {
-                let _g = bookkeeping();
-                registry::remove(old.p);
+        let usable = ring.ensure(cap);
+        for e in orphans.chain(items) {
+            // SAFETY: a FREED block of ours is still allocated: its header
+            // is mapped.
+            let meta = unsafe { words(e.p).0.load(Ordering::Acquire) };
+            let size = meta_size(meta);
+            if !usable {
+                // SAFETY: as the caller vouches.
+                unsafe { self.evict(e, meta) };
+                continue;
             }
-            // SAFETY: as above.
-            unsafe { self.release(old.p, old_meta) };
-            let _g = bookkeeping();
-            drop(old.trace);
+            while ring.len >= ring.cap || ring.bytes + size > max_bytes {
+                let Some(old) = ring.pop() else { break };
+                // SAFETY: a quarantined block is ours, FREED, and unused.
+                let old_meta = unsafe { words(old.p).0.load(Ordering::Acquire) };
+                ring.bytes -= meta_size(old_meta);
+                // SAFETY: as above.
+                unsafe { self.evict(old, old_meta) };
+            }
+            ring.bytes += size;
+            ring.push(e);
         }
-        ring.bytes += size;
-        ring.push(Entry { p, site, trace });
+        drop(ring);
+        let _g = bookkeeping();
+        drop(orphan_list);
+    }
+
+    /// Gives a block leaving the quarantine back to the inner allocator.
+    ///
+    /// # Safety
+    /// `e.p` is a FREED block of ours with `meta`, unused.
+    unsafe fn evict(&self, e: Entry, meta: usize) {
+        if meta_state(meta) & state::PROMOTED != 0 {
+            let _g = bookkeeping();
+            registry::remove(e.p);
+        }
+        // SAFETY: as the caller vouches.
+        unsafe { self.release(e.p, meta) };
+        if e.trace.is_some() {
+            let _g = bookkeeping();
+            drop(e.trace);
+        }
     }
 
     #[inline]
