@@ -235,7 +235,7 @@ fn meta_state(meta: usize) -> usize {
 /// `p - HDR .. p` is mapped: a header of ours is on its page.
 #[inline(always)]
 unsafe fn words(p: usize) -> (&'static AtomicUsize, &'static AtomicUsize) {
-    let h = (p - HDR) as *const AtomicUsize;
+    let h = p.wrapping_sub(HDR) as *const AtomicUsize;
     // SAFETY: the caller vouches the 16 bytes are mapped; they are aligned
     // (p is 16-aligned), and only ever accessed atomically by ffi-check.
     unsafe { (&*h, &*h.add(1)) }
@@ -615,11 +615,20 @@ impl Drop for Flusher {
     }
 }
 
-/// Adds a freed block to this thread's pending batch. False when batching
-/// is not possible here, or when the batch is full: the caller then pushes
-/// the whole batch (`PENDING_*[..BATCH]`) and the block under one lock.
+/// What [`batch`] did with a freed block.
+enum Batch {
+    /// It waits in this thread's batch.
+    Added,
+    /// The batch is full: the caller pushes the whole batch
+    /// (`PENDING_*[..BATCH]`, now emptied) and the block under one lock.
+    Full,
+    /// No batching on this thread now: the caller pushes the block alone.
+    Unavailable,
+}
+
+/// Adds a freed block to this thread's pending batch.
 #[inline]
-fn batch(p: usize, site: Option<Site>) -> bool {
+fn batch(p: usize, site: Option<Site>) -> Batch {
     match BATCHING.with(Cell::get) {
         1 => {}
         0 => {
@@ -628,21 +637,21 @@ fn batch(p: usize, site: Option<Site>) -> bool {
             // straight to the shard.
             BATCHING.with(|b| b.set(2));
             if FLUSHER.try_with(|_| ()).is_err() {
-                return false;
+                return Batch::Unavailable;
             }
             BATCHING.with(|b| b.set(1));
         }
-        _ => return false,
+        _ => return Batch::Unavailable,
     }
     let n = PENDING_LEN.with(Cell::get);
     if n == BATCH {
         PENDING_LEN.with(|l| l.set(0));
-        return false;
+        return Batch::Full;
     }
     PENDING_P.with(|ps| ps[n].set(p));
     PENDING_SITE.with(|ss| ss[n].set(site));
     PENDING_LEN.with(|l| l.set(n + 1));
-    true
+    Batch::Added
 }
 
 /// This thread's pending entry for `p`, if any.
@@ -881,8 +890,20 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { self.push_locked(std::iter::once(Entry { p, site, trace })) };
             return;
         }
-        if batch(p, site) {
-            return;
+        match batch(p, site) {
+            Batch::Added => return,
+            Batch::Unavailable => {
+                // SAFETY: as the caller vouches.
+                unsafe {
+                    self.push_locked(std::iter::once(Entry {
+                        p,
+                        site,
+                        trace: None,
+                    }))
+                };
+                return;
+            }
+            Batch::Full => {}
         }
         let full = PENDING_P.with(|ps| {
             PENDING_SITE.with(|ss| {
@@ -945,7 +966,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 let Some(old) = ring.pop() else { break };
                 // SAFETY: a quarantined block is ours, FREED, and unused.
                 let old_meta = unsafe { words(old.p).0.load(Ordering::Acquire) };
-                ring.bytes -= meta_size(old_meta);
+                ring.bytes = ring.bytes.saturating_sub(meta_size(old_meta));
                 // SAFETY: as above.
                 unsafe { self.evict(old, old_meta) };
             }
