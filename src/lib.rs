@@ -202,6 +202,7 @@ mod call;
 mod capi;
 mod cbox;
 mod convert;
+mod guard;
 mod leak;
 mod managed;
 mod mode;
@@ -211,6 +212,7 @@ mod pin;
 pub mod proptest;
 mod registry;
 mod report;
+mod roots;
 mod scan;
 mod site;
 
@@ -227,6 +229,7 @@ pub use mode::{
 pub use pin::{release, retain, Pinned, Pinner};
 pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};
 pub use report::{assert_clean, capture, stats, ReportRegion, Stats, Violation, ViolationKind};
+pub use roots::{add_root, remove_root, scan_c_memory, watch_library};
 pub use scan::PointerFree;
 pub use site::Site;
 
