@@ -32,8 +32,9 @@
 //! so every scan is a full scan. It is made fast instead: each word is first
 //! compared with the bounds of the unpinned managed regions (a test the
 //! compiler vectorises over blocks of 64 words), so pointer-free C memory
-//! streams past at memory speed, and only a word inside the bounds costs a
-//! binary search in a snapshot taken at the start of the scan.
+//! streams past at memory speed; a word inside the bounds is next tested
+//! against a bitmap of where the targets lie, and only a word that passes
+//! both costs a binary search in a snapshot taken at the start of the scan.
 
 use std::collections::HashSet;
 use std::ffi::{c_void, CStr};
@@ -363,6 +364,42 @@ unsafe fn scan_words(
     }
 }
 
+/// A coarse map of where the targets are: one bit per granule of
+/// `[lo, hi)`, set when a target touches the granule. The granule is the
+/// smallest power of two that keeps the map within `MAX_BITS`, so a word
+/// inside the bounds but between targets (a pointer to pinned memory, or to
+/// C memory in the same heap) is usually settled by one bit, not a search.
+struct Granules {
+    lo: usize,
+    shift: u32,
+    bits: Vec<u64>,
+}
+
+impl Granules {
+    const MAX_BITS: usize = 1 << 18;
+
+    fn new(targets: &[(usize, usize)], lo: usize, hi: usize) -> Granules {
+        let mut shift = 0;
+        while (hi - lo) >> shift >= Self::MAX_BITS {
+            shift += 1;
+        }
+        let mut bits = vec![0u64; (((hi - lo) >> shift) >> 6) + 1];
+        for &(start, end) in targets {
+            for g in (start - lo) >> shift..=(end - 1 - lo) >> shift {
+                bits[g >> 6] |= 1 << (g & 63);
+            }
+        }
+        Granules { lo, shift, bits }
+    }
+
+    /// False when no target can contain `w` (which lies in `[lo, hi)`).
+    #[inline(always)]
+    fn may_hold(&self, w: usize) -> bool {
+        let g = (w - self.lo) >> self.shift;
+        self.bits[g >> 6] & (1 << (g & 63)) != 0
+    }
+}
+
 /// Every word of the snapshot's spans that points into one of `targets`
 /// (sorted, non-overlapping `(start, end)` ranges).
 fn find(snapshot: &Snapshot, targets: &[(usize, usize)]) -> Vec<Finding> {
@@ -370,6 +407,7 @@ fn find(snapshot: &Snapshot, targets: &[(usize, usize)]) -> Vec<Finding> {
         return Vec::new();
     };
     let (lo, hi) = (first.0, last.1);
+    let granules = Granules::new(targets, lo, hi);
     let mut found = Vec::new();
     // The last target hit: runs of pointers into one region are common.
     let mut last_hit = (0usize, 0usize);
@@ -380,6 +418,9 @@ fn find(snapshot: &Snapshot, targets: &[(usize, usize)]) -> Vec<Finding> {
         // readable by the promise of whoever registered it.
         unsafe {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
+                if !granules.may_hold(w) {
+                    return;
+                }
                 let target = if last_hit.0 <= w && w < last_hit.1 {
                     Some(last_hit)
                 } else {
