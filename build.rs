@@ -1,4 +1,5 @@
 use std::env;
+use std::path::Path;
 
 fn main() {
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").unwrap();
@@ -15,6 +16,23 @@ fn main() {
         .extra_warnings(true)
         .cargo_metadata(false)
         .compile("ffi_check_fixtures");
+
+    // One fixture as a shared library, for `watch_library`: the tests dlopen
+    // it by the absolute path below. Built with the compiler cc picked.
+    let shared = Path::new(&out_dir).join("libffi_check_shared_fixture.so");
+    let compiler = cc::Build::new().get_compiler();
+    let status = compiler
+        .to_command()
+        .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-o"])
+        .arg(&shared)
+        .arg(Path::new(&manifest_dir).join("csrc/fixtures/shared.c"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler for shared.c: {e}"));
+    assert!(status.success(), "compiling csrc/fixtures/shared.c failed");
+    println!(
+        "cargo:rustc-env=FFI_CHECK_SHARED_FIXTURE={}",
+        shared.display()
+    );
 
     println!("cargo:rustc-link-search=native={out_dir}");
     println!("cargo:include={include}");

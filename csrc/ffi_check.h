@@ -11,7 +11,9 @@
  * or from Rust with ffi_check::c_free or by owning it in a CBox.
  *
  * Use the macros (ffi_check_malloc, ...) rather than the *_at functions:
- * they record __FILE__ and __LINE__ for you.
+ * they record __FILE__ and __LINE__ for you.  To route a whole C file's
+ * malloc/calloc/realloc/strdup/free through them without editing it,
+ * include "ffi_check_redirect.h" after the system headers.
  */
 #ifndef FFI_CHECK_H
 #define FFI_CHECK_H
@@ -48,6 +50,17 @@ void ffi_check_retain_at(const void *ptr, const char *file, int line);
 /* Declares that C has dropped a pointer it kept with ffi_check_retain. */
 void ffi_check_release_at(const void *ptr, const char *file, int line);
 
+/* Registers [ptr, ptr + len) - a global table, a static slot, a structure
+ * allocated without ffi-check - as C storage that mode 2 (FFI_CHECK=2)
+ * scans: a pointer to unpinned Rust memory found there after a call
+ * returns is reported as kept by C.  The range must stay readable until
+ * ffi_check_remove_root(ptr).  Registering the same ptr again replaces the
+ * root. */
+void ffi_check_add_root_at(const void *ptr, size_t len, const char *file, int line);
+
+/* Unregisters the root that starts at ptr. */
+void ffi_check_remove_root_at(const void *ptr, const char *file, int line);
+
 /* Convenience macros recording the caller's file and line. */
 #define ffi_check_malloc(n)     ffi_check_malloc_at((n), __FILE__, __LINE__)
 #define ffi_check_calloc(c, n)  ffi_check_calloc_at((c), (n), __FILE__, __LINE__)
@@ -56,6 +69,8 @@ void ffi_check_release_at(const void *ptr, const char *file, int line);
 #define ffi_check_free(p)       ffi_check_free_at((p), __FILE__, __LINE__)
 #define ffi_check_retain(p)     ffi_check_retain_at((p), __FILE__, __LINE__)
 #define ffi_check_release(p)    ffi_check_release_at((p), __FILE__, __LINE__)
+#define ffi_check_add_root(p, n) ffi_check_add_root_at((p), (n), __FILE__, __LINE__)
+#define ffi_check_remove_root(p) ffi_check_remove_root_at((p), __FILE__, __LINE__)
 
 #ifdef __cplusplus
 } /* extern "C" */

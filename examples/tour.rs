@@ -58,6 +58,8 @@ fn main() {
     c1_free_once_with_the_right_deallocator(&mut tour);
     c2_no_use_after_free(&mut tour);
     c3_no_leaks(&mut tour);
+    c4_guarded_loans(&mut tour);
+    mode_2_scans(&mut tour);
     x1_numbers(&mut tour);
     x2_strings(&mut tour);
     x3_no_implicit_pointers(&mut tour);
@@ -555,6 +557,78 @@ fn c3_no_leaks(tour: &mut Tour) {
         c_free(from_c);
         c_free(from_rust.cast());
     }
+}
+
+// ---- C4 (mode 2) ------------------------------------------------------------
+
+/// Runs `f` in mode 2 (`FFI_CHECK=2`), then goes back to the mode before.
+fn in_mode_2<R>(f: impl FnOnce() -> R) -> R {
+    let before = ffi_check::mode();
+    ffi_check::set_mode(Mode::Full);
+    let r = f();
+    ffi_check::set_mode(before);
+    r
+}
+
+fn c4_guarded_loans(tour: &mut Tour) {
+    tour.rule(
+        "C4",
+        "C writes only inside the C memory it is given (mode 2 guards every CBox)",
+    );
+
+    in_mode_2(|| {
+        // In mode 2 a CBox's malloc block has guard bytes on both sides,
+        // checked around every call and at the free, as HotSpot's
+        // -Xcheck:jni does for JNI buffers.
+        let mut buf = CBox::from_elem(0u8, 16);
+        tour.ok("C fills exactly the 16 bytes it was lent", || {
+            // SAFETY: 16 writable bytes.
+            unsafe { call!(fx_fill(&mut buf, 16, 1)) };
+        });
+        tour.mistake(
+            "C is told the buffer holds 20 bytes: it writes 4 past the end",
+            &[ViolationKind::GuardOverrun],
+            || {
+                // SAFETY: the mistake under test; the guard bytes after the
+                // block take the 4 extra bytes.
+                unsafe { call!(fx_fill(&mut buf, 20, 2)) };
+            },
+        );
+    });
+}
+
+// ---- mode 2: what C keeps, found by scanning ---------------------------------
+
+fn mode_2_scans(tour: &mut Tour) {
+    tour.rule(
+        "P2/P5, mode 2",
+        "pointers C keeps in its own memory are found without C saying so",
+    );
+
+    in_mode_2(|| {
+        // SAFETY: fx_table_new has no preconditions.
+        let table = unsafe { call!(fx_table_new(2)) };
+        let pinned = Pinned::new(1 as c_int);
+        tour.ok("C keeps a pointer to pinned memory in its table", || {
+            // SAFETY: slot 0 is inside the table; cleared below.
+            unsafe { call!(fx_table_put(table, 0, &pinned)) };
+        });
+        let lent = Managed::new(2 as c_int);
+        tour.mistake(
+            "C keeps a pointer it was only lent in a malloc'd table, and says nothing",
+            &[ViolationKind::Retained],
+            || {
+                // SAFETY: slot 1 is inside the table; cleared below.
+                unsafe { call!(fx_table_put(table, 1, &lent)) };
+            },
+        );
+        // SAFETY: empties the slots and frees the table.
+        unsafe {
+            call!(fx_table_put(table, 0, std::ptr::null::<c_void>()));
+            call!(fx_table_put(table, 1, std::ptr::null::<c_void>()));
+            call!(fx_table_free(table));
+        }
+    });
 }
 
 // ---- X1 ------------------------------------------------------------------

@@ -62,6 +62,8 @@ pub struct Call {
     site: Site,
     arg: u32,
     entered: bool,
+    /// Mode 2, outermost call: C memory is scanned before and after it.
+    scans: bool,
     prev: *const Call,
 }
 
@@ -76,6 +78,7 @@ impl Call {
             site: Site::caller(),
             arg: 0,
             entered: false,
+            scans: false,
             prev: std::ptr::null(),
         }
     }
@@ -88,6 +91,12 @@ impl Call {
         if let Ok(prev) = CURRENT.try_with(|c| c.replace(me)) {
             self.prev = prev;
             self.entered = true;
+            // Mode 2 scans around the outermost call only: during it, C may
+            // hold what the outer call lent it.
+            if prev.is_null() && crate::mode::full() {
+                self.scans = true;
+                crate::roots::before_call(self.callee, self.site);
+            }
         }
     }
 
@@ -224,6 +233,9 @@ impl Drop for Call {
         if self.entered {
             let prev = self.prev;
             let _ = CURRENT.try_with(|c| c.set(prev));
+            if self.scans {
+                crate::roots::after_call(self.callee, self.site);
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //! C code linked into the program calls these to allocate tracked C memory
 //! (with its `__FILE__`/`__LINE__`), to free it through the C1 checks, and to
 //! declare the pointers it keeps (`ffi_check_retain`) and drops
-//! (`ffi_check_release`). None of them ever unwinds into C: a violation with
+//! (`ffi_check_release`), and to register C storage that mode 2 scans
+//! (`ffi_check_add_root`, `ffi_check_remove_root`). None of them ever unwinds into C: a violation with
 //! the panic action aborts here after its report, as inside a callback.
 
 use std::ffi::c_void;
@@ -105,8 +106,13 @@ pub extern "C" fn ffi_check_realloc_at(
         if check_free(ptr as usize, FAMILY_MALLOC, "realloc", site) == Verdict::Skip {
             return std::ptr::null_mut();
         }
-        // SAFETY: ptr is live malloc memory (checked above when tracked).
-        let q = unsafe { libc::realloc(ptr, size.max(1)) };
+        // SAFETY: ptr is live malloc memory (checked above when tracked); a
+        // guarded block (mode 2) is moved, since its base is not `ptr`.
+        let q = match unsafe { crate::guard::realloc(ptr as usize, size) } {
+            Some(q) => q,
+            // SAFETY: as above, and not guarded.
+            None => unsafe { libc::realloc(ptr, size.max(1)) },
+        };
         if !q.is_null() {
             // With checks off, `check_free` already forgot the old block.
             if checks_on() {
@@ -167,4 +173,26 @@ pub extern "C" fn ffi_check_retain_at(ptr: *const c_void, file: *const c_char, l
 #[no_mangle]
 pub extern "C" fn ffi_check_release_at(ptr: *const c_void, _file: *const c_char, _line: c_int) {
     from_c("ffi_check_release", || crate::pin::release_at(ptr as usize))
+}
+
+/// C registers `[ptr, ptr + len)` (a global table, say) as a root that the
+/// mode-2 scan reads (rule P2).
+#[no_mangle]
+pub extern "C" fn ffi_check_add_root_at(
+    ptr: *const c_void,
+    len: usize,
+    file: *const c_char,
+    line: c_int,
+) {
+    from_c("ffi_check_add_root", || {
+        crate::roots::add_root_at(ptr as usize, len, c_site(file, line))
+    })
+}
+
+/// C unregisters the root starting at `ptr`.
+#[no_mangle]
+pub extern "C" fn ffi_check_remove_root_at(ptr: *const c_void, _file: *const c_char, _line: c_int) {
+    from_c("ffi_check_remove_root", || {
+        crate::roots::remove_root_at(ptr as usize);
+    })
 }

@@ -255,7 +255,11 @@ pub(crate) unsafe fn free_checked(
     dealloc: &Deallocator,
     site: Option<Site>,
 ) {
-    let dealloc_fn = dealloc.free;
+    if verdict == Verdict::Skip {
+        return;
+    }
+    // A guarded block (mode 2) starts before the pointer C sees.
+    let dealloc_fn = crate::guard::real_free(ptr as usize, dealloc.free, site);
     match verdict {
         Verdict::Skip => {}
         Verdict::Tracked(id) if dealloc.is_libc() => {
@@ -573,12 +577,15 @@ impl<T: ?Sized> CBox<T> {
     /// Hands ownership to C and returns the start address (what passing a
     /// `CBox` by value to `call!` does).
     pub(crate) fn into_raw_addr(self) -> usize {
-        self.into_raw_inner().as_ptr().cast::<u8>() as usize
+        self.into_raw_inner().as_ptr() as usize
     }
 
-    fn into_raw_inner(self) -> NonNull<T> {
+    /// Gives up ownership; returns the address C owns from now on.
+    fn into_raw_inner(self) -> NonNull<u8> {
         let this = std::mem::ManuallyDrop::new(self);
-        this.ptr
+        // C frees what it owns with its own `free`: a guarded block (mode 2)
+        // moves to a plain one first.
+        crate::guard::unguard(this.ptr.cast::<u8>(), std::any::type_name::<T>)
     }
 }
 
@@ -589,6 +596,10 @@ impl<T: ?Sized> Drop for CBox<T> {
 }
 
 fn malloc_for(size: usize, align: usize) -> *mut c_void {
+    if align <= crate::guard::GUARD && crate::mode::full() {
+        // Mode 2: guard bytes on both sides, checked at each crossing.
+        return crate::guard::alloc(size);
+    }
     let size = size.max(1);
     if align <= 16 {
         // SAFETY: malloc has no preconditions; glibc aligns to 16.
@@ -674,7 +685,7 @@ impl<T> CBox<T> {
     /// Hands ownership to C: the box is not freed by Rust any more; C must
     /// free it with the box's deallocator.
     pub fn into_raw(self) -> *mut T {
-        self.into_raw_inner().as_ptr()
+        self.into_raw_inner().as_ptr().cast::<T>()
     }
 
     /// The address of the value, for C.

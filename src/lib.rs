@@ -64,6 +64,7 @@
 //! | C1 | C memory is freed once, by its own deallocator; managed memory never by C. | [`DoubleFree`](ViolationKind::DoubleFree), [`InvalidFree`](ViolationKind::InvalidFree), [`MismatchedFree`](ViolationKind::MismatchedFree) |
 //! | C2 | No pointer into freed memory crosses the boundary or is freed again. | [`UseAfterFree`](ViolationKind::UseAfterFree) |
 //! | C3 | C memory Rust owns is freed before the end. | [`Leak`](ViolationKind::Leak) |
+//! | C4 | C writes only inside the C memory it is given (mode 2 guard bytes). | [`GuardOverrun`](ViolationKind::GuardOverrun) |
 //! | X1 | Numbers cross only through explicit, lossless conversions. | [`LossyConversion`](ViolationKind::LossyConversion) |
 //! | X2 | Strings cross only through explicit conversions. | [`InteriorNul`](ViolationKind::InteriorNul), [`NullPointer`](ViolationKind::NullPointer), [`UnterminatedString`](ViolationKind::UnterminatedString), [`InvalidUtf8`](ViolationKind::InvalidUtf8) |
 //! | X3 | Wrappers never turn into raw pointers implicitly. | compile time |
@@ -182,6 +183,35 @@
 //! assert_eq!(unsafe { ffi_check::str_from_c(s.as_ptr()) }, "no NUL inside");
 //! ```
 //!
+//! ### Mode 2: what C keeps, found by scanning
+//!
+//! With `FFI_CHECK=2` ([`Mode::Full`]) the tracked C memory and the
+//! registered roots ([`add_root`], [`watch_library`], `ffi_check_add_root`
+//! in C) are scanned before and after each outermost [`call!`], and when
+//! memory is unpinned or dropped: C keeping a lent pointer is `Retained`
+//! without C saying so, a raw store by Rust is `StoredUnpinned`, and
+//! dropping what C still points to is `FreedWhileRetained`.
+//! [`scan_c_memory`] runs the scan on demand.
+//!
+//! ```
+//! use ffi_check::{call, capture, Managed, Mode, ViolationKind};
+//! extern "C" fn keep_in(table: *mut *const u64, p: *const u64) {
+//!     // SAFETY: the caller lends a table with room for one pointer.
+//!     unsafe { *table = p };                        // C keeps what it was lent
+//! }
+//! # let before = ffi_check::mode();
+//! ffi_check::set_mode(Mode::Full);
+//! let table = ffi_check::c_malloc(8).cast::<*const u64>(); // tracked C memory
+//! let lent = Managed::new(1u64);
+//! let (_, v) = capture(|| call!(keep_in(table, &lent)));
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::Retained);
+//! # }
+//! // SAFETY: the table is C memory owned here; emptied, then freed once.
+//! unsafe { *table = std::ptr::null(); ffi_check::c_free(table.cast()) };
+//! # ffi_check::set_mode(before);
+//! ```
+//!
 //! ## Modes and environment
 //!
 //! | variable | values | effect |
@@ -203,6 +233,7 @@ mod call;
 mod capi;
 mod cbox;
 mod convert;
+mod guard;
 mod leak;
 mod managed;
 mod mode;
@@ -212,6 +243,7 @@ mod pin;
 pub mod proptest;
 mod registry;
 mod report;
+mod roots;
 mod scan;
 mod site;
 
@@ -229,6 +261,7 @@ pub use mode::{
 pub use pin::{release, retain, Pinned, Pinner};
 pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};
 pub use report::{assert_clean, capture, stats, ReportRegion, Stats, Violation, ViolationKind};
+pub use roots::{add_root, remove_root, scan_c_memory, watch_library};
 pub use scan::PointerFree;
 pub use site::Site;
 

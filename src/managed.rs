@@ -172,8 +172,8 @@ impl Managed<CStr> {
 /// the program does not crash. When it returns true, the caller frees the
 /// memory through [`quarantine`].
 pub(crate) fn release(start: usize) -> bool {
-    let state = registry::update(start, |r| (r.state, r.pins, r.retains));
-    let Some((state, pins, retains)) = state else {
+    let state = registry::update(start, |r| (r.state, r.pins, r.retains, r.size));
+    let Some((state, pins, retains, size)) = state else {
         return true;
     };
     if state != RegionState::Live || !checks_on() {
@@ -190,7 +190,10 @@ pub(crate) fn release(start: usize) -> bool {
             .region_at("pinned region", start),
         );
     }
-    let keep = retains > 0 || pins > 0;
+    // Mode 2: C memory that still points into it is P3 too.
+    let keep = retains > 0
+        || pins > 0
+        || (crate::mode::full() && crate::roots::check_release(start, size, false));
     if keep {
         registry::mark_freed(start, None, None, Release::Nothing);
     }

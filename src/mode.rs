@@ -38,9 +38,10 @@ pub enum Mode {
     /// moment of the event: loans, frees, pins, retains C declares,
     /// conversions, leaks.
     Check = 1,
-    /// `FFI_CHECK=2`: everything in `Check`, backtraces at every event, a
-    /// larger quarantine of freed ranges, and the scans of C memory that
-    /// later releases add.
+    /// `FFI_CHECK=2`: everything in `Check`, plus the scans of tracked C
+    /// memory and roots around each outermost call (what C keeps), guard
+    /// bytes around every `CBox` block, backtraces at every event, and a
+    /// larger quarantine of freed ranges.
     Full = 2,
 }
 

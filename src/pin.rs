@@ -154,27 +154,36 @@ impl Pinner {
         }
         self.pinned = 0;
         let pins = with_pinners(|t| t.remove(&self.id).map(|r| r.pins).unwrap_or_default());
+        let full = crate::mode::full();
         for (start, id) in pins {
-            unpin_region(start, id);
+            if let Some(size) = unpin_region(start, id).filter(|_| full) {
+                // Mode 2: C memory still pointing into it is P3.
+                crate::roots::check_release(start, size, true);
+            }
         }
     }
 }
 
 /// Drops one pin of region (`start`, `id`); reports P3 when C still holds a
-/// retain on memory that is now unpinned.
-fn unpin_region(start: usize, id: u64) {
-    let retained = registry::update(start, |r| {
+/// retain on memory that is now unpinned. Returns the region's size when it
+/// is now live, unpinned and not retained (what mode 2 then checks).
+fn unpin_region(start: usize, id: u64) -> Option<usize> {
+    let after = registry::update(start, |r| {
         if r.id() != id {
-            return false;
+            return None;
         }
         r.pins = r.pins.saturating_sub(1);
-        r.pins == 0 && r.retains > 0 && r.state == RegionState::Live
-    });
+        (r.pins == 0 && r.state == RegionState::Live).then_some((r.retains > 0, r.size))
+    })
+    .flatten();
     // The pin was counted when it was taken, whatever became of the region.
     PINS.fetch_sub(1, Ordering::Relaxed);
-    if retained == Some(true) && checks_on() {
+    let (retained, size) = after?;
+    if retained && checks_on() {
         report_retained_at_free(start, msg::UNPINNED_WHILE_RETAINED);
+        return None;
     }
+    Some(size)
 }
 
 impl Default for Pinner {

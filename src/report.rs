@@ -63,11 +63,14 @@ pub enum ViolationKind {
     UnterminatedString,
     /// X2: a C string that is not UTF-8 where a `str` is asked for.
     InvalidUtf8,
+    /// C4 (mode 2): C wrote outside a guarded C allocation it was lent: the
+    /// guard bytes before or after the block changed.
+    GuardOverrun,
 }
 
 impl ViolationKind {
     /// Every kind, in rule order.
-    pub const ALL: [ViolationKind; 17] = [
+    pub const ALL: [ViolationKind; 18] = [
         ViolationKind::UnpinnedNested,
         ViolationKind::Retained,
         ViolationKind::FreedWhileRetained,
@@ -85,9 +88,11 @@ impl ViolationKind {
         ViolationKind::NullPointer,
         ViolationKind::UnterminatedString,
         ViolationKind::InvalidUtf8,
+        ViolationKind::GuardOverrun,
     ];
 
-    /// The rule this kind breaks (`"P1"` … `"X2"`).
+    /// The rule this kind breaks (`"P1"` … `"X2"`; `"C4"` for the guard
+    /// bytes of mode 2: C writes only inside the C memory it is given).
     pub fn rule(self) -> &'static str {
         use ViolationKind::*;
         match self {
@@ -100,6 +105,7 @@ impl ViolationKind {
             DoubleFree | InvalidFree | MismatchedFree => "C1",
             UseAfterFree => "C2",
             Leak => "C3",
+            GuardOverrun => "C4",
             LossyConversion => "X1",
             InteriorNul | NullPointer | UnterminatedString | InvalidUtf8 => "X2",
         }
@@ -126,6 +132,7 @@ impl ViolationKind {
             NullPointer => "NullPointer",
             UnterminatedString => "UnterminatedString",
             InvalidUtf8 => "InvalidUtf8",
+            GuardOverrun => "GuardOverrun",
         }
     }
 
@@ -150,6 +157,7 @@ impl ViolationKind {
             NullPointer => "check for NULL before reading (C returns NULL for errors and empty results)",
             UnterminatedString => "read the bytes with their length (`ffi_check::slice_from_c`) instead of as a C string",
             InvalidUtf8 => "read it as bytes (`CStr::to_bytes`) or convert lossily (`CStr::to_string_lossy`)",
+            GuardOverrun => "keep C's writes inside the memory it was given: pass the buffer's true length (counting the room for a NUL), or give C a larger buffer",
         }
     }
 
@@ -198,6 +206,9 @@ pub(crate) mod msg {
     pub const NULL_SLICE: &str = "NULL pointer with a non-zero length";
     pub const UNTERMINATED: &str = "C string has no NUL terminator within its region";
     pub const INVALID_UTF8: &str = "C string is not valid UTF-8";
+    /// HotSpot -Xcheck:jni: "buffer overrun" / "buffer underrun".
+    pub const GUARD_AFTER: &str = "C wrote past the end of a guarded C allocation";
+    pub const GUARD_BEFORE: &str = "C wrote before the start of a guarded C allocation";
 }
 
 /// One region named by a report.
@@ -854,7 +865,8 @@ fn log_json(v: &Violation) {
 
 // ---- counters -------------------------------------------------------------
 
-static VIOLATIONS: [AtomicU64; 17] = [const { AtomicU64::new(0) }; 17];
+static VIOLATIONS: [AtomicU64; ViolationKind::ALL.len()] =
+    [const { AtomicU64::new(0) }; ViolationKind::ALL.len()];
 pub(crate) static PINS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static RETAINS: AtomicU64 = AtomicU64::new(0);
 
@@ -959,7 +971,7 @@ pub struct Stats {
     pub pins: u64,
     /// Retains C holds right now.
     pub retains: u64,
-    violations: [u64; 17],
+    violations: [u64; ViolationKind::ALL.len()],
 }
 
 impl Stats {
@@ -985,7 +997,7 @@ impl Stats {
 /// ```
 pub fn stats() -> Stats {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut violations = [0; 17];
+    let mut violations = [0; ViolationKind::ALL.len()];
     for (slot, v) in violations.iter_mut().zip(VIOLATIONS.iter()) {
         *slot = l(v);
     }

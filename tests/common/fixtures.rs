@@ -107,4 +107,78 @@ extern "C" {
     pub fn fx_leak(n: usize) -> *mut c_void;
     /// `*slot = p`: C writes a pointer into memory it was given.
     pub fn fx_store_ptr(slot: *mut *mut c_void, p: *const c_void);
+
+    // C keeping pointers in its own memory (what mode 2 scans)
+
+    /// A zeroed table of `n` pointers in tracked C memory (`ffi_check_calloc`).
+    pub fn fx_table_new(n: usize) -> *mut *mut c_void;
+    /// `t[i] = p`.
+    pub fn fx_table_put(t: *mut *mut c_void, i: usize, p: *const c_void);
+    /// `t[i] = n` (a number).
+    pub fn fx_table_put_number(t: *mut *mut c_void, i: usize, n: usize);
+    /// `t[i] = ffi_check_malloc(n)`: C keeping its own memory.
+    pub fn fx_table_put_own(t: *mut *mut c_void, i: usize, n: usize);
+    /// `ffi_check_free(t[i]); t[i] = NULL`.
+    pub fn fx_table_free_slot(t: *mut *mut c_void, i: usize);
+    /// Frees the table.
+    pub fn fx_table_free(t: *mut *mut c_void);
+    /// Registers the static 4-pointer table as a root (`ffi_check_add_root`).
+    pub fn fx_root_register();
+    /// Unregisters it (`ffi_check_remove_root`).
+    pub fn fx_root_unregister();
+    /// `fx_root_table[i] = p`.
+    pub fn fx_root_put(i: usize, p: *const c_void);
+    /// The static table's address.
+    pub fn fx_root_table_addr() -> *const c_void;
+    /// `p[offset] = value`, inside the buffer or not.
+    pub fn fx_poke(p: *mut c_uchar, offset: c_long, value: c_uchar);
+}
+
+/// The shared-library fixture (`csrc/fixtures/shared.c`), loaded with
+/// `dlopen` from the path the build script passes in
+/// `FFI_CHECK_SHARED_FIXTURE`; it is not linked.
+pub mod shared {
+    use std::ffi::{c_void, CString};
+
+    /// `shfx_keep(i, p)`: keeps `p` in slot `i` of the library's global table.
+    pub type KeepFn = unsafe extern "C" fn(usize, *const c_void);
+    /// `shfx_kept(i)`: slot `i`.
+    pub type KeptFn = unsafe extern "C" fn(usize) -> *const c_void;
+    /// `shfx_forget()`: empties every slot.
+    pub type ForgetFn = unsafe extern "C" fn();
+
+    /// The loaded library's functions.
+    pub struct SharedFixture {
+        pub keep: KeepFn,
+        pub kept: KeptFn,
+        pub forget: ForgetFn,
+    }
+
+    /// The library's file name, as `watch_library` matches it.
+    pub const NAME: &str = "libffi_check_shared_fixture";
+
+    /// Loads the library (once; later calls find it loaded) and looks its
+    /// functions up.
+    pub fn load() -> SharedFixture {
+        let path = CString::new(env!("FFI_CHECK_SHARED_FIXTURE")).expect("a path");
+        // SAFETY: dlopen of a plain C library with no constructors.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+        assert!(!handle.is_null(), "dlopen of the shared fixture failed");
+        let sym = |name: &str| {
+            let name = CString::new(name).expect("a symbol name");
+            // SAFETY: `handle` is a loaded library; `name` is NUL-terminated.
+            let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+            assert!(!p.is_null(), "no symbol {name:?} in the shared fixture");
+            p
+        };
+        // SAFETY: each symbol is the C function of shared.c with the
+        // signature of its type.
+        unsafe {
+            SharedFixture {
+                keep: std::mem::transmute::<*mut c_void, KeepFn>(sym("shfx_keep")),
+                kept: std::mem::transmute::<*mut c_void, KeptFn>(sym("shfx_kept")),
+                forget: std::mem::transmute::<*mut c_void, ForgetFn>(sym("shfx_forget")),
+            }
+        }
+    }
 }
