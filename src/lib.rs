@@ -202,6 +202,7 @@ mod call;
 mod capi;
 mod cbox;
 mod convert;
+pub mod hooks;
 mod leak;
 mod managed;
 mod mode;
