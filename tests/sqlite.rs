@@ -194,8 +194,8 @@ fn an_unfinalized_statement_leaks_at_the_prepare_line() {
     let db = conn.handle();
     let mut stmt: *mut sql::sqlite3_stmt = std::ptr::null_mut();
     let scope = LeakCheck::start();
-    // SAFETY: an open connection, a NUL-terminated statement, an out-pointer.
     let (text, tail) = (c"SELECT 1, 'two'", std::ptr::null_mut::<*const c_char>());
+    // SAFETY: an open connection, a NUL-terminated statement, an out-pointer.
     let rc = unsafe { call!(sql::sqlite3_prepare_v2(db, text, -1, Some(&mut stmt), tail)) };
     let prepare_line = line!() - 1;
     assert_eq!(rc, sql::SQLITE_OK);

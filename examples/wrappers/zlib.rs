@@ -269,11 +269,6 @@ impl Deflater {
         Ok(())
     }
 
-    /// Bytes read and written so far.
-    pub fn totals(&self) -> (u64, u64) {
-        (self.s.z.total_in as u64, self.s.z.total_out as u64)
-    }
-
     fn check_open(&self) -> Result<(), ZlibError> {
         if self.s.finished {
             return Err(ZlibError {
