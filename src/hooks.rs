@@ -4,7 +4,7 @@
 //! libxml2's `xmlMemSetup`, ...).
 //!
 //! Routed through these hooks, every allocation the library makes for itself
-//! becomes tracked C memory, attributed to the site of the [`call!`] the
+//! becomes tracked C memory, attributed to the site of the [`call!`](crate::call!) the
 //! thread is in when the library allocates. So:
 //!
 //! - forgetting the library's destroy function (`deflateEnd`,
