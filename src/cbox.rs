@@ -55,7 +55,7 @@ impl Deallocator {
         self.name
     }
 
-    fn family(&self) -> u8 {
+    pub(crate) fn family(&self) -> u8 {
         family_of(self)
     }
 

@@ -234,6 +234,7 @@ mod capi;
 mod cbox;
 mod convert;
 mod guard;
+pub mod hooks;
 mod leak;
 mod managed;
 mod mode;
