@@ -496,3 +496,46 @@ static ALLOCATE_BEFORE_MAIN: extern "C" fn() = {
 fn allocation_before_main_worked() {
     assert_eq!(BEFORE_MAIN.load(std::sync::atomic::Ordering::Relaxed), 190);
 }
+
+#[test]
+fn threads_freeing_each_others_blocks_stay_clean() {
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel::<Vec<CString>>();
+    let consumer = std::thread::Builder::new()
+        .name("consumer".into())
+        .spawn(move || {
+            assert_clean(|| {
+                let mut n = 0usize;
+                for batch in rx {
+                    for s in &batch {
+                        // SAFETY: s lives through the call.
+                        n += unsafe { call!(fx_strlen(s.as_ptr())) };
+                    }
+                    // Blocks allocated by the producers, freed here.
+                    drop(batch);
+                }
+                n
+            })
+        })
+        .unwrap();
+    let producers: Vec<_> = (0..3)
+        .map(|t| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                assert_clean(|| {
+                    for round in 0..200 {
+                        let batch: Vec<CString> = (0..20)
+                            .map(|i| CString::new(format!("{t}:{round}:{i}")).unwrap())
+                            .collect();
+                        tx.send(batch).unwrap();
+                    }
+                })
+            })
+        })
+        .collect();
+    drop(tx);
+    for p in producers {
+        p.join().unwrap();
+    }
+    assert!(consumer.join().unwrap() > 3 * 200 * 20 * 5);
+}
