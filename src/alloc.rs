@@ -165,21 +165,8 @@ fn page_count(addr: usize) -> Option<&'static AtomicU16> {
 #[cold]
 fn create_leaf(root: usize) -> Option<&'static AtomicPtr<AtomicU16>> {
     let bytes = LEAF_LEN * std::mem::size_of::<AtomicU16>();
-    // SAFETY: an anonymous private mapping; no allocator is involved, so
-    // this cannot recurse. Zeroed pages are valid `AtomicU16`s.
-    let fresh = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if fresh == libc::MAP_FAILED {
-        return None;
-    }
+    // Zeroed pages are valid `AtomicU16`s.
+    let fresh = map_anonymous(bytes)?;
     let slot = &ROOT[root];
     if slot
         .compare_exchange(
@@ -194,6 +181,23 @@ fn create_leaf(root: usize) -> Option<&'static AtomicPtr<AtomicU16>> {
         unsafe { libc::munmap(fresh, bytes) };
     }
     Some(slot)
+}
+
+/// Fresh zeroed memory straight from the kernel: no allocator is involved,
+/// so the allocator's own tables can never recurse into it.
+fn map_anonymous(bytes: usize) -> Option<*mut libc::c_void> {
+    // SAFETY: an anonymous private mapping of `bytes`, owned by the caller.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p)
 }
 
 #[inline]
@@ -524,21 +528,9 @@ impl Ring {
         if !self.buf.is_null() {
             return true;
         }
-        let bytes = cap * std::mem::size_of::<Entry>();
-        // SAFETY: an anonymous private mapping, outside every allocator.
-        let buf = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if buf == libc::MAP_FAILED {
+        let Some(buf) = map_anonymous(cap * std::mem::size_of::<Entry>()) else {
             return false;
-        }
+        };
         self.buf = buf.cast();
         self.cap = cap;
         true

@@ -361,19 +361,7 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
     if registry::lookup(addr).is_none() {
         if let Some(block) = crate::alloc::block_at(addr).filter(|b| b.freed) {
-            crate::report::emit(
-                crate::report::Violation::new(
-                    crate::ViolationKind::UseAfterFree,
-                    format!(
-                        "C retained a pointer {}",
-                        msg::USE_AFTER_FREE_ARG.trim_start_matches("is ")
-                    ),
-                )
-                .with_site(site)
-                .with_callee(crate::call::current_call().map(|c| c.0))
-                .region_at_any("freed region", block.start),
-            );
-            return;
+            return report_retained_freed(block.start, site);
         }
         crate::alloc::promote(addr, site);
     }
@@ -393,19 +381,7 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
         return;
     };
     if state == RegionState::Freed {
-        crate::report::emit(
-            crate::report::Violation::new(
-                crate::ViolationKind::UseAfterFree,
-                format!(
-                    "C retained a pointer {}",
-                    msg::USE_AFTER_FREE_ARG.trim_start_matches("is ")
-                ),
-            )
-            .with_site(site)
-            .with_callee(crate::call::current_call().map(|c| c.0))
-            .region_at("freed region", start),
-        );
-        return;
+        return report_retained_freed(start, site);
     }
     if kind == RegionKind::Managed {
         crate::report::RETAINS.fetch_add(1, Ordering::Relaxed);
@@ -426,6 +402,23 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
             crate::report::emit(v.region_at("retained region", start));
         }
     }
+}
+
+/// C retained a pointer into the freed region (or heap block) at `start`.
+#[cold]
+fn report_retained_freed(start: usize, site: Option<Site>) {
+    crate::report::emit(
+        crate::report::Violation::new(
+            crate::ViolationKind::UseAfterFree,
+            format!(
+                "C retained a pointer {}",
+                msg::USE_AFTER_FREE_ARG.trim_start_matches("is ")
+            ),
+        )
+        .with_site(site)
+        .with_callee(crate::call::current_call().map(|c| c.0))
+        .region_at_any("freed region", start),
+    );
 }
 
 /// Records that C dropped a pointer it had retained.

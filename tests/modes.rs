@@ -12,30 +12,13 @@ mod common;
 
 use std::os::raw::c_int;
 
-use common::{fixtures, is_child, kinds, run_child, text};
+use common::{child_passes, fixtures, is_child, kinds};
 use ffi_check::{
     action, c_free, c_malloc, call, capture, mode, release, retain, set_mode, stats, to_c, Action,
     CBox, Managed, Mode, ViolationKind, COMPILED_IN,
 };
 
 // ---- child processes and shorthands ------------------------------------------
-
-/// Runs the child and asserts that it passed; returns its stderr.
-fn child_passes(name: &str, env: &[(&str, &str)]) -> String {
-    let out = run_child(name, env);
-    let stderr = text(&out.stderr);
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child {name} failed:\n{stdout}\n{stderr}"
-    );
-    // The filter must have selected the child test, not nothing.
-    assert!(
-        stdout.contains("1 passed"),
-        "child {name} did not run:\n{stdout}"
-    );
-    stderr
-}
 
 /// Three mistakes that mode 1 reports: lending a table of unpinned
 /// pointers (P1), a lossy conversion (X1), and C keeping a pointer to

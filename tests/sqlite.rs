@@ -18,7 +18,9 @@ mod sqlite;
 use std::ffi::{c_void, CStr};
 use std::os::raw::c_char;
 
-use common::{assert_report, assert_report_line, assert_rust_site, is_child, kinds, only, text};
+use common::{
+    assert_report, assert_report_line, assert_rust_site, child_passes, is_child, kinds, only,
+};
 use ffi_check::hooks::{Family, SqliteMemMethods};
 use ffi_check::{
     c_free, c_free_with, call, capture, unchecked, LeakCheck, Managed, Pinned, ViolationKind,
@@ -473,45 +475,4 @@ fn mode_2_is_silent_on_the_wrapper() {
         return;
     }
     child_passes(NAME, &[("FFI_CHECK", "2")]);
-}
-
-/// Runs the child test `name` and asserts that it passed.
-fn child_passes(name: &str, env: &[(&str, &str)]) {
-    let out = run_child_including_ignored(name, env);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(
-        out.status.success(),
-        "child {name} failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "child {name} did not run:\n{stdout}"
-    );
-}
-
-/// Runs `name` of this binary alone in a child process, as
-/// `common::run_child` does, with ignored tests included (the mode-2 scan
-/// tests are ignored until that scan exists).
-fn run_child_including_ignored(name: &str, env: &[(&str, &str)]) -> std::process::Output {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-        "--include-ignored",
-    ]);
-    for var in [
-        "FFI_CHECK",
-        "FFI_CHECK_ACTION",
-        "FFI_CHECK_LOG",
-        "FFI_CHECK_LEAKS",
-        "FFI_CHECK_BACKTRACE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env(common::CHILD, name);
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run the test binary as a child")
 }

@@ -301,14 +301,7 @@ fn mode_2_finds_zlibs_pointer_to_an_unpinned_stream() {
         let _ = capture(|| unsafe { call!(z::deflateEnd(&mut stream)) });
         return;
     }
-    let out = run_child_including_ignored(NAME, &[("FFI_CHECK", "2")]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(text(&out.stdout).contains("1 passed"));
+    common::child_passes(NAME, &[("FFI_CHECK", "2")]);
 }
 
 /// In mode 2 the correct wrapper stays silent too.
@@ -473,31 +466,4 @@ fn zfree_twice_is_a_double_free() {
 fn only_group(report: &ffi_check::LeakReport) -> &ffi_check::LeakGroup {
     assert_eq!(report.groups().len(), 1, "{report}");
     &report.groups()[0]
-}
-
-/// Runs `name` of this binary alone in a child process, as
-/// `common::run_child` does, with ignored tests included (the mode-2 scan
-/// tests are ignored until that scan exists).
-fn run_child_including_ignored(name: &str, env: &[(&str, &str)]) -> std::process::Output {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-        "--include-ignored",
-    ]);
-    for var in [
-        "FFI_CHECK",
-        "FFI_CHECK_ACTION",
-        "FFI_CHECK_LOG",
-        "FFI_CHECK_LEAKS",
-        "FFI_CHECK_BACKTRACE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env(common::CHILD, name);
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run the test binary as a child")
 }

@@ -131,3 +131,20 @@ pub fn run_child(name: &str, env: &[(&str, &str)]) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Runs the child test `name` and asserts that it passed (and that the
+/// filter selected it, not nothing); returns its stderr.
+pub fn child_passes(name: &str, env: &[(&str, &str)]) -> String {
+    let out = run_child(name, env);
+    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child {name} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "child {name} did not run:\n{stdout}"
+    );
+    stderr
+}
