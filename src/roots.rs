@@ -333,35 +333,14 @@ unsafe fn scan_words(
     mut hit: impl FnMut(usize, usize),
 ) {
     const WORD: usize = std::mem::size_of::<usize>();
-    let Some(first) = start.checked_add(WORD - 1).map(|a| a & !(WORD - 1)) else {
+    // SAFETY: the caller vouches for the range.
+    let Some((skip, words)) = (unsafe { crate::scan::aligned_words(start, len) }) else {
         return;
     };
-    let end = start.saturating_add(len);
-    if first >= end || lo >= hi {
-        return;
-    }
-    let n = (end - first) / WORD;
-    // SAFETY: `first` is aligned and the n words lie inside the readable
-    // range the caller vouches for. C may be writing to them from another
-    // thread: the scan only compares what it reads, as any conservative
-    // scanner does.
-    let words = unsafe { std::slice::from_raw_parts(first as *const usize, n) };
-    let span = hi - lo;
-    // Blocks of 64 words: the bounds test over a block has no early exit, so
-    // it vectorises; only a block with a candidate is looked at closely.
-    for (b, block) in words.chunks(64).enumerate() {
-        let any = block
-            .iter()
-            .fold(false, |acc, w| acc | (w.wrapping_sub(lo) < span));
-        if !any {
-            continue;
-        }
-        for (i, w) in block.iter().enumerate() {
-            if w.wrapping_sub(lo) < span {
-                hit(first - start + (b * 64 + i) * WORD, *w);
-            }
-        }
-    }
+    crate::scan::find_in_bounds(words, lo, hi, |i, w| {
+        hit(skip + i * WORD, w);
+        None::<()>
+    });
 }
 
 /// A coarse map of where the targets are: one bit per granule of

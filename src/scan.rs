@@ -90,24 +90,66 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
     if lo >= hi {
         return None;
     }
-    let word = std::mem::size_of::<usize>();
-    let first = start.checked_add(word - 1)? & !(word - 1);
+    // SAFETY: the caller vouches for the range.
+    let (skip, words) = unsafe { aligned_words(start, len) }?;
+    // A short range (a struct lent call after call) asks the registry word
+    // by word, through the thread's recent answers; a long one keeps the
+    // lock of the shard it is reading from word to word.
+    let mut reader = (words.len() > 32).then(registry::ScanReader::new);
+    find_in_bounds(words, lo, hi, |i, w| {
+        let found = match reader.as_mut() {
+            Some(reader) => reader
+                .lookup_managed(w)
+                .filter(RegionInfo::is_unpinned_managed)
+                .map(|r| r.start),
+            None => registry::unpinned_managed_start(w, true),
+        }
+        // A heap block of the tracking allocator that the registry does not
+        // know (it knows every pinned one) is unpinned.
+        .or_else(|| crate::alloc::unpinned_block_at(w).then_some(w));
+        // The reader's lock is released with the reader, before any report.
+        found.map(|target| (skip + i * WORD, target))
+    })
+}
+
+const WORD: usize = std::mem::size_of::<usize>();
+
+/// The aligned words of `[start, start + len)`, and how far the first of
+/// them is from `start`. `None` when the range holds no whole aligned word.
+///
+/// # Safety
+/// The range is readable memory that stays readable while the words are
+/// used. Padding bytes and words another thread is writing are read as
+/// integers: the scans only compare them, as any conservative scanner does.
+pub(crate) unsafe fn aligned_words<'a>(start: usize, len: usize) -> Option<(usize, &'a [usize])> {
+    let first = start.checked_add(WORD - 1)? & !(WORD - 1);
     let end = start.checked_add(len)?;
     if first >= end {
         return None;
     }
-    let n = (end - first) / word;
+    let n = (end - first) / WORD;
     // SAFETY: `first` is aligned and the n words lie inside the readable
-    // range the caller vouches for. Padding bytes are read as integers; the
-    // scan only compares them, as any conservative scanner does.
-    let words = unsafe { std::slice::from_raw_parts(first as *const usize, n) };
+    // range the caller vouches for.
+    Some((first - start, unsafe {
+        std::slice::from_raw_parts(first as *const usize, n)
+    }))
+}
+
+/// Calls `f(index, word)` for each word in `[lo, hi)`, in order, until `f`
+/// returns an answer. Blocks of 64 words are tested against the bounds with
+/// no early exit, so the test vectorises and pointer-free data streams past
+/// at memory speed; only a block with a candidate is looked at closely.
+#[inline(always)]
+pub(crate) fn find_in_bounds<T>(
+    words: &[usize],
+    lo: usize,
+    hi: usize,
+    mut f: impl FnMut(usize, usize) -> Option<T>,
+) -> Option<T> {
+    if lo >= hi {
+        return None;
+    }
     let span = hi - lo;
-    // A short range (a struct lent call after call) asks the registry word
-    // by word, through the thread's recent answers; a long one keeps the
-    // lock of the shard it is reading from word to word.
-    let mut reader = (n > 32).then(registry::ScanReader::new);
-    // Blocks of 64 words: the bounds test over a block has no early exit,
-    // so it vectorises; only a block with a candidate is looked at closely.
     for (b, block) in words.chunks(64).enumerate() {
         let any = block
             .iter()
@@ -116,23 +158,10 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
             continue;
         }
         for (i, w) in block.iter().enumerate() {
-            if w.wrapping_sub(lo) >= span {
-                continue;
-            }
-            let found = match reader.as_mut() {
-                Some(reader) => reader
-                    .lookup_managed(*w)
-                    .filter(RegionInfo::is_unpinned_managed)
-                    .map(|r| r.start),
-                None => registry::unpinned_managed_start(*w, true),
-            }
-            // A heap block of the tracking allocator that the registry does
-            // not know (it knows every pinned one) is unpinned.
-            .or_else(|| crate::alloc::unpinned_block_at(*w).then_some(*w));
-            if let Some(target) = found {
-                // The reader's lock is released here, before any report.
-                drop(reader);
-                return Some((first - start + (b * 64 + i) * word, target));
+            if w.wrapping_sub(lo) < span {
+                if let Some(t) = f(b * 64 + i, *w) {
+                    return Some(t);
+                }
             }
         }
     }
