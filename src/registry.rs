@@ -308,20 +308,25 @@ const fn block_words(class: usize) -> usize {
 /// One page's records: `[page << 8 | class][len | pos << 32][offsets: four
 /// u16 a word][records: four words each]`, every word atomic so that a
 /// reader racing a writer reads stale values, never torn or undefined ones.
+///
+/// The handle caches the block's class, which never changes.
 #[derive(Clone, Copy)]
-struct Block(&'static [AtomicU64]);
+struct Block {
+    words: &'static [AtomicU64],
+    class: usize,
+}
 
 impl Block {
     /// A new block of `class` (all counts zero).
     fn alloc(class: usize) -> Block {
         let words: Vec<AtomicU64> = (0..block_words(class)).map(|_| AtomicU64::new(0)).collect();
-        let block = Block(Box::leak(words.into_boxed_slice()));
-        block.0[0].store(class as u64, Ordering::Relaxed);
-        block
+        let words: &'static [AtomicU64] = Box::leak(words.into_boxed_slice());
+        words[0].store(class as u64, Ordering::Relaxed);
+        Block { words, class }
     }
 
     fn ptr(self) -> *mut AtomicU64 {
-        self.0.as_ptr().cast_mut()
+        self.words.as_ptr().cast_mut()
     }
 
     /// The block a directory pointer names.
@@ -337,42 +342,41 @@ impl Block {
         // with Acquire) and never changes, since a reused block keeps its
         // class. Blocks are never freed. So the first word can be read, and
         // then the whole block, for the rest of the program.
-        let class = (unsafe { &*ptr }.load(Ordering::Relaxed) & 0xff) as usize;
+        let class = ((unsafe { &*ptr }.load(Ordering::Relaxed) & 0xff) as usize).min(NCLASSES - 1);
         // SAFETY: as above.
-        let words =
-            unsafe { std::slice::from_raw_parts(ptr, block_words(class.min(NCLASSES - 1))) };
-        Some(Block(words))
+        let words = unsafe { std::slice::from_raw_parts(ptr, block_words(class)) };
+        Some(Block { words, class })
     }
 
     #[inline(always)]
     fn class(self) -> usize {
-        ((self.0[0].load(Ordering::Relaxed) & 0xff) as usize).min(NCLASSES - 1)
+        self.class
     }
     #[inline(always)]
     fn cap(self) -> usize {
         CLASSES[self.class()]
     }
     fn set_page(self, page: usize) {
-        self.0[0].store((page as u64) << 8 | self.class() as u64, Ordering::Relaxed);
+        self.words[0].store((page as u64) << 8 | self.class() as u64, Ordering::Relaxed);
     }
     /// The number of records (at most the capacity, even in a racing read).
     #[inline(always)]
     fn len(self) -> usize {
-        ((self.0[1].load(Ordering::Relaxed) & 0xffff_ffff) as usize).min(self.cap())
+        ((self.words[1].load(Ordering::Relaxed) & 0xffff_ffff) as usize).min(self.cap())
     }
     fn pos(self) -> usize {
-        (self.0[1].load(Ordering::Relaxed) >> 32) as usize
+        (self.words[1].load(Ordering::Relaxed) >> 32) as usize
     }
     fn set_len_pos(self, len: usize, pos: usize) {
-        self.0[1].store(len as u64 | (pos as u64) << 32, Ordering::Relaxed);
+        self.words[1].store(len as u64 | (pos as u64) << 32, Ordering::Relaxed);
     }
     #[inline(always)]
     fn off(self, i: usize) -> usize {
-        let w = self.0[HEADER + i / 4].load(Ordering::Relaxed);
+        let w = self.words[HEADER + i / 4].load(Ordering::Relaxed);
         ((w >> ((i % 4) * 16)) & 0xffff) as usize
     }
     fn set_off(self, i: usize, off: usize) {
-        let word = &self.0[HEADER + i / 4];
+        let word = &self.words[HEADER + i / 4];
         let shift = (i % 4) * 16;
         let w = word.load(Ordering::Relaxed) & !(0xffff << shift);
         word.store(w | (off as u64) << shift, Ordering::Relaxed);
@@ -380,7 +384,7 @@ impl Block {
     #[inline(always)]
     fn rec(self, i: usize) -> &'static [AtomicU64] {
         let base = HEADER + self.cap().div_ceil(4) + i * REC_WORDS;
-        &self.0[base..base + REC_WORDS]
+        &self.words[base..base + REC_WORDS]
     }
     fn copy_rec(self, from: usize, to: Block, at: usize) {
         let (src, dst) = (self.rec(from), to.rec(at));
@@ -395,23 +399,23 @@ impl Block {
     }
 
     /// The index of the greatest offset at or below `off`. Terminates, and
-    /// stays in bounds, whatever a racing read sees.
+    /// stays in bounds, whatever a racing read sees. Branch-free: the steps
+    /// depend only on the length, so a lookup mispredicts no branch on the
+    /// way to its record.
     #[inline(always)]
     fn predecessor(self, off: usize) -> Option<usize> {
-        let n = self.len();
-        if n == 0 || self.off(0) > off {
+        let mut n = self.len();
+        if n == 0 {
             return None;
         }
-        let (mut lo, mut hi) = (0, n);
-        while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
-            if self.off(mid) <= off {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
+        let mut base = 0;
+        while n > 1 {
+            let half = n / 2;
+            let mid = base + half;
+            base = if self.off(mid) <= off { mid } else { base };
+            n -= half;
         }
-        Some(lo)
+        (self.off(base) <= off).then_some(base)
     }
 
     fn exact(self, off: usize) -> Option<usize> {
@@ -979,7 +983,7 @@ impl ShardInner {
     fn grow(&mut self, slot: &PageSlot, old: Block) -> Block {
         let class = (old.class() + 1).min(NCLASSES - 1);
         let b = self.take_block(class);
-        b.set_page(old.0[0].load(Ordering::Relaxed) as usize >> 8);
+        b.set_page(old.words[0].load(Ordering::Relaxed) as usize >> 8);
         let len = old.len();
         for i in 0..len {
             b.set_off(i, old.off(i));
