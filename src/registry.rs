@@ -296,95 +296,103 @@ const CLASSES: [usize; 22] = [
     4096,
 ];
 const NCLASSES: usize = CLASSES.len();
+/// Blocks are aligned to 32 bytes, so a block pointer's low five bits are
+/// free: they hold its class, and one atomic word names a block and its
+/// size together.
+const CLASS_MASK: usize = 31;
 
-/// Header words: the page number and capacity class; the length and the
-/// block's position in its shard's page list.
-const HEADER: usize = 2;
+/// One cache-line quarter: the unit blocks are made of. A record is exactly
+/// one, so it never straddles two cache lines.
+#[repr(C, align(32))]
+struct Quad([AtomicU64; REC_WORDS]);
 
-const fn block_words(class: usize) -> usize {
-    HEADER + CLASSES[class].div_ceil(4) + CLASSES[class] * REC_WORDS
+/// The quads before the records: one word for the block's position in its
+/// shard's page list, then the offsets, four to a word.
+const fn index_quads(class: usize) -> usize {
+    (1 + CLASSES[class].div_ceil(4)).div_ceil(REC_WORDS)
 }
 
-/// One page's records: `[page << 8 | class][len | pos << 32][offsets: four
-/// u16 a word][records: four words each]`, every word atomic so that a
-/// reader racing a writer reads stale values, never torn or undefined ones.
-///
-/// The handle caches the block's class, which never changes.
+const fn block_quads(class: usize) -> usize {
+    index_quads(class) + CLASSES[class]
+}
+
+/// One page's records: `[pos][offsets: four u16 a word]` padded to a quad,
+/// then one quad per record. Every word is atomic, so a reader racing a
+/// writer reads stale values, never torn or undefined ones. The number of
+/// records lives in the page's directory slot, beside the block pointer,
+/// so a reader learns both from one cache line.
 #[derive(Clone, Copy)]
 struct Block {
-    words: &'static [AtomicU64],
+    quads: &'static [Quad],
     class: usize,
 }
 
 impl Block {
-    /// A new block of `class` (all counts zero).
+    /// A new block of `class`.
     fn alloc(class: usize) -> Block {
-        let words: Vec<AtomicU64> = (0..block_words(class)).map(|_| AtomicU64::new(0)).collect();
-        let words: &'static [AtomicU64] = Box::leak(words.into_boxed_slice());
-        words[0].store(class as u64, Ordering::Relaxed);
-        Block { words, class }
+        let quads: Vec<Quad> = (0..block_quads(class))
+            .map(|_| Quad([const { AtomicU64::new(0) }; REC_WORDS]))
+            .collect();
+        Block {
+            quads: Box::leak(quads.into_boxed_slice()),
+            class,
+        }
     }
 
-    fn ptr(self) -> *mut AtomicU64 {
-        self.words.as_ptr().cast_mut()
+    /// The directory word naming this block: its address and its class.
+    fn tagged(self) -> usize {
+        self.quads.as_ptr() as usize | self.class
     }
 
-    /// The block a directory pointer names.
+    /// The block a directory word names.
     #[inline(always)]
-    fn at(ptr: *mut AtomicU64) -> Option<Block> {
+    fn at(tagged: usize) -> Option<Block> {
+        let ptr = (tagged & !CLASS_MASK) as *const Quad;
         if ptr.is_null() {
             return None;
         }
-        // SAFETY: a non-null block pointer in the directory is the start of
-        // a leaked `Box<[AtomicU64]>` of `block_words(class)` words made by
-        // `Block::alloc`, whose first word's low byte holds `class` from
-        // before the pointer was first published (with Release; it is read
-        // with Acquire) and never changes, since a reused block keeps its
-        // class. Blocks are never freed. So the first word can be read, and
-        // then the whole block, for the rest of the program.
-        let class = ((unsafe { &*ptr }.load(Ordering::Relaxed) & 0xff) as usize).min(NCLASSES - 1);
-        // SAFETY: as above.
-        let words = unsafe { std::slice::from_raw_parts(ptr, block_words(class)) };
-        Some(Block { words, class })
+        let class = (tagged & CLASS_MASK).min(NCLASSES - 1);
+        // SAFETY: a non-zero directory word is `Block::tagged` of a block
+        // made by `Block::alloc`: a leaked `Box<[Quad]>` of
+        // `block_quads(class)` quads, with `class` in the same word (so the
+        // two always agree), published with Release and read with Acquire.
+        // Blocks are never freed, so the quads stay valid forever.
+        let quads = unsafe { std::slice::from_raw_parts(ptr, block_quads(class)) };
+        Some(Block { quads, class })
     }
 
+    #[inline(always)]
+    fn word(self, k: usize) -> &'static AtomicU64 {
+        &self.quads[k / REC_WORDS].0[k % REC_WORDS]
+    }
     #[inline(always)]
     fn class(self) -> usize {
         self.class
     }
     #[inline(always)]
     fn cap(self) -> usize {
-        CLASSES[self.class()]
-    }
-    fn set_page(self, page: usize) {
-        self.words[0].store((page as u64) << 8 | self.class() as u64, Ordering::Relaxed);
-    }
-    /// The number of records (at most the capacity, even in a racing read).
-    #[inline(always)]
-    fn len(self) -> usize {
-        ((self.words[1].load(Ordering::Relaxed) & 0xffff_ffff) as usize).min(self.cap())
+        CLASSES[self.class]
     }
     fn pos(self) -> usize {
-        (self.words[1].load(Ordering::Relaxed) >> 32) as usize
+        self.word(0).load(Ordering::Relaxed) as usize
     }
-    fn set_len_pos(self, len: usize, pos: usize) {
-        self.words[1].store(len as u64 | (pos as u64) << 32, Ordering::Relaxed);
+    fn set_pos(self, pos: usize) {
+        self.word(0).store(pos as u64, Ordering::Relaxed);
     }
     #[inline(always)]
     fn off(self, i: usize) -> usize {
-        let w = self.words[HEADER + i / 4].load(Ordering::Relaxed);
+        let w = self.word(1 + i / 4).load(Ordering::Relaxed);
         ((w >> ((i % 4) * 16)) & 0xffff) as usize
     }
     fn set_off(self, i: usize, off: usize) {
-        let word = &self.words[HEADER + i / 4];
+        let word = self.word(1 + i / 4);
         let shift = (i % 4) * 16;
         let w = word.load(Ordering::Relaxed) & !(0xffff << shift);
         word.store(w | (off as u64) << shift, Ordering::Relaxed);
     }
     #[inline(always)]
-    fn rec(self, i: usize) -> &'static [AtomicU64] {
-        let base = HEADER + self.cap().div_ceil(4) + i * REC_WORDS;
-        &self.words[base..base + REC_WORDS]
+    fn rec(self, i: usize) -> &'static [AtomicU64; REC_WORDS] {
+        &self.quads[index_quads(self.class) + i].0
     }
     fn copy_rec(self, from: usize, to: Block, at: usize) {
         let (src, dst) = (self.rec(from), to.rec(at));
@@ -398,56 +406,115 @@ impl Block {
         }
     }
 
-    /// The index of the greatest offset at or below `off`. Terminates, and
-    /// stays in bounds, whatever a racing read sees. Branch-free: the steps
-    /// depend only on the length, so a lookup mispredicts no branch on the
-    /// way to its record.
+    /// The index of the greatest of the first `len` offsets that is at or
+    /// below `off`. Terminates, and stays in bounds, whatever a racing read
+    /// sees.
     #[inline(always)]
-    fn predecessor(self, off: usize) -> Option<usize> {
-        let mut n = self.len();
-        if n == 0 {
+    fn predecessor(self, len: usize, off: usize) -> Option<usize> {
+        let len = len.min(self.cap());
+        if len == 0 {
             return None;
         }
-        let mut base = 0;
+        let g = guess(len, off);
+        self.predecessor_near(len, off, g, self.off(g))
+    }
+
+    /// [`Block::predecessor`], given the offset at the guessed index `g`
+    /// (`len` already clamped, `g < len`).
+    #[inline(always)]
+    fn predecessor_near(self, len: usize, off: usize, g: usize, at_g: usize) -> Option<usize> {
+        if at_g <= off {
+            if g + 1 == len || self.off(g + 1) > off {
+                return Some(g);
+            }
+            Some(self.search(g + 1, len - g - 1, off))
+        } else if g == 0 || self.off(0) > off {
+            None
+        } else {
+            Some(self.search(0, g, off))
+        }
+    }
+
+    /// The greatest index in `[lo, lo + n)` whose offset is at or below
+    /// `off`, given that `lo`'s is. Branch-free: the steps depend only on
+    /// `n`, so a search mispredicts no branch on its way.
+    #[inline(always)]
+    fn search(self, lo: usize, n: usize, off: usize) -> usize {
+        let (mut base, mut n) = (lo, n);
         while n > 1 {
             let half = n / 2;
             let mid = base + half;
             base = if self.off(mid) <= off { mid } else { base };
             n -= half;
         }
-        (self.off(base) <= off).then_some(base)
+        base
     }
 
-    fn exact(self, off: usize) -> Option<usize> {
-        self.predecessor(off).filter(|&i| self.off(i) == off)
+    fn exact(self, len: usize, off: usize) -> Option<usize> {
+        self.predecessor(len, off).filter(|&i| self.off(i) == off)
     }
 
     #[inline(always)]
     fn info(self, i: usize, start: usize) -> RegionInfo {
-        let r = self.rec(i);
-        let tag = r[W_TAG].load(Ordering::Relaxed);
-        let size = r[W_SIZE].load(Ordering::Relaxed) as usize;
-        let facts = r[W_FACTS].load(Ordering::Relaxed);
-        RegionInfo {
-            start,
-            size,
-            id: tag >> THREAD_BITS,
-            pins: facts as u16,
-            kind: facts_kind(facts),
-            state: facts_state(facts),
-            family: (facts >> FAMILY_SHIFT) as u8,
-            flags: (facts >> FLAGS_SHIFT) as u8,
-        }
+        info_of(self.rec(i), start)
+    }
+}
+
+/// Where in a page of `len` records the offset `off` most likely sits, if
+/// the regions that start in the page are spread evenly (they are, roughly,
+/// in an allocator's page of one size class).
+#[inline(always)]
+fn guess(len: usize, off: usize) -> usize {
+    ((off * len) >> PAGE_SHIFT).min(len - 1)
+}
+
+#[inline(always)]
+fn info_of(r: &[AtomicU64; REC_WORDS], start: usize) -> RegionInfo {
+    let tag = r[W_TAG].load(Ordering::Relaxed);
+    let size = r[W_SIZE].load(Ordering::Relaxed) as usize;
+    let facts = r[W_FACTS].load(Ordering::Relaxed);
+    RegionInfo {
+        start,
+        size,
+        id: tag >> THREAD_BITS,
+        pins: facts as u16,
+        kind: facts_kind(facts),
+        state: facts_state(facts),
+        family: (facts >> FAMILY_SHIFT) as u8,
+        flags: (facts >> FLAGS_SHIFT) as u8,
     }
 }
 
 // ---- the directory -------------------------------------------------------------
 
-/// A page's entry: its block, and its cover (one more than the start of the
-/// region from an earlier page that reaches into it, or 0).
+/// A page's entry: its block (tagged with its class) and how many records
+/// the block holds, and its cover: the region from an earlier page that
+/// reaches into this one, as `pages back << 12 | offset` (0: none).
 struct PageSlot {
-    block: AtomicPtr<AtomicU64>,
-    cover: AtomicUsize,
+    block: AtomicUsize,
+    len: AtomicU32,
+    cover: AtomicU32,
+}
+
+impl PageSlot {
+    /// The page's block and its number of records.
+    #[inline(always)]
+    fn block(&self) -> Option<(Block, usize)> {
+        let b = Block::at(self.block.load(Ordering::Acquire))?;
+        Some((b, self.len.load(Ordering::Relaxed) as usize))
+    }
+
+    /// The start of the region that reaches into `page` from before it.
+    fn cover_start(&self, page: usize) -> Option<usize> {
+        let c = self.cover.load(Ordering::Acquire) as usize;
+        let back = c >> PAGE_SHIFT;
+        (c != 0 && back <= page).then(|| ((page - back) << PAGE_SHIFT) | (c & PAGE_MASK))
+    }
+}
+
+/// The cover word a region starting at `start` writes into `page`.
+fn cover_word(start: usize, page: usize) -> u32 {
+    (((page - (start >> PAGE_SHIFT)) << PAGE_SHIFT) | (start & PAGE_MASK)) as u32
 }
 
 const FANOUT_BITS: u32 = 12;
@@ -467,8 +534,8 @@ struct Upper([AtomicPtr<Mid>; FANOUT]);
 /// # Safety
 /// The all-zero bit pattern is a valid value of the type.
 unsafe trait ZeroNode {}
-// SAFETY: null `AtomicPtr`s and zero `AtomicUsize`s (same bit validity as
-// raw pointers and `usize`).
+// SAFETY: null `AtomicPtr`s and zero `AtomicUsize`/`AtomicU32`s (same bit
+// validity as raw pointers and integers).
 unsafe impl ZeroNode for Leaf {}
 // SAFETY: as above.
 unsafe impl ZeroNode for Mid {}
@@ -562,8 +629,8 @@ fn set_covers(start: usize, size: usize, on: bool) {
         HUGE_COUNT.store(list.len(), Ordering::Relaxed);
         return;
     }
-    let cover = start + 1;
     for page in first..=last {
+        let cover = cover_word(start, page);
         if on {
             page_slot_or_create(page)
                 .cover
@@ -924,9 +991,8 @@ impl ShardInner {
 
     /// The block of `page` and the index of the record starting at `start`.
     fn find_exact(start: usize) -> Option<(Block, usize)> {
-        let slot = page_slot(start >> PAGE_SHIFT)?;
-        let b = Block::at(slot.block.load(Ordering::Acquire))?;
-        Some((b, b.exact(start & PAGE_MASK)?))
+        let (b, len) = page_slot(start >> PAGE_SHIFT)?.block()?;
+        Some((b, b.exact(len, start & PAGE_MASK)?))
     }
 
     /// Adds a record starting at `start`; returns the record it replaced
@@ -935,19 +1001,19 @@ impl ShardInner {
         let page = start >> PAGE_SHIFT;
         let off = start & PAGE_MASK;
         let slot = page_slot_or_create(page);
-        let (size, b) = (view.size, Block::at(slot.block.load(Ordering::Acquire)));
-        let b = match b {
-            Some(b) => b,
+        let size = view.size;
+        let (b, len) = match slot.block() {
+            Some(found) => found,
             None => {
                 let b = self.take_block(0);
-                b.set_page(page);
-                b.set_len_pos(0, self.pages.len());
+                b.set_pos(self.pages.len());
                 self.pages.push(page);
-                slot.block.store(b.ptr(), Ordering::Release);
-                b
+                slot.len.store(0, Ordering::Relaxed);
+                slot.block.store(b.tagged(), Ordering::Release);
+                (b, 0)
             }
         };
-        let pred = b.predecessor(off);
+        let pred = b.predecessor(len, off);
         if let Some(i) = pred.filter(|&i| b.off(i) == off) {
             let old = self.view(b, i);
             let old_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
@@ -961,9 +1027,8 @@ impl ShardInner {
             return Some(old);
         }
         let at = pred.map_or(0, |i| i + 1);
-        let len = b.len();
         let b = if len == b.cap() {
-            self.grow(slot, b)
+            self.grow(slot, b, len)
         } else {
             b
         };
@@ -974,23 +1039,21 @@ impl ShardInner {
         b.set_off(at, off);
         let words = self.encode(0, view);
         b.write_rec(at, words);
-        b.set_len_pos(len + 1, b.pos());
+        slot.len.store(len as u32 + 1, Ordering::Relaxed);
         set_covers(start, size, true);
         None
     }
 
     /// Moves a full page's records to a block of the next class.
-    fn grow(&mut self, slot: &PageSlot, old: Block) -> Block {
+    fn grow(&mut self, slot: &PageSlot, old: Block, len: usize) -> Block {
         let class = (old.class() + 1).min(NCLASSES - 1);
         let b = self.take_block(class);
-        b.set_page(old.words[0].load(Ordering::Relaxed) as usize >> 8);
-        let len = old.len();
         for i in 0..len {
             b.set_off(i, old.off(i));
             old.copy_rec(i, b, i);
         }
-        b.set_len_pos(len, old.pos());
-        slot.block.store(b.ptr(), Ordering::Release);
+        b.set_pos(old.pos());
+        slot.block.store(b.tagged(), Ordering::Release);
         self.free_blocks[old.class()].push(old);
         b
     }
@@ -999,29 +1062,26 @@ impl ShardInner {
     fn remove(&mut self, start: usize) -> Option<Region> {
         let page = start >> PAGE_SHIFT;
         let slot = page_slot(page)?;
-        let b = Block::at(slot.block.load(Ordering::Acquire))?;
-        let i = b.exact(start & PAGE_MASK)?;
+        let (b, len) = slot.block()?;
+        let i = b.exact(len, start & PAGE_MASK)?;
         let view = self.view(b, i);
         // The record's extra index is freed with it.
         let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
         if extra_ix != 0 {
             self.free_extras.push(extra_ix);
         }
-        let len = b.len();
         for j in i + 1..len {
             b.set_off(j - 1, b.off(j));
             b.copy_rec(j, b, j - 1);
         }
-        b.set_len_pos(len - 1, b.pos());
+        slot.len.store(len as u32 - 1, Ordering::Relaxed);
         if len == 1 {
-            slot.block.store(null_mut(), Ordering::Release);
+            slot.block.store(0, Ordering::Release);
             let pos = b.pos();
             self.pages.swap_remove(pos);
             if let Some(&moved) = self.pages.get(pos) {
-                if let Some(m) =
-                    page_slot(moved).and_then(|s| Block::at(s.block.load(Ordering::Relaxed)))
-                {
-                    m.set_len_pos(m.len(), pos);
+                if let Some((m, _)) = page_slot(moved).and_then(PageSlot::block) {
+                    m.set_pos(pos);
                 }
             }
             self.free_blocks[b.class()].push(b);
@@ -1209,16 +1269,17 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
         }
         let base = page << PAGE_SHIFT;
         let mut candidates = Vec::new();
-        if let Some(b) = page_slot(page).and_then(|s| Block::at(s.block.load(Ordering::Acquire))) {
+        if let Some((b, len)) = page_slot(page).and_then(PageSlot::block) {
             // From the first offset at or after `start` (a racing read may
             // see anything: candidates are confirmed under the lock).
+            let len = len.min(b.cap());
             let from = start.max(base) & PAGE_MASK;
-            let first = match b.predecessor(from) {
+            let first = match b.predecessor(len, from) {
                 Some(i) if b.off(i) == from => i,
                 Some(i) => i + 1,
                 None => 0,
             };
-            for i in first..b.len() {
+            for i in first..len {
                 let s = base | b.off(i);
                 if s >= end {
                     break;
@@ -1283,15 +1344,32 @@ enum Probe {
     Before,
 }
 
+/// The page's answer. The record at the guessed index is read together with
+/// the guessed offset, before either is known to be right: when the guess
+/// holds (the usual case), a lookup of memory that is not in any cache
+/// waits for one miss, not one after another.
 #[inline(always)]
 fn probe(page: usize, addr: usize) -> Probe {
-    let Some(b) = page_slot(page).and_then(|s| Block::at(s.block.load(Ordering::Acquire))) else {
+    let Some((b, len)) = page_slot(page).and_then(PageSlot::block) else {
         return Probe::Before;
     };
-    let Some(i) = b.predecessor(addr & PAGE_MASK) else {
+    let len = len.min(b.cap());
+    if len == 0 {
+        return Probe::Before;
+    }
+    let off = addr & PAGE_MASK;
+    let g = guess(len, off);
+    let at_g = b.off(g);
+    let guessed = info_of(b.rec(g), 0);
+    let Some(i) = b.predecessor_near(len, off, g, at_g) else {
         return Probe::Before;
     };
-    let info = b.info(i, (page << PAGE_SHIFT) | b.off(i));
+    let start = (page << PAGE_SHIFT) | b.off(i);
+    let info = if i == g {
+        RegionInfo { start, ..guessed }
+    } else {
+        b.info(i, start)
+    };
     if info.contains(addr) {
         Probe::Hit(info)
     } else {
@@ -1332,11 +1410,11 @@ fn find_versioned(addr: usize) -> Option<(RegionInfo, &'static Shard, u64)> {
 
 #[inline(always)]
 fn find_covering(addr: usize, page: usize) -> Option<(RegionInfo, &'static Shard, u64)> {
-    let cover = page_slot(page).map_or(0, |s| s.cover.load(Ordering::Acquire));
+    let cover = page_slot(page).and_then(|s| s.cover_start(page));
     let start = match cover {
-        0 if HUGE_COUNT.load(Ordering::Relaxed) > 0 => huge_containing(addr)?,
-        0 => return None,
-        c => c - 1,
+        Some(start) => start,
+        None if HUGE_COUNT.load(Ordering::Relaxed) > 0 => huge_containing(addr)?,
+        None => return None,
     };
     let shard = shard_of(start);
     let (answer, version) = read_stable(shard, || probe_exact(start));
@@ -1655,11 +1733,10 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
         let inner = &mut *inner;
         for p in 0..inner.pages.len() {
             let page = inner.pages[p];
-            let Some(b) = page_slot(page).and_then(|s| Block::at(s.block.load(Ordering::Acquire)))
-            else {
+            let Some((b, len)) = page_slot(page).and_then(PageSlot::block) else {
                 continue;
             };
-            for i in 0..b.len() {
+            for i in 0..len.min(b.cap()) {
                 let start = (page << PAGE_SHIFT) | b.off(i);
                 let view = inner.view(b, i);
                 f(start, &view);
