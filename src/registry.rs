@@ -9,17 +9,22 @@
 //!
 //! **Pages.** The address space is cut into 4 KiB pages. The records of the
 //! regions that *start* in a page live together in one block: a small sorted
-//! array of the starts' 12-bit offsets in the page, and beside it the
-//! records, 32 bytes each. A four-level radix directory (like a page table)
-//! maps a page number to its block and to the page's *cover*: the start of the
-//! region, begun in an earlier page, that reaches into this one (a region
-//! writes its start into the cover of every later page it reaches). A lookup
-//! is therefore one directory walk, one binary search over at most a page's
-//! worth of 2-byte offsets, and one record read; if nothing starts in the page
-//! at or below the address, the page's cover names the only candidate. Nothing
-//! grows with the number of regions. Regions larger than [`HUGE`] do not write
-//! covers (a terabyte reservation would write millions); they are kept in a
-//! short side list consulted only while one exists.
+//! array of the starts' 12-bit offsets in the page, and after it the records,
+//! 32 bytes each. A four-level radix directory (like a page table) maps a page
+//! number to its *slot*: the block (its address and size class in one word),
+//! the number of records in it, and the page's *cover*, naming the region,
+//! begun in an earlier page, that reaches into this one (a region writes its
+//! start into the cover of every later page it reaches). A lookup is one
+//! directory walk, one search over at most a page's worth of 2-byte offsets,
+//! and one record read; if nothing starts in the page at or below the
+//! address, the page's cover names the only candidate. Nothing grows with the
+//! number of regions. The search starts where the offset would sit if the
+//! page's regions were spread evenly (in an allocator's page of one size
+//! class they are), and the record at that guess is read together with the
+//! guessed offset, so a lookup of memory that is in no cache usually waits
+//! for one miss rather than three in a row. Regions larger than [`HUGE`] do
+//! not write covers (a terabyte reservation would write millions); they are
+//! kept in a short side list consulted only while one exists.
 //!
 //! **Reads take no lock.** Each shard (pages grouped by 1 MiB chunk, hashed
 //! to one of 64 shards) has a mutex for writers and a sequence number that a
@@ -62,13 +67,15 @@
 //! Invariants, held under each shard's lock (and at every even sequence
 //! number):
 //! - a page's block lists the offsets of the records that start in the page,
-//!   strictly increasing, and regions do not overlap;
+//!   strictly increasing, as many as its slot's count, and regions do not
+//!   overlap;
 //! - a page has a block exactly when some record starts in it, and the block
-//!   is in its shard's page list at the position its header names;
-//! - the cover of a page, when set, is one more than the start of the record
-//!   (of at most [`HUGE`] bytes) that reaches into the page from an earlier
-//!   one; every record larger than [`HUGE`] is in the huge list;
-//! - a block's capacity class never changes (a reused block keeps its class);
+//!   is in its shard's page list at the position its first word names;
+//! - the cover of a page, when set, names the record (of at most [`HUGE`]
+//!   bytes) that reaches into the page from an earlier one; every record
+//!   larger than [`HUGE`] is in the huge list;
+//! - a block's size class never changes (a reused block keeps its class), and
+//!   the directory word naming a block carries that class;
 //! - every freed region has an entry in its shard's quarantine FIFO; entries
 //!   whose region was since replaced are skipped on eviction (ids differ).
 //!
@@ -316,26 +323,59 @@ const fn block_quads(class: usize) -> usize {
     index_quads(class) + CLASSES[class]
 }
 
+/// [`index_quads`] and [`block_quads`] of every class, computed once.
+const INDEX_QUADS: [usize; NCLASSES] = {
+    let mut t = [0; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = index_quads(c);
+        c += 1;
+    }
+    t
+};
+const BLOCK_QUADS: [usize; NCLASSES] = {
+    let mut t = [0; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = block_quads(c);
+        c += 1;
+    }
+    t
+};
+
+/// Quads per arena chunk (32 KiB): blocks are carved from a shard's
+/// current chunk, so the blocks of pages made together lie together (a leak
+/// check reads them in that order) and cost no allocator header each.
+const ARENA_QUADS: usize = 1024;
+
 /// One page's records: `[pos][offsets: four u16 a word]` padded to a quad,
 /// then one quad per record. Every word is atomic, so a reader racing a
 /// writer reads stale values, never torn or undefined ones. The number of
 /// records lives in the page's directory slot, beside the block pointer,
 /// so a reader learns both from one cache line.
+///
+/// The handle caches the block's class (which never changes) and where its
+/// records begin.
 #[derive(Clone, Copy)]
 struct Block {
     quads: &'static [Quad],
     class: usize,
+    records: usize,
 }
 
 impl Block {
-    /// A new block of `class`.
-    fn alloc(class: usize) -> Block {
-        let quads: Vec<Quad> = (0..block_quads(class))
-            .map(|_| Quad([const { AtomicU64::new(0) }; REC_WORDS]))
-            .collect();
+    /// A new block of `class`, carved from `arena` (refilled when short).
+    fn carve(arena: &mut &'static [Quad], class: usize) -> Block {
+        let n = BLOCK_QUADS[class];
+        if arena.len() < n {
+            *arena = new_chunk(n.max(ARENA_QUADS));
+        }
+        let (quads, rest) = arena.split_at(n);
+        *arena = rest;
         Block {
-            quads: Box::leak(quads.into_boxed_slice()),
+            quads,
             class,
+            records: INDEX_QUADS[class],
         }
     }
 
@@ -353,12 +393,16 @@ impl Block {
         }
         let class = (tagged & CLASS_MASK).min(NCLASSES - 1);
         // SAFETY: a non-zero directory word is `Block::tagged` of a block
-        // made by `Block::alloc`: a leaked `Box<[Quad]>` of
-        // `block_quads(class)` quads, with `class` in the same word (so the
-        // two always agree), published with Release and read with Acquire.
-        // Blocks are never freed, so the quads stay valid forever.
-        let quads = unsafe { std::slice::from_raw_parts(ptr, block_quads(class)) };
-        Some(Block { quads, class })
+        // made by `Block::carve`: `BLOCK_QUADS[class]` quads of a leaked
+        // arena chunk, with `class` in the same word (so the two always
+        // agree), published with Release and read with Acquire. Chunks are
+        // never freed, so the quads stay valid forever.
+        let quads = unsafe { std::slice::from_raw_parts(ptr, BLOCK_QUADS[class]) };
+        Some(Block {
+            quads,
+            class,
+            records: INDEX_QUADS[class],
+        })
     }
 
     #[inline(always)]
@@ -392,7 +436,18 @@ impl Block {
     }
     #[inline(always)]
     fn rec(self, i: usize) -> &'static [AtomicU64; REC_WORDS] {
-        &self.quads[index_quads(self.class) + i].0
+        &self.quads[self.records + i].0
+    }
+    /// Record `i`'s words.
+    #[inline(always)]
+    fn words(self, i: usize) -> [u64; REC_WORDS] {
+        let r = self.rec(i);
+        [
+            r[0].load(Ordering::Relaxed),
+            r[1].load(Ordering::Relaxed),
+            r[2].load(Ordering::Relaxed),
+            r[3].load(Ordering::Relaxed),
+        ]
     }
     fn copy_rec(self, from: usize, to: Block, at: usize) {
         let (src, dst) = (self.rec(from), to.rec(at));
@@ -458,6 +513,14 @@ impl Block {
     fn info(self, i: usize, start: usize) -> RegionInfo {
         info_of(self.rec(i), start)
     }
+}
+
+/// A zeroed arena chunk of `n` quads, never freed.
+fn new_chunk(n: usize) -> &'static [Quad] {
+    let quads: Vec<Quad> = (0..n)
+        .map(|_| Quad([const { AtomicU64::new(0) }; REC_WORDS]))
+        .collect();
+    Box::leak(quads.into_boxed_slice())
 }
 
 /// Where in a page of `len` records the offset `off` most likely sits, if
@@ -783,10 +846,13 @@ struct Quarantined {
 
 /// What a shard's mutex guards: the bookkeeping only writers touch.
 struct ShardInner {
+    /// What is left of the current arena chunk.
+    arena: &'static [Quad],
     /// Blocks that pages outgrew or emptied, by class, for reuse.
     free_blocks: [Vec<Block>; NCLASSES],
-    /// The pages of this shard that have a block.
-    pages: Vec<usize>,
+    /// The pages of this shard that have a block, with their slots (a leak
+    /// check visits them all, without walking the directory).
+    pages: Vec<(usize, &'static PageSlot)>,
     /// The records' `Extra`s (a record holds its index plus one).
     extras: Vec<Option<Box<Extra>>>,
     free_extras: Vec<u32>,
@@ -808,6 +874,7 @@ impl Shard {
     const fn new() -> Shard {
         Shard {
             lock: Mutex::new(ShardInner {
+                arena: &[],
                 free_blocks: [const { Vec::new() }; NCLASSES],
                 pages: Vec::new(),
                 extras: Vec::new(),
@@ -908,9 +975,10 @@ fn read_locked<T>(shard: &'static Shard, f: impl Fn() -> T) -> (T, u64) {
 
 impl ShardInner {
     fn take_block(&mut self, class: usize) -> Block {
-        self.free_blocks[class]
-            .pop()
-            .unwrap_or_else(|| Block::alloc(class))
+        match self.free_blocks[class].pop() {
+            Some(b) => b,
+            None => Block::carve(&mut self.arena, class),
+        }
     }
 
     fn put_extra(&mut self, ix: u32, extra: Option<Box<Extra>>) -> u32 {
@@ -941,18 +1009,22 @@ impl ShardInner {
     /// Decodes record `i` of `b` into a view, moving its `Extra` out (the
     /// index stays the record's; [`ShardInner::store_view`] puts it back).
     fn view(&mut self, b: Block, i: usize) -> Region {
-        let r = b.rec(i);
-        let indices = r[W_INDICES].load(Ordering::Relaxed);
-        let facts = r[W_FACTS].load(Ordering::Relaxed);
-        let extra_ix = indices as u32;
+        let words = b.words(i);
+        let site = site_at((words[W_INDICES] >> 32) as u32);
+        self.decode(words, site)
+    }
+
+    /// The view of a record's words (its `Extra` moved out of the slab).
+    fn decode(&mut self, words: [u64; REC_WORDS], site: Option<Site>) -> Region {
+        let facts = words[W_FACTS];
         Region {
-            size: r[W_SIZE].load(Ordering::Relaxed) as usize,
-            site: site_at((indices >> 32) as u32),
-            extra: match extra_ix {
+            size: words[W_SIZE] as usize,
+            site,
+            extra: match words[W_INDICES] as u32 {
                 0 => None,
                 ix => self.extras[ix as usize - 1].take(),
             },
-            tag: r[W_TAG].load(Ordering::Relaxed),
+            tag: words[W_TAG],
             pins: facts as u16,
             retains: (facts >> RETAINS_SHIFT) as u16,
             kind: facts_kind(facts),
@@ -1007,7 +1079,7 @@ impl ShardInner {
             None => {
                 let b = self.take_block(0);
                 b.set_pos(self.pages.len());
-                self.pages.push(page);
+                self.pages.push((page, slot));
                 slot.len.store(0, Ordering::Relaxed);
                 slot.block.store(b.tagged(), Ordering::Release);
                 (b, 0)
@@ -1079,10 +1151,8 @@ impl ShardInner {
             slot.block.store(0, Ordering::Release);
             let pos = b.pos();
             self.pages.swap_remove(pos);
-            if let Some(&moved) = self.pages.get(pos) {
-                if let Some((m, _)) = page_slot(moved).and_then(PageSlot::block) {
-                    m.set_pos(pos);
-                }
+            if let Some((m, _)) = self.pages.get(pos).and_then(|(_, s)| s.block()) {
+                m.set_pos(pos);
             }
             self.free_blocks[b.class()].push(b);
         }
@@ -1728,22 +1798,31 @@ pub(crate) fn nothing_live() -> bool {
 /// Calls `f` on every region, one shard at a time (each shard is locked
 /// only while it is visited). `f` must not call back into the registry.
 pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
+    // A leak check visits every record, the quarantined ones included (a
+    // million in mode 2): each record's words are read once, and the site
+    // of the record before is reused (neighbours mostly share one).
+    let mut last_site = (0u32, None);
     for shard in SHARDS.iter() {
         let mut inner = shard.lock();
         let inner = &mut *inner;
         for p in 0..inner.pages.len() {
-            let page = inner.pages[p];
-            let Some((b, len)) = page_slot(page).and_then(PageSlot::block) else {
+            let (page, slot) = inner.pages[p];
+            let Some((b, len)) = slot.block() else {
                 continue;
             };
             for i in 0..len.min(b.cap()) {
                 let start = (page << PAGE_SHIFT) | b.off(i);
-                let view = inner.view(b, i);
+                let words = b.words(i);
+                let (site_ix, extra_ix) =
+                    ((words[W_INDICES] >> 32) as u32, words[W_INDICES] as u32);
+                if site_ix != last_site.0 {
+                    last_site = (site_ix, site_at(site_ix));
+                }
+                let view = inner.decode(words, last_site.1);
                 f(start, &view);
                 // Nothing but the extra moved: put it back where it was.
-                let ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
-                if ix != 0 {
-                    inner.extras[ix as usize - 1] = view.extra;
+                if extra_ix != 0 {
+                    inner.extras[extra_ix as usize - 1] = view.extra;
                 }
             }
         }
