@@ -1772,6 +1772,10 @@ pub(crate) fn mark_freed(
 
 /// Forgets the region starting at `start` without quarantining it.
 pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
+    // Most removes of an untracked pointer (a mode-0 free) find nothing:
+    // they are answered without the lock, and without changing the shard's
+    // sequence number (which would void other threads' recent answers).
+    read_stable(shard_of(start), || probe_exact(start)).0?;
     let r = shard_of(start).write().remove(start)?;
     // A freed record's quarantine entry is skipped on eviction (id mismatch).
     let info = RegionInfo {
