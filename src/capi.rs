@@ -59,8 +59,7 @@ pub extern "C" fn ffi_check_malloc_at(
     line: c_int,
 ) -> *mut c_void {
     from_c("ffi_check_malloc", || {
-        // SAFETY: malloc has no preconditions.
-        let p = unsafe { libc::malloc(size.max(1)) };
+        let p = crate::cbox::malloc_scannable(size);
         track(p, size, file, line);
         p
     })
@@ -106,6 +105,11 @@ pub extern "C" fn ffi_check_realloc_at(
         if check_free(ptr as usize, FAMILY_MALLOC, "realloc", site) == Verdict::Skip {
             return std::ptr::null_mut();
         }
+        // Mode 2 zeroes what a growing realloc adds (see `malloc_scannable`).
+        let old_size = crate::mode::full()
+            .then(|| registry::lookup(ptr as usize).filter(|r| r.start == ptr as usize))
+            .flatten()
+            .map(|r| r.size);
         // SAFETY: ptr is live malloc memory (checked above when tracked); a
         // guarded block (mode 2) is moved, since its base is not `ptr`.
         let q = match unsafe { crate::guard::realloc(ptr as usize, size) } {
@@ -113,6 +117,13 @@ pub extern "C" fn ffi_check_realloc_at(
             // SAFETY: as above, and not guarded.
             None => unsafe { libc::realloc(ptr, size.max(1)) },
         };
+        if let (false, Some(old)) = (q.is_null(), old_size) {
+            if size > old {
+                // SAFETY: q has `size` writable bytes; the tail past the old
+                // size is fresh.
+                unsafe { std::ptr::write_bytes(q.cast::<u8>().add(old), 0, size - old) };
+            }
+        }
         if !q.is_null() {
             // With checks off, `check_free` already forgot the old block.
             if checks_on() {

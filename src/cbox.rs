@@ -396,10 +396,23 @@ fn adopt(ptr: usize, size: usize, family: u8, site: Site, type_name: Option<fn()
 /// ```
 #[track_caller]
 pub fn c_malloc(size: usize) -> *mut c_void {
-    // SAFETY: malloc has no preconditions.
-    let p = unsafe { libc::malloc(size.max(1)) };
+    let p = malloc_scannable(size);
     track_new(p as usize, size, Site::caller(), None);
     p
+}
+
+/// `malloc` for memory the checker tracks. In mode 2 the block is zeroed:
+/// the scans of C memory read every word of it, and the stale words a fresh
+/// `malloc` block holds (old pointers into memory long since reused) would
+/// otherwise read as pointers C stored.
+pub(crate) fn malloc_scannable(size: usize) -> *mut c_void {
+    if crate::mode::full() {
+        // SAFETY: calloc has no preconditions.
+        unsafe { libc::calloc(1, size.max(1)) }
+    } else {
+        // SAFETY: malloc has no preconditions.
+        unsafe { libc::malloc(size.max(1)) }
+    }
 }
 
 /// Frees C memory with `free`, checking rule C1: a double free, a free of an
@@ -705,6 +718,7 @@ impl<T> CBox<T> {
     /// let mut slot = ffi_check::CBox::new(std::ptr::null::<u8>());
     /// let pinned = ffi_check::Pinned::new(7u8);
     /// slot.set(pinned.as_ptr()); // pinned: allowed
+    /// slot.set(std::ptr::null()); // C memory lets go before the pin ends
     /// ```
     #[track_caller]
     pub fn set(&mut self, value: T) {

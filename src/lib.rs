@@ -128,6 +128,7 @@
 //! # if ffi_check::COMPILED_IN {
 //! assert_eq!(v[0].kind(), ViolationKind::StoredUnpinned);
 //! # }
+//! slot.set(std::ptr::null()); // let go before `value` drops
 //! ```
 //!
 //! ### P6: a pin must end

@@ -31,6 +31,17 @@ const THREADS: usize = 6;
 /// Iterations of each worker's loop: enough to interleave every operation
 /// many times, few enough for a debug build on two cores.
 const ITERATIONS: usize = 1500;
+
+/// The rounds each worker runs: fewer in mode 2, where every call scans all
+/// tracked C memory twice and every `assert_clean` every record, so that a
+/// `FFI_CHECK=2` run of the suite stays within the deadline.
+fn iterations() -> usize {
+    if ffi_check::mode() == ffi_check::Mode::Full {
+        ITERATIONS / 10
+    } else {
+        ITERATIONS
+    }
+}
 /// C blocks each worker hands to its neighbour per iteration.
 const HANDED_OVER: usize = 2;
 /// How long a test of this file may run before the binary is aborted.
@@ -175,8 +186,8 @@ fn stress_worker(
     let scope = LeakCheck::start();
     let mut freed_here = 0;
     let ((), violations) = capture(|| {
-        for i in 0..ITERATIONS {
-            assert_clean(|| local_round(index * ITERATIONS + i));
+        for i in 0..iterations() {
+            assert_clean(|| local_round(index * iterations() + i));
 
             // Allocated here, freed by the next worker.
             for k in 0..HANDED_OVER {
@@ -241,7 +252,7 @@ fn many_threads_calling_allocating_pinning_and_freeing_across_threads_stay_clean
     for (i, (scope, freed)) in join_all(handles).into_iter().enumerate() {
         let report = scope.finish();
         assert!(report.is_empty(), "stress-{i} lost regions:\n{report}");
-        assert_eq!(freed, ITERATIONS * HANDED_OVER, "stress-{i}");
+        assert_eq!(freed, iterations() * HANDED_OVER, "stress-{i}");
     }
 
     // The process-wide count is back where it was, give or take what the
