@@ -759,6 +759,9 @@ pub(crate) fn region_for_report(v: Violation, role: &'static str, start: usize) 
 ///   Rust deallocation of one block is `DoubleFree`. The memory is then left
 ///   alone, never freed by the wrong allocator.
 ///
+/// Compiled out (release builds without the `always` feature) it is the
+/// inner allocator and nothing more: no header, no quarantine.
+///
 /// Freed blocks wait in a quarantine (by default up to 64 Ki blocks and
 /// 64 MiB, see [`quarantine`](TrackingAllocator::quarantine)) before their
 /// memory is reused. With checks off (`FFI_CHECK=0`), blocks are freed at
@@ -1117,18 +1120,30 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !crate::mode::COMPILED_IN {
+            // SAFETY: passed on: compiled out, this is the inner allocator.
+            return unsafe { self.inner.alloc(layout) };
+        }
         // SAFETY: passed on.
         unsafe { self.alloc_impl(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !crate::mode::COMPILED_IN {
+            // SAFETY: passed on.
+            return unsafe { self.inner.alloc_zeroed(layout) };
+        }
         // SAFETY: passed on.
         unsafe { self.alloc_impl(layout, true) }
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if !crate::mode::COMPILED_IN {
+            // SAFETY: passed on: the block came from inner.alloc.
+            return unsafe { self.inner.dealloc(ptr, layout) };
+        }
         let p = ptr as usize;
         let Some(meta) = header(p) else {
             return self.bad_free(p, "`dealloc`");
@@ -1147,6 +1162,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !crate::mode::COMPILED_IN {
+            // SAFETY: passed on: the block came from inner.alloc.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
         let p = ptr as usize;
         let meta = header(p);
         if let Some(meta) = meta {

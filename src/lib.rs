@@ -213,6 +213,17 @@
 //! # ffi_check::set_mode(before);
 //! ```
 //!
+//! ## Raw-pointer code, and libraries with their own allocator
+//!
+//! Code that passes `v.as_ptr()` or `CString::into_raw()` to C is checked
+//! without wrappers once [`TrackingAllocator`] is the global allocator: every
+//! Rust heap block is then managed memory, a pointer into a freed block is
+//! `UseAfterFree`, C's `free` of a Rust block and Rust's free of C memory
+//! are `InvalidFree`. Libraries that let the host supply the allocator
+//! (zlib's `zalloc`/`zfree`, SQLite's `SQLITE_CONFIG_MALLOC`) take
+//! [`hooks`]' functions, so all their internal memory is tracked C memory
+//! attributed to the `call!` that allocated it.
+//!
 //! ## Modes and environment
 //!
 //! | variable | values | effect |
