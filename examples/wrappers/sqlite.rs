@@ -405,22 +405,18 @@ impl Statement<'_> {
         let text = text.text();
         let len: c_int = to_c(text.len());
         let p = text.as_ptr();
+        let stmt = self.stmt;
         // SAFETY: a live statement, `len` bytes of text that the caller
         // keeps alive for as long as SQLite keeps the pointer.
-        let rc = unsafe {
+        self.keep(i, p, || unsafe {
             call!(sql::sqlite3_bind_text(
-                self.stmt,
+                stmt,
                 n,
                 p.cast::<c_char>(),
                 len,
                 sql::SQLITE_STATIC()
             ))
-        };
-        self.forget_kept(i);
-        self.check(rc)?;
-        ffi_check::retain(p);
-        self.kept[i] = Some(p);
-        Ok(())
+        })
     }
 
     /// Binds `bytes` to parameter `i` without a copy (`SQLITE_STATIC`); see
@@ -438,16 +434,25 @@ impl Statement<'_> {
         let bytes = bytes.bytes();
         let len: c_int = to_c(bytes.len());
         let p = bytes.as_ptr();
+        let stmt = self.stmt;
         // SAFETY: as in bind_text_static.
-        let rc = unsafe {
+        self.keep(i, p, || unsafe {
             call!(sql::sqlite3_bind_blob(
-                self.stmt,
+                stmt,
                 n,
                 p.cast::<c_void>(),
                 len,
                 sql::SQLITE_STATIC()
             ))
-        };
+        })
+    }
+
+    /// Makes a `SQLITE_STATIC` bind of `p` to parameter `i` and tells
+    /// ffi-check that SQLite keeps `p` from now on (until the parameter is
+    /// bound again, cleared, or the statement finalized).
+    #[track_caller]
+    fn keep(&mut self, i: usize, p: *const u8, bind: impl FnOnce() -> c_int) -> Result<(), Error> {
+        let rc = bind();
         self.forget_kept(i);
         self.check(rc)?;
         ffi_check::retain(p);
