@@ -429,8 +429,10 @@ static LENT: Mutex<Vec<Lent>> = Mutex::new(Vec::new());
 /// Notes that the live block at `addr` was passed to C as a `*mut` pointer
 /// (what `Box::into_raw` and `CString::into_raw` produce). Once per block.
 pub(crate) fn note_lent_mut(addr: usize, callee: &'static str, site: Site) {
-    if header(addr).is_none() {
-        return;
+    // A block lent before is known: one load, no locked instruction.
+    match header(addr) {
+        Some(meta) if meta_state(meta) & (state::LENT | state::INTERNAL | state::FREED) == 0 => {}
+        _ => return,
     }
     // SAFETY: header() found ours at addr.
     let (meta, _) = unsafe { words(addr) };
