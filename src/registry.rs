@@ -1749,8 +1749,7 @@ impl ScanReader {
         // A count is changed inside the write that changes the record it
         // counts, and is read as one word: the value this load sees was
         // exact at some moment of the scan, as a lookup's answer is.
-        self.count
-            .is_some_and(|c| c.load(Ordering::Relaxed) != 0)
+        self.count.is_some_and(|c| c.load(Ordering::Relaxed) != 0)
     }
 
     /// The managed region (live or freed) that contains `addr`, if any.

@@ -172,7 +172,7 @@ mod tests {
     //! only the scanned words are real).
 
     use super::*;
-    use crate::registry::{NewRegion, Release, RegionKind};
+    use crate::registry::{NewRegion, RegionKind, Release};
 
     fn add(start: usize, size: usize, kind: RegionKind) -> u64 {
         registry::insert(NewRegion {
