@@ -59,6 +59,17 @@
 //! deallocator runs at once instead (it may be a destroy function), and its
 //! record is marked released: it then judges only an exact second free.
 //!
+//! **Unpinned counts.** Beside each page's slot, the directory keeps a
+//! 2-byte count of the live, unpinned managed regions (of at most [`HUGE`]
+//! bytes) that reach into the page, kept by every write that makes a record
+//! start or stop being one (insert, pin, unpin, free, remove, purge). A
+//! long pointer scan reads the count of a word's page before any lookup:
+//! zero (and no huge region) means no region there can break rule P1, so an
+//! array of pointers to pinned values, which an allocator puts side by side
+//! in a few pages, costs a load a word. A missed decrement would only cost
+//! lookups; a missed increment would hide violations, so the tests compare
+//! every count with a model.
+//!
 //! **Recent answers.** A thread also keeps its last few answers with the
 //! sequence number of the shard they came from; while the shard has not
 //! changed, the answer holds, and the scan asks it one byte (is this live,
@@ -77,7 +88,11 @@
 //! - a block's size class never changes (a reused block keeps its class), and
 //!   the directory word naming a block carries that class;
 //! - every freed region has an entry in its shard's quarantine FIFO; entries
-//!   whose region was since replaced are skipped on eviction (ids differ).
+//!   whose region was since replaced are skipped on eviction (ids differ);
+//! - a page's unpinned count is the number of live, unpinned managed records
+//!   of at most [`HUGE`] bytes that reach into it (pages of other shards are
+//!   changed with atomic adds, so this holds whenever no write that reaches
+//!   the page is in progress).
 //!
 //! Lock order: a shard's mutex, then the directory's, the huge list's or the
 //! site table's (never the other way round); no two shard mutexes at once.

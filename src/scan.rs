@@ -8,7 +8,8 @@
 //! is first compared with the lowest and highest managed address ever
 //! tracked, a test the compiler vectorises, so pointer-free data streams past
 //! at memory speed and only words that could be managed pointers cost a
-//! registry lookup.
+//! registry lookup (and, in a long range, only those whose page holds some
+//! unpinned managed memory).
 
 use crate::registry;
 
@@ -93,8 +94,10 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
     // SAFETY: the caller vouches for the range.
     let (skip, words) = unsafe { aligned_words(start, len) }?;
     // A short range (a struct lent call after call) asks the registry word
-    // by word, through the thread's recent answers; a long one keeps the
-    // lock of the shard it is reading from word to word.
+    // by word, through the thread's recent answers; a long one goes through
+    // a reader that first asks the word's page whether any unpinned managed
+    // region reaches it (most pages of a pointer table's targets hold only
+    // pinned ones), and keeps its last page and answer from word to word.
     let mut reader = (words.len() > 32).then(registry::ScanReader::new);
     find_in_bounds(words, lo, hi, |i, w| {
         let found = match reader.as_mut() {
@@ -104,7 +107,6 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
         // A heap block of the tracking allocator that the registry does not
         // know (it knows every pinned one) is unpinned.
         .or_else(|| crate::alloc::unpinned_block_at(w).then_some(w));
-        // The reader's lock is released with the reader, before any report.
         found.map(|target| (skip + i * WORD, target))
     })
 }
