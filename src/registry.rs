@@ -60,15 +60,16 @@
 //! record is marked released: it then judges only an exact second free.
 //!
 //! **Unpinned counts.** Beside each page's slot, the directory keeps a
-//! 2-byte count of the live, unpinned managed regions (of at most [`HUGE`]
-//! bytes) that reach into the page, kept by every write that makes a record
-//! start or stop being one (insert, pin, unpin, free, remove, purge). A
-//! long pointer scan reads the count of a word's page before any lookup:
-//! zero (and no huge region) means no region there can break rule P1, so an
-//! array of pointers to pinned values, which an allocator puts side by side
-//! in a few pages, costs a load a word. A missed decrement would only cost
-//! lookups; a missed increment would hide violations, so the tests compare
-//! every count with a model.
+//! 2-byte count of the live, unpinned managed regions that start in the
+//! page, kept by every write that makes a record start or stop being one
+//! (insert, pin, unpin, free, remove, purge): one count a change, whatever
+//! the region's size. A long pointer scan asks a word's page before any
+//! lookup: a zero count, a cover (if any) that is not unpinned managed
+//! memory, and no huge region mean no region there can break rule P1, so
+//! an array of pointers to pinned values, which an allocator puts side by
+//! side in a few pages, costs a few loads a word. A missed decrement would
+//! only cost lookups; a missed increment would hide violations, so the
+//! tests compare every count with a model.
 //!
 //! **Recent answers.** A thread also keeps its last few answers with the
 //! sequence number of the shard they came from; while the shard has not
@@ -90,9 +91,7 @@
 //! - every freed region has an entry in its shard's quarantine FIFO; entries
 //!   whose region was since replaced are skipped on eviction (ids differ);
 //! - a page's unpinned count is the number of live, unpinned managed records
-//!   of at most [`HUGE`] bytes that reach into it (pages of other shards are
-//!   changed with atomic adds, so this holds whenever no write that reaches
-//!   the page is in progress).
+//!   that start in it.
 //!
 //! Lock order: a shard's mutex, then the directory's, the huge list's or the
 //! site table's (never the other way round); no two shard mutexes at once.
@@ -606,8 +605,8 @@ const FANOUT: usize = 1 << FANOUT_BITS;
 const ROOT_BITS: u32 = usize::BITS - PAGE_SHIFT - 3 * FANOUT_BITS;
 
 /// 4096 pages: 16 MiB of address space. Beside each page's slot, the
-/// page's unpinned count: how many live, unpinned managed regions of at most
-/// [`HUGE`] bytes reach into the page (see [`count_unpinned`]).
+/// page's unpinned count: how many live, unpinned managed regions start in
+/// the page (see [`count_unpinned`]).
 struct Leaf([PageSlot; FANOUT], [AtomicU16; FANOUT]);
 /// 4096 leaves: 64 GiB.
 struct Mid([AtomicPtr<Leaf>; FANOUT]);
@@ -679,43 +678,35 @@ fn leaf_or_create(page: usize) -> &'static Leaf {
     child_or_create(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])
 }
 
-/// The unpinned count of `page`, if its leaf exists (when it does not, no
-/// region of at most [`HUGE`] bytes reaches the page).
+/// The slot and the unpinned count of `page`, if its leaf exists.
 #[inline(always)]
-fn unpinned_count(page: usize) -> Option<&'static AtomicU16> {
+fn page_entry(page: usize) -> Option<(&'static PageSlot, &'static AtomicU16)> {
     let upper = node(&ROOT[page >> (3 * FANOUT_BITS)])?;
     let mid = node(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)])?;
     let leaf = node(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])?;
-    Some(&leaf.1[page & (FANOUT - 1)])
+    let k = page & (FANOUT - 1);
+    Some((&leaf.0[k], &leaf.1[k]))
 }
 
-/// Adds one to (`up`) or takes one from the unpinned count of every page
-/// the region `[start, start + size)` reaches. Called inside a write of the
-/// region's shard whenever a record starts or stops being live, unpinned
-/// managed memory, so that a count of zero proves that no such region (of
-/// at most [`HUGE`] bytes) contains an address of the page: the pointer
-/// scan then dismisses the address without a lookup. Pages of other shards
-/// are counted too (a region reaches across chunks), hence the atomic
-/// read-modify-writes. A page can be reached by at most 4096 regions that
-/// start in it plus one from before, so the count never wraps; a count that
-/// was left too high would only cost a lookup.
-fn count_unpinned(start: usize, size: usize, up: bool) {
-    let size = size.max(1);
-    if size > HUGE {
-        // The huge list is consulted, and the counts ignored, while it is
-        // not empty.
-        return;
-    }
-    let first = start >> PAGE_SHIFT;
-    let last = (start.saturating_add(size) - 1) >> PAGE_SHIFT;
-    for page in first..=last {
-        let count = &leaf_or_create(page).1[page & (FANOUT - 1)];
-        if up {
-            count.fetch_add(1, Ordering::Relaxed);
-        } else {
-            count.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
+/// Adds one to (`up`) or takes one from the unpinned count of the page
+/// `start` is in. Called inside a write of `start`'s shard whenever a
+/// record starts or stops being live, unpinned managed memory; only that
+/// shard's writers change the count, so a load and a store do. With the
+/// page's cover (the one region that reaches into it from before), a count
+/// of zero proves that no such region contains an address of the page, and
+/// the pointer scan dismisses the address without a lookup. A page holds at
+/// most 4096 starts, so the count never wraps; a count left too high would
+/// only cost lookups.
+fn count_unpinned(start: usize, up: bool) {
+    let page = start >> PAGE_SHIFT;
+    let count = &leaf_or_create(page).1[page & (FANOUT - 1)];
+    let n = count.load(Ordering::Relaxed);
+    let n = if up {
+        n.wrapping_add(1)
+    } else {
+        n.wrapping_sub(1)
+    };
+    count.store(n, Ordering::Relaxed);
 }
 
 /// Whether the stored record `words` is live, unpinned managed memory.
@@ -1109,17 +1100,11 @@ impl ShardInner {
     /// counts.
     fn store_view(&mut self, b: Block, i: usize, start: usize, view: Region) {
         let old = b.words(i);
-        let (was, old_size) = (words_unpinned(&old), old[W_SIZE] as usize);
-        let (now, new_size) = (view.is_unpinned_managed(), view.size);
+        let (was, now) = (words_unpinned(&old), view.is_unpinned_managed());
         let words = self.encode(old[W_INDICES] as u32, view);
         b.write_rec(i, words);
-        if was != now || (was && old_size != new_size) {
-            if was {
-                count_unpinned(start, old_size, false);
-            }
-            if now {
-                count_unpinned(start, new_size, true);
-            }
+        if was != now {
+            count_unpinned(start, now);
         }
     }
 
@@ -1173,11 +1158,9 @@ impl ShardInner {
                 self.free_extras.push(old_ix);
             }
             set_covers(start, old.size, false);
-            if old.is_unpinned_managed() {
-                count_unpinned(start, old.size, false);
-            }
-            if view.is_unpinned_managed() {
-                count_unpinned(start, size, true);
+            let (was, now) = (old.is_unpinned_managed(), view.is_unpinned_managed());
+            if was != now {
+                count_unpinned(start, now);
             }
             let words = self.encode(0, view);
             b.write_rec(i, words);
@@ -1196,7 +1179,7 @@ impl ShardInner {
         }
         b.set_off(at, off);
         if view.is_unpinned_managed() {
-            count_unpinned(start, size, true);
+            count_unpinned(start, true);
         }
         let words = self.encode(0, view);
         b.write_rec(at, words);
@@ -1247,7 +1230,7 @@ impl ShardInner {
         }
         set_covers(start, view.size, false);
         if view.is_unpinned_managed() {
-            count_unpinned(start, view.size, false);
+            count_unpinned(start, false);
         }
         Some(view)
     }
@@ -1713,14 +1696,19 @@ fn lookup_slow(addr: usize, keep: bool) -> Option<RegionInfo> {
 /// would flush them without profit). Dropped, it hands its last answer to
 /// them: the region a scan found is the one its caller asks about next.
 ///
-/// It also keeps the unpinned count of the last page it asked about (counts
-/// never move), so a run of words pointing into pages that hold only pinned
-/// or C memory (an array of pointers to pinned values, which an allocator
-/// puts side by side) costs one load a word and no lookup.
+/// It also keeps the slot and unpinned count of the last page it asked
+/// about (neither ever moves), and whether that page's cover is unpinned
+/// managed memory (valid while the cover's shard is unchanged), so a run of
+/// words pointing into pages where no unpinned managed region starts or
+/// reaches (an array of pointers to pinned values, which an allocator puts
+/// side by side) costs a few loads a word and no lookup.
 pub(crate) struct ScanReader {
     last: Option<(RegionInfo, &'static Shard, u64)>,
     page: usize,
-    count: Option<&'static AtomicU16>,
+    entry: Option<(&'static PageSlot, &'static AtomicU16)>,
+    /// The page's cover word, its shard and sequence number, and whether
+    /// it names live, unpinned managed memory.
+    cover: Option<(u32, &'static Shard, u64, bool)>,
 }
 
 impl ScanReader {
@@ -1728,7 +1716,8 @@ impl ScanReader {
         ScanReader {
             last: None,
             page: usize::MAX,
-            count: None,
+            entry: None,
+            cover: None,
         }
     }
 
@@ -1747,7 +1736,10 @@ impl ScanReader {
             .map(|r| r.start)
     }
 
-    /// False when no live, unpinned managed region reaches `addr`'s page.
+    /// False when no live, unpinned managed region contains an address of
+    /// `addr`'s page: none starts in it (its count is zero), the region that
+    /// reaches into it from before (its cover), if any, is not one, and no
+    /// huge region (which writes no covers) exists.
     #[inline(always)]
     fn page_may_hold_unpinned(&mut self, addr: usize) -> bool {
         if HUGE_COUNT.load(Ordering::Relaxed) > 0 {
@@ -1755,16 +1747,48 @@ impl ScanReader {
         }
         let page = addr >> PAGE_SHIFT;
         if page != self.page {
-            // A page without a leaf is not kept: its leaf may appear.
-            let Some(count) = unpinned_count(page) else {
+            // A page without a leaf has no region and is not kept: its
+            // leaf may appear.
+            let Some(entry) = page_entry(page) else {
                 return false;
             };
-            (self.page, self.count) = (page, Some(count));
+            (self.page, self.entry, self.cover) = (page, Some(entry), None);
         }
-        // A count is changed inside the write that changes the record it
-        // counts, and is read as one word: the value this load sees was
-        // exact at some moment of the scan, as a lookup's answer is.
-        self.count.is_some_and(|c| c.load(Ordering::Relaxed) != 0)
+        let Some((slot, count)) = self.entry else {
+            return true;
+        };
+        // A count changes inside the write that changes the record it
+        // counts, and is read as one word: the value seen was exact at some
+        // moment of the scan, as a lookup's answer is.
+        if count.load(Ordering::Relaxed) != 0 {
+            return true;
+        }
+        let c = slot.cover.load(Ordering::Acquire);
+        if c == 0 {
+            return false;
+        }
+        if let Some((kept, shard, version, unpinned)) = self.cover {
+            if kept == c && shard.version.load(Ordering::Acquire) == version {
+                return unpinned;
+            }
+        }
+        self.cover_unpinned(page, c)
+    }
+
+    /// Whether the cover `c` of `page` names live, unpinned managed memory
+    /// (kept until the page, the cover or its shard changes).
+    #[inline(never)]
+    fn cover_unpinned(&mut self, page: usize, c: u32) -> bool {
+        let (back, off) = (c as usize >> PAGE_SHIFT, c as usize & PAGE_MASK);
+        if back > page {
+            return true;
+        }
+        let start = ((page - back) << PAGE_SHIFT) | off;
+        let shard = shard_of(start);
+        let (answer, version) = read_stable(shard, || probe_exact(start));
+        let unpinned = answer.is_some_and(|r| r.is_unpinned_managed());
+        self.cover = Some((c, shard, version, unpinned));
+        unpinned
     }
 
     /// The managed region (live or freed) that contains `addr`, if any.
@@ -2104,18 +2128,16 @@ mod tests {
     }
 
     /// Every page's unpinned count in `[base, base + span)` is exactly the
-    /// number of the model's live, unpinned managed regions reaching it.
+    /// number of the model's live, unpinned managed regions starting in it.
     fn check_counts(model: &BTreeMap<usize, Model>, base: usize, span: usize) {
         let mut want: BTreeMap<usize, u16> = BTreeMap::new();
         for (&s, m) in model {
             if m.managed && !m.freed && m.pins == 0 {
-                for page in s >> PAGE_SHIFT..=(s + m.size.max(1) - 1) >> PAGE_SHIFT {
-                    *want.entry(page).or_default() += 1;
-                }
+                *want.entry(s >> PAGE_SHIFT).or_default() += 1;
             }
         }
         for page in base >> PAGE_SHIFT..(base + span) >> PAGE_SHIFT {
-            let got = unpinned_count(page).map_or(0, |c| c.load(Ordering::Relaxed));
+            let got = page_entry(page).map_or(0, |(_, c)| c.load(Ordering::Relaxed));
             let want = want.get(&page).copied().unwrap_or(0);
             assert_eq!(got, want, "unpinned count of page {page:#x}");
         }
