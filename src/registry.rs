@@ -59,6 +59,18 @@
 //! deallocator runs at once instead (it may be a destroy function), and its
 //! record is marked released: it then judges only an exact second free.
 //!
+//! **Unpinned counts.** Beside each page's slot, the directory keeps a
+//! 2-byte count of the live, unpinned managed regions that start in the
+//! page, kept by every write that makes a record start or stop being one
+//! (insert, pin, unpin, free, remove, purge): one count a change, whatever
+//! the region's size. A long pointer scan asks a word's page before any
+//! lookup: a zero count, a cover (if any) that is not unpinned managed
+//! memory, and no huge region mean no region there can break rule P1, so
+//! an array of pointers to pinned values, which an allocator puts side by
+//! side in a few pages, costs a few loads a word. A missed decrement would
+//! only cost lookups; a missed increment would hide violations, so the
+//! tests compare every count with a model.
+//!
 //! **Recent answers.** A thread also keeps its last few answers with the
 //! sequence number of the shard they came from; while the shard has not
 //! changed, the answer holds, and the scan asks it one byte (is this live,
@@ -77,7 +89,9 @@
 //! - a block's size class never changes (a reused block keeps its class), and
 //!   the directory word naming a block carries that class;
 //! - every freed region has an entry in its shard's quarantine FIFO; entries
-//!   whose region was since replaced are skipped on eviction (ids differ).
+//!   whose region was since replaced are skipped on eviction (ids differ);
+//! - a page's unpinned count is the number of live, unpinned managed records
+//!   that start in it.
 //!
 //! Lock order: a shard's mutex, then the directory's, the huge list's or the
 //! site table's (never the other way round); no two shard mutexes at once.
@@ -89,7 +103,7 @@ use std::ffi::c_void;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ptr::null_mut;
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -197,6 +211,11 @@ pub(crate) struct Region {
 }
 
 impl Region {
+    /// Live managed memory that nothing pins (as [`RegionInfo::is_unpinned_managed`]).
+    fn is_unpinned_managed(&self) -> bool {
+        self.kind == RegionKind::Managed && self.state == RegionState::Live && self.pins == 0
+    }
+
     pub fn extra_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
     }
@@ -585,8 +604,10 @@ const FANOUT: usize = 1 << FANOUT_BITS;
 /// Page-number bits the root level indexes (the top 16 of 52).
 const ROOT_BITS: u32 = usize::BITS - PAGE_SHIFT - 3 * FANOUT_BITS;
 
-/// 4096 pages: 16 MiB of address space.
-struct Leaf([PageSlot; FANOUT]);
+/// 4096 pages: 16 MiB of address space. Beside each page's slot, the
+/// page's unpinned count: how many live, unpinned managed regions start in
+/// the page (see [`count_unpinned`]).
+struct Leaf([PageSlot; FANOUT], [AtomicU16; FANOUT]);
 /// 4096 leaves: 64 GiB.
 struct Mid([AtomicPtr<Leaf>; FANOUT]);
 /// 4096 mids: 256 TiB.
@@ -597,8 +618,8 @@ struct Upper([AtomicPtr<Mid>; FANOUT]);
 /// # Safety
 /// The all-zero bit pattern is a valid value of the type.
 unsafe trait ZeroNode {}
-// SAFETY: null `AtomicPtr`s and zero `AtomicUsize`/`AtomicU32`s (same bit
-// validity as raw pointers and integers).
+// SAFETY: null `AtomicPtr`s and zero `AtomicUsize`/`AtomicU32`/`AtomicU16`s
+// (same bit validity as raw pointers and integers).
 unsafe impl ZeroNode for Leaf {}
 // SAFETY: as above.
 unsafe impl ZeroNode for Mid {}
@@ -648,10 +669,50 @@ fn page_slot(page: usize) -> Option<&'static PageSlot> {
 }
 
 fn page_slot_or_create(page: usize) -> &'static PageSlot {
+    &leaf_or_create(page).0[page & (FANOUT - 1)]
+}
+
+fn leaf_or_create(page: usize) -> &'static Leaf {
     let upper = child_or_create(&ROOT[page >> (3 * FANOUT_BITS)]);
     let mid = child_or_create(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)]);
-    let leaf = child_or_create(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)]);
-    &leaf.0[page & (FANOUT - 1)]
+    child_or_create(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])
+}
+
+/// The slot and the unpinned count of `page`, if its leaf exists.
+#[inline(always)]
+fn page_entry(page: usize) -> Option<(&'static PageSlot, &'static AtomicU16)> {
+    let upper = node(&ROOT[page >> (3 * FANOUT_BITS)])?;
+    let mid = node(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)])?;
+    let leaf = node(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])?;
+    let k = page & (FANOUT - 1);
+    Some((&leaf.0[k], &leaf.1[k]))
+}
+
+/// Adds one to (`up`) or takes one from the unpinned count of the page
+/// `start` is in. Called inside a write of `start`'s shard whenever a
+/// record starts or stops being live, unpinned managed memory; only that
+/// shard's writers change the count, so a load and a store do. With the
+/// page's cover (the one region that reaches into it from before), a count
+/// of zero proves that no such region contains an address of the page, and
+/// the pointer scan dismisses the address without a lookup. A page holds at
+/// most 4096 starts, so the count never wraps; a count left too high would
+/// only cost lookups.
+fn count_unpinned(start: usize, up: bool) {
+    let page = start >> PAGE_SHIFT;
+    let count = &leaf_or_create(page).1[page & (FANOUT - 1)];
+    let n = count.load(Ordering::Relaxed);
+    let n = if up {
+        n.wrapping_add(1)
+    } else {
+        n.wrapping_sub(1)
+    };
+    count.store(n, Ordering::Relaxed);
+}
+
+/// Whether the stored record `words` is live, unpinned managed memory.
+#[inline(always)]
+fn words_unpinned(words: &[u64; REC_WORDS]) -> bool {
+    words[W_FACTS] & (KIND_C | STATE_FREED | 0xffff) == 0
 }
 
 /// Whether the leaf holding `page` exists (a purge skips absent leaves).
@@ -1034,13 +1095,17 @@ impl ShardInner {
         }
     }
 
-    /// Encodes a view back into record `i` of `b` (inside a write, or with
-    /// unchanged words under the lock).
-    fn store_view(&mut self, b: Block, i: usize, view: Region) {
-        let r = b.rec(i);
-        let old_ix = r[W_INDICES].load(Ordering::Relaxed) as u32;
-        let words = self.encode(old_ix, view);
+    /// Encodes a view back into record `i` of `b`, the record of the region
+    /// starting at `start` (inside a write), keeping the pages' unpinned
+    /// counts.
+    fn store_view(&mut self, b: Block, i: usize, start: usize, view: Region) {
+        let old = b.words(i);
+        let (was, now) = (words_unpinned(&old), view.is_unpinned_managed());
+        let words = self.encode(old[W_INDICES] as u32, view);
         b.write_rec(i, words);
+        if was != now {
+            count_unpinned(start, now);
+        }
     }
 
     fn encode(&mut self, old_extra_ix: u32, view: Region) -> [u64; REC_WORDS] {
@@ -1093,6 +1158,10 @@ impl ShardInner {
                 self.free_extras.push(old_ix);
             }
             set_covers(start, old.size, false);
+            let (was, now) = (old.is_unpinned_managed(), view.is_unpinned_managed());
+            if was != now {
+                count_unpinned(start, now);
+            }
             let words = self.encode(0, view);
             b.write_rec(i, words);
             set_covers(start, size, true);
@@ -1109,6 +1178,9 @@ impl ShardInner {
             b.copy_rec(j, b, j + 1);
         }
         b.set_off(at, off);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, true);
+        }
         let words = self.encode(0, view);
         b.write_rec(at, words);
         slot.len.store(len as u32 + 1, Ordering::Relaxed);
@@ -1157,6 +1229,9 @@ impl ShardInner {
             self.free_blocks[b.class()].push(b);
         }
         set_covers(start, view.size, false);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, false);
+        }
         Some(view)
     }
 }
@@ -1620,17 +1695,104 @@ fn lookup_slow(addr: usize, keep: bool) -> Option<RegionInfo> {
 /// leaves the thread's recent answers alone while it scans (a long scan
 /// would flush them without profit). Dropped, it hands its last answer to
 /// them: the region a scan found is the one its caller asks about next.
+///
+/// It also keeps the slot and unpinned count of the last page it asked
+/// about (neither ever moves), and whether that page's cover is unpinned
+/// managed memory (valid while the cover's shard is unchanged), so a run of
+/// words pointing into pages where no unpinned managed region starts or
+/// reaches (an array of pointers to pinned values, which an allocator puts
+/// side by side) costs a few loads a word and no lookup.
 pub(crate) struct ScanReader {
     last: Option<(RegionInfo, &'static Shard, u64)>,
+    page: usize,
+    entry: Option<(&'static PageSlot, &'static AtomicU16)>,
+    /// The page's cover word, its shard and sequence number, and whether
+    /// it names live, unpinned managed memory.
+    cover: Option<(u32, &'static Shard, u64, bool)>,
 }
 
 impl ScanReader {
     pub(crate) fn new() -> ScanReader {
-        ScanReader { last: None }
+        ScanReader {
+            last: None,
+            page: usize::MAX,
+            entry: None,
+            cover: None,
+        }
+    }
+
+    /// The start of the live, unpinned managed region that contains `addr`,
+    /// if that is what `addr` points into.
+    #[inline(always)]
+    pub(crate) fn unpinned_managed_start(&mut self, addr: usize) -> Option<usize> {
+        if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
+            return None;
+        }
+        if !self.page_may_hold_unpinned(addr) {
+            return None;
+        }
+        self.lookup_managed(addr)
+            .filter(RegionInfo::is_unpinned_managed)
+            .map(|r| r.start)
+    }
+
+    /// False when no live, unpinned managed region contains an address of
+    /// `addr`'s page: none starts in it (its count is zero), the region that
+    /// reaches into it from before (its cover), if any, is not one, and no
+    /// huge region (which writes no covers) exists.
+    #[inline(always)]
+    fn page_may_hold_unpinned(&mut self, addr: usize) -> bool {
+        if HUGE_COUNT.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let page = addr >> PAGE_SHIFT;
+        if page != self.page {
+            // A page without a leaf has no region and is not kept: its
+            // leaf may appear.
+            let Some(entry) = page_entry(page) else {
+                return false;
+            };
+            (self.page, self.entry, self.cover) = (page, Some(entry), None);
+        }
+        let Some((slot, count)) = self.entry else {
+            return true;
+        };
+        // A count changes inside the write that changes the record it
+        // counts, and is read as one word: the value seen was exact at some
+        // moment of the scan, as a lookup's answer is.
+        if count.load(Ordering::Relaxed) != 0 {
+            return true;
+        }
+        let c = slot.cover.load(Ordering::Acquire);
+        if c == 0 {
+            return false;
+        }
+        if let Some((kept, shard, version, unpinned)) = self.cover {
+            if kept == c && shard.version.load(Ordering::Acquire) == version {
+                return unpinned;
+            }
+        }
+        self.cover_unpinned(page, c)
+    }
+
+    /// Whether the cover `c` of `page` names live, unpinned managed memory
+    /// (kept until the page, the cover or its shard changes).
+    #[inline(never)]
+    fn cover_unpinned(&mut self, page: usize, c: u32) -> bool {
+        let (back, off) = (c as usize >> PAGE_SHIFT, c as usize & PAGE_MASK);
+        if back > page {
+            return true;
+        }
+        let start = ((page - back) << PAGE_SHIFT) | off;
+        let shard = shard_of(start);
+        let (answer, version) = read_stable(shard, || probe_exact(start));
+        let unpinned = answer.is_some_and(|r| r.is_unpinned_managed());
+        self.cover = Some((c, shard, version, unpinned));
+        unpinned
     }
 
     /// The managed region (live or freed) that contains `addr`, if any.
-    pub(crate) fn lookup_managed(&mut self, addr: usize) -> Option<RegionInfo> {
+    fn lookup_managed(&mut self, addr: usize) -> Option<RegionInfo> {
         if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
             return None;
         }
@@ -1669,7 +1831,7 @@ pub(crate) fn update<R>(start: usize, f: impl FnOnce(&mut Region) -> R) -> Optio
     let (b, i) = ShardInner::find_exact(start)?;
     let mut view = w.view(b, i);
     let result = f(&mut view);
-    w.store_view(b, i, view);
+    w.store_view(b, i, start, view);
     Some(result)
 }
 
@@ -1687,7 +1849,7 @@ pub(crate) fn update_containing<R>(
     }
     let mut view = w.view(b, i);
     let result = f(info.start, &mut view);
-    w.store_view(b, i, view);
+    w.store_view(b, i, info.start, view);
     Some(result)
 }
 
@@ -1736,7 +1898,7 @@ pub(crate) fn mark_freed(
         extra.free_site = site;
         extra.free_trace = trace;
     }
-    w.store_view(b, i, view);
+    w.store_view(b, i, start, view);
     w.quarantine.push_back(Quarantined {
         start,
         id: before.id,
@@ -1962,6 +2124,23 @@ mod tests {
         id: u64,
         freed: bool,
         pins: u16,
+        managed: bool,
+    }
+
+    /// Every page's unpinned count in `[base, base + span)` is exactly the
+    /// number of the model's live, unpinned managed regions starting in it.
+    fn check_counts(model: &BTreeMap<usize, Model>, base: usize, span: usize) {
+        let mut want: BTreeMap<usize, u16> = BTreeMap::new();
+        for (&s, m) in model {
+            if m.managed && !m.freed && m.pins == 0 {
+                *want.entry(s >> PAGE_SHIFT).or_default() += 1;
+            }
+        }
+        for page in base >> PAGE_SHIFT..(base + span) >> PAGE_SHIFT {
+            let got = page_entry(page).map_or(0, |(_, c)| c.load(Ordering::Relaxed));
+            let want = want.get(&page).copied().unwrap_or(0);
+            assert_eq!(got, want, "unpinned count of page {page:#x}");
+        }
     }
 
     /// The model's region containing `addr`.
@@ -2048,6 +2227,7 @@ mod tests {
                                 id,
                                 freed: false,
                                 pins: 0,
+                                managed: kind == RegionKind::Managed,
                             },
                         );
                     }
@@ -2071,21 +2251,35 @@ mod tests {
                     6 => {
                         let n = rng.below(model.len().max(1));
                         if let Some((&s, m)) = model.iter_mut().nth(n) {
+                            // Pins come and go; unpinned regions count.
+                            let unpin = m.pins > 0 && rng.below(2) == 0;
                             let pins = update(s, |r| {
-                                r.pins += 1;
+                                if unpin {
+                                    r.pins -= 1;
+                                } else {
+                                    r.pins += 1;
+                                }
                                 r.extra_mut().leak_reason = Some(format!("step {step}"));
                                 r.pins
                             });
-                            m.pins += 1;
+                            if unpin {
+                                m.pins -= 1;
+                            } else {
+                                m.pins += 1;
+                            }
                             assert_eq!(pins, Some(m.pins));
                             let d = detail(s).expect("present");
                             assert_eq!(d.leak_reason.as_deref(), Some(&*format!("step {step}")));
                         }
                     }
-                    _ => check_lookups(&mut model, base, SPAN, &mut rng),
+                    _ => {
+                        check_lookups(&mut model, base, SPAN, &mut rng);
+                        check_counts(&model, base, SPAN + (1 << 20));
+                    }
                 }
             }
             check_lookups(&mut model, base, SPAN, &mut rng);
+            check_counts(&model, base, SPAN + (1 << 20));
             let mut seen = BTreeMap::new();
             for_each(|s, r| {
                 if (base..base + SPAN + (1 << 20)).contains(&s) {
@@ -2098,6 +2292,7 @@ mod tests {
             for s in want.keys() {
                 remove(*s);
             }
+            check_counts(&BTreeMap::new(), base, SPAN + (1 << 20));
             for addr in (0..2000).map(|_| base + rng.below(SPAN)) {
                 assert!(lookup_for_free(addr).is_none(), "{addr:#x} after clearing");
             }

@@ -8,9 +8,10 @@
 //! is first compared with the lowest and highest managed address ever
 //! tracked, a test the compiler vectorises, so pointer-free data streams past
 //! at memory speed and only words that could be managed pointers cost a
-//! registry lookup.
+//! registry lookup (and, in a long range, only those whose page holds some
+//! unpinned managed memory).
 
-use crate::registry::{self, RegionInfo};
+use crate::registry;
 
 /// Declares that a type holds no pointers, so lending it to C never scans
 /// it (Go's typed check gets this from the type's pointer bitmap).
@@ -93,21 +94,19 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
     // SAFETY: the caller vouches for the range.
     let (skip, words) = unsafe { aligned_words(start, len) }?;
     // A short range (a struct lent call after call) asks the registry word
-    // by word, through the thread's recent answers; a long one keeps the
-    // lock of the shard it is reading from word to word.
+    // by word, through the thread's recent answers; a long one goes through
+    // a reader that first asks the word's page whether any unpinned managed
+    // region reaches it (most pages of a pointer table's targets hold only
+    // pinned ones), and keeps its last page and answer from word to word.
     let mut reader = (words.len() > 32).then(registry::ScanReader::new);
     find_in_bounds(words, lo, hi, |i, w| {
         let found = match reader.as_mut() {
-            Some(reader) => reader
-                .lookup_managed(w)
-                .filter(RegionInfo::is_unpinned_managed)
-                .map(|r| r.start),
+            Some(reader) => reader.unpinned_managed_start(w),
             None => registry::unpinned_managed_start(w, true),
         }
         // A heap block of the tracking allocator that the registry does not
         // know (it knows every pinned one) is unpinned.
         .or_else(|| crate::alloc::unpinned_block_at(w).then_some(w));
-        // The reader's lock is released with the reader, before any report.
         found.map(|target| (skip + i * WORD, target))
     })
 }
@@ -166,4 +165,86 @@ pub(crate) fn find_in_bounds<T>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    //! The long scan's page filter against what the registry says, on
+    //! synthetic regions (the registry never reads the memory it tracks;
+    //! only the scanned words are real).
+
+    use super::*;
+    use crate::registry::{NewRegion, RegionKind, Release};
+
+    fn add(start: usize, size: usize, kind: RegionKind) -> u64 {
+        registry::insert(NewRegion {
+            start,
+            size,
+            kind,
+            family: 0,
+            flags: 0,
+            site: None,
+            type_name: None,
+        })
+    }
+
+    fn pin(start: usize, by: i32) {
+        registry::update(start, |r| r.pins = (r.pins as i32 + by) as u16).expect("registered");
+    }
+
+    /// `find_unpinned` over `words` (a long range: the reader's path).
+    fn scan(words: &[usize]) -> Option<(usize, usize)> {
+        assert!(words.len() > 32);
+        // SAFETY: the slice is readable and outlives the scan.
+        unsafe { find_unpinned(words.as_ptr() as usize, std::mem::size_of_val(words)) }
+    }
+
+    #[test]
+    fn long_scan_finds_unpinned_among_pinned_in_every_state_change() {
+        let base = 0x6d00_0000_0000usize;
+        // 200 pinned 16-byte values side by side, over the first pages.
+        let pinned: Vec<usize> = (0..200).map(|i| base + i * 32).collect();
+        for &p in &pinned {
+            add(p, 16, RegionKind::Managed);
+            pin(p, 1);
+        }
+        let mut words: Vec<usize> = pinned.iter().map(|p| p + 8).collect();
+        assert_eq!(scan(&words), None, "only pinned targets");
+
+        // A managed buffer over three pages, starting in the last pinned
+        // page: a pointer into its third page is found through its cover.
+        let buf = base + 200 * 32;
+        add(buf, 3 * 4096, RegionKind::Managed);
+        words[150] = buf + 2 * 4096 + 40;
+        assert_eq!(scan(&words), Some((150 * WORD, buf)));
+
+        // Pinned, then unpinned, then freed.
+        pin(buf, 1);
+        assert_eq!(scan(&words), None, "buffer pinned");
+        pin(buf, -1);
+        assert_eq!(scan(&words), Some((150 * WORD, buf)), "buffer unpinned");
+        registry::mark_freed(buf, None, None, Release::Released);
+        assert_eq!(scan(&words), None, "buffer freed");
+
+        // A C region among the pinned ones is not managed memory.
+        let c = base + (1 << 20);
+        add(c, 64, RegionKind::C);
+        words[3] = c + 8;
+        assert_eq!(scan(&words), None, "C memory");
+
+        // One of the pinned values unpinned: the first word into it.
+        pin(pinned[7], -1);
+        words[100] = pinned[7];
+        assert_eq!(scan(&words), Some((7 * WORD, pinned[7])));
+        // A stale record replaced by a pinned one of the same start.
+        add(pinned[7], 16, RegionKind::Managed);
+        pin(pinned[7], 1);
+        assert_eq!(scan(&words), None, "replaced and pinned");
+
+        registry::remove(buf);
+        registry::remove(c);
+        for &p in &pinned {
+            registry::remove(p);
+        }
+    }
 }
