@@ -60,10 +60,14 @@ fn a_dangling_cstring_temporary_passed_to_prepare_is_use_after_free() {
         .split("first freed")
         .nth(1)
         .expect("the free's backtrace");
-    assert!(
-        freed.contains(&format!("tests/sqlite_tracking.rs:{freed_at}")),
-        "{text}"
-    );
+    // Lines are named where there is debug info (not in an optimised test
+    // build).
+    if cfg!(debug_assertions) {
+        assert!(
+            freed.contains(&format!("tests/sqlite_tracking.rs:{freed_at}")),
+            "{text}"
+        );
+    }
     assert!(
         text.contains("dangling_pointers_from_temporaries"),
         "{text}"

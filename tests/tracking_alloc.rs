@@ -55,13 +55,17 @@ fn dangling_cstring_temporary_is_use_after_free_with_the_line_that_freed_it() {
         text.contains("dangling_pointers_from_temporaries"),
         "{text}"
     );
-    // The free's backtrace names the `let` line that dropped the temporary.
-    let freed = text.split("first freed").nth(1).expect("a free backtrace");
-    assert!(
-        freed.contains(&format!("tests/tracking_alloc.rs:{freed_at}")),
-        "{text}"
-    );
     assert_rust_site(v.call_site(), file!(), call_at);
+    // The free's backtrace names the `let` line that dropped the temporary
+    // (where there is debug info to name lines with: not in an optimised
+    // test build).
+    let freed = text.split("first freed").nth(1).expect("a free backtrace");
+    if cfg!(debug_assertions) {
+        assert!(
+            freed.contains(&format!("tests/tracking_alloc.rs:{freed_at}")),
+            "{text}"
+        );
+    }
 }
 
 #[test]
