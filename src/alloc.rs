@@ -233,6 +233,12 @@ fn meta_state(meta: usize) -> usize {
     meta >> STATE_SHIFT
 }
 
+/// `meta` with the FREED state added.
+#[inline(always)]
+fn freed_meta(meta: usize) -> usize {
+    meta | (state::FREED << STATE_SHIFT)
+}
+
 /// The header words of the block at `p`: meta, then identity.
 ///
 /// # Safety
@@ -323,6 +329,8 @@ pub(crate) struct Block {
     pub size: usize,
     pub align: usize,
     pub freed: bool,
+    /// Known to the registry (pinned or retained once, or a wrapper's box).
+    pub promoted: bool,
 }
 
 impl Block {
@@ -353,6 +361,7 @@ pub(crate) fn block_at(addr: usize) -> Option<Block> {
         size: meta_size(meta),
         align: meta_align(meta),
         freed: st & state::FREED != 0,
+        promoted: st & state::PROMOTED != 0,
     })
 }
 
@@ -384,19 +393,20 @@ pub(crate) fn unpinned_block_at(addr: usize) -> bool {
 
 /// Makes the live heap block at `addr` known to the registry (the first time
 /// it is pinned or retained), so pins, retains, interior pointers and rule P3
-/// apply to it. False when `addr` is not the start of a live user block.
-pub(crate) fn promote(addr: usize, site: Option<Site>) -> bool {
+/// apply to it. Without the allocator this is one load; a block already
+/// known costs a header read, no locked instruction.
+pub(crate) fn promote(addr: usize, site: Option<Site>) {
     let Some(block) = block_at(addr) else {
-        return false;
+        return;
     };
-    if block.freed {
-        return false;
+    if block.freed || block.promoted {
+        return;
     }
     // SAFETY: block_at found our header at addr, so it is mapped.
     let (meta, _) = unsafe { words(addr) };
     let old = meta.fetch_or(state::PROMOTED << STATE_SHIFT, Ordering::AcqRel);
     if meta_state(old) & state::PROMOTED != 0 {
-        return true;
+        return;
     }
     let _g = bookkeeping();
     registry::insert(registry::NewRegion {
@@ -412,7 +422,6 @@ pub(crate) fn promote(addr: usize, site: Option<Site>) -> bool {
         site,
         type_name: None,
     });
-    true
 }
 
 // ---------------------------------------------------------------------------
@@ -716,8 +725,8 @@ pub(crate) fn detail(block: Block) -> RegionDetail {
 /// Adds the heap block at `start` to a report, from the registry when it
 /// knows the block and from the allocator otherwise.
 pub(crate) fn region_for_report(v: Violation, role: &'static str, start: usize) -> Violation {
-    if registry::detail(start).is_some() {
-        return v.region_at(role, start);
+    if let Some(d) = registry::detail(start) {
+        return v.region(crate::report::ReportRegion::new(role, d));
     }
     match block_at(start) {
         Some(b) => v
@@ -1005,7 +1014,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         }
         // SAFETY: header() found ours at p.
         let (m, _) = unsafe { words(p) };
-        let freed = (meta & !(0xff << STATE_SHIFT)) | ((st | state::FREED) << STATE_SHIFT);
+        let freed = freed_meta(meta);
         m.store(freed, Ordering::Release);
         let site = crate::call::current_call().map(|(_, s)| s);
         // SAFETY: the block is ours, now FREED, and unused by its owner.
@@ -1018,8 +1027,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let _r = allocator_report();
         // SAFETY: header() found ours at p.
         let (m, _) = unsafe { words(p) };
-        let freed =
-            (meta & !(0xff << STATE_SHIFT)) | ((meta_state(meta) | state::FREED) << STATE_SHIFT);
+        let freed = freed_meta(meta);
         if !checks_on_raw() {
             registry::remove(p);
             // SAFETY: the owner is done with the block.

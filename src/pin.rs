@@ -115,9 +115,7 @@ impl Pinner {
         let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
         // A heap block of the tracking allocator becomes known to the
         // registry the first time it is pinned.
-        if registry::lookup(addr).is_none() {
-            crate::alloc::promote(addr, Some(site));
-        }
+        crate::alloc::promote(addr, Some(site));
         let pinned = registry::update_containing(addr, |start, r| {
             if r.kind != RegionKind::Managed || r.state != RegionState::Live {
                 return None;
@@ -359,12 +357,14 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
         return;
     }
     let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
-    if registry::lookup(addr).is_none() {
-        if let Some(block) = crate::alloc::block_at(addr).filter(|b| b.freed) {
-            return report_retained_freed(block.start, site);
-        }
-        crate::alloc::promote(addr, site);
+    // A freed heap block the registry does not know (one it knows is
+    // reported below, from its record).
+    if let Some(block) = crate::alloc::block_at(addr)
+        .filter(|b| b.freed && (!b.promoted || registry::lookup(addr).is_none()))
+    {
+        return report_retained_freed(block.start, site);
     }
+    crate::alloc::promote(addr, site);
     let outcome = registry::update_containing(addr, |start, r| {
         if r.state != RegionState::Live {
             return (start, r.state, r.kind, true);
