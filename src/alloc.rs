@@ -5,14 +5,10 @@
 //!
 //! # Design
 //!
-//! Each block carries a 16-byte header just before the pointer Rust sees:
-//! its size, alignment and state, and a word that names the block's own
-//! address (XOR a key), so a header is recognised only where one was written.
-//! A lock-free page map counts, for every 4 KiB page, the headers that live
-//! on it; the checker reads a header only on a page that holds one, so
-//! probing an arbitrary address (a C handle, a stack pointer) never touches
-//! unmapped memory. Finding the block a pointer starts is therefore a few
-//! loads, without a lock and without a registry entry per block.
+//! This is the allocator's front: it makes and frees blocks through the
+//! inner allocator and decides what each free means. What a block *is* (its
+//! header, the page map, the quarantine's rings) is the memory model's, one
+//! floor down in `heap`, where the checks that probe blocks find it too.
 //!
 //! A freed block waits in a bounded quarantine (sharded by thread, so there
 //! is no global lock) before its memory goes back to the inner allocator: a
@@ -20,109 +16,26 @@
 //! freed it (or, with event backtraces on, the backtrace of the free).
 //!
 //! A block becomes *interesting* when it is pinned or retained: it is then
-//! promoted into the registry (see `pin_ptr`), which knows pins, retains and
+//! promoted into the registry (by the pin front end), which knows pins, retains and
 //! interior pointers, and its free is checked against rule P3. Everything
 //! the checker allocates for itself is made under a per-thread guard that
 //! bypasses all of this, so its bookkeeping never recurses into tracking.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use backtrace::Backtrace;
 
-use crate::registry::{self, flags, RegionDetail, RegionKind, RegionState};
+use crate::bookkeeping::{allocator_report, bookkeeping, guarded};
+use crate::heap::{
+    batch, block_at, freed_meta, header, inner_layout, install, meta_align, meta_size, meta_state,
+    my_shard, state, uninstall, words, Batch, Entry, BATCH, HAS_ORPHANS, ORPHANS, PENDING_P,
+    PENDING_SITE, QUARANTINE, SHARDS,
+};
+use crate::registry::{self, RegionKind};
 use crate::report::{emit, Violation, ViolationKind};
 use crate::site::Site;
-
-/// Bytes of header before each block.
-const HDR: usize = 16;
-/// Mixed into the identity word so that only a header ffi-check wrote matches.
-const KEY: usize = 0x6666_692d_6368_6b21;
-
-const SIZE_MASK: usize = (1 << 48) - 1;
-const ALIGN_SHIFT: u32 = 48;
-const STATE_SHIFT: u32 = 56;
-
-/// Header states (the top byte of the meta word).
-mod state {
-    /// A live block of user code.
-    pub const LIVE: usize = 1;
-    /// Freed by Rust, waiting in the quarantine.
-    pub const FREED: usize = 2;
-    /// Allocated by ffi-check's own bookkeeping: never checked.
-    pub const INTERNAL: usize = 4;
-    /// Known to the registry (pinned or retained once).
-    pub const PROMOTED: usize = 8;
-    /// Lent to C as a `*mut` pointer (a candidate `into_raw` hand-over).
-    pub const LENT: usize = 16;
-}
-
-/// Set once the first block is allocated: probes are pointless before.
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-static HEAP_LO: AtomicUsize = AtomicUsize::new(usize::MAX);
-static HEAP_HI: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set while ffi-check itself allocates (its bookkeeping, its reports):
-    /// such blocks are internal and nothing about them is checked. Constant
-    /// initialiser and no destructor: usable on any thread, at any time.
-    static GUARD: Cell<bool> = const { Cell::new(false) };
-    /// Set while the allocator reports: a panic may not unwind out of it.
-    static IN_ALLOCATOR: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the current thread as doing ffi-check's own bookkeeping until the
-/// value drops: what it allocates meanwhile is internal and unchecked.
-pub(crate) struct Bookkeeping {
-    was: bool,
-}
-
-/// Starts a [`Bookkeeping`] section.
-#[inline]
-pub(crate) fn bookkeeping() -> Bookkeeping {
-    Bookkeeping {
-        was: GUARD.with(|g| g.replace(true)),
-    }
-}
-
-impl Drop for Bookkeeping {
-    #[inline]
-    fn drop(&mut self) {
-        let was = self.was;
-        GUARD.with(|g| g.set(was));
-    }
-}
-
-#[inline]
-fn guarded() -> bool {
-    GUARD.with(Cell::get)
-}
-
-/// True while the tracking allocator is reporting on this thread: the panic
-/// action must not unwind out of `dealloc`.
-pub(crate) fn in_allocator() -> bool {
-    IN_ALLOCATOR.with(Cell::get)
-}
-
-struct AllocatorReport {
-    was: bool,
-}
-
-fn allocator_report() -> AllocatorReport {
-    AllocatorReport {
-        was: IN_ALLOCATOR.with(|g| g.replace(true)),
-    }
-}
-
-impl Drop for AllocatorReport {
-    fn drop(&mut self) {
-        let was = self.was;
-        IN_ALLOCATOR.with(|g| g.set(was));
-    }
-}
 
 /// Checks on, without ever initialising the mode from the environment (the
 /// allocator may run before `main`, or while the environment lock is held):
@@ -130,610 +43,6 @@ impl Drop for AllocatorReport {
 #[inline(always)]
 fn checks_on_raw() -> bool {
     crate::mode::COMPILED_IN && crate::mode::raw_mode() != 0
-}
-
-// ---------------------------------------------------------------------------
-// The page map: for each 4 KiB page, how many of our headers are on it.
-
-const PAGE_SHIFT: usize = 12;
-const LEAF_BITS: usize = 18;
-const ROOT_BITS: usize = 48 - PAGE_SHIFT - LEAF_BITS;
-const LEAF_LEN: usize = 1 << LEAF_BITS;
-
-static ROOT: [AtomicPtr<AtomicU16>; 1 << ROOT_BITS] =
-    [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
-
-#[inline(always)]
-fn leaf_slot(addr: usize) -> Option<(usize, usize)> {
-    let page = addr >> PAGE_SHIFT;
-    let root = page >> LEAF_BITS;
-    (root < ROOT.len()).then_some((root, page & (LEAF_LEN - 1)))
-}
-
-#[inline(always)]
-fn page_count(addr: usize) -> Option<&'static AtomicU16> {
-    let (root, i) = leaf_slot(addr)?;
-    let leaf = ROOT[root].load(Ordering::Acquire);
-    if leaf.is_null() {
-        return None;
-    }
-    // SAFETY: a non-null leaf is a live, never-freed array of LEAF_LEN
-    // counters, and i < LEAF_LEN.
-    Some(unsafe { &*leaf.add(i) })
-}
-
-#[cold]
-fn create_leaf(root: usize) -> Option<&'static AtomicPtr<AtomicU16>> {
-    let bytes = LEAF_LEN * std::mem::size_of::<AtomicU16>();
-    // Zeroed pages are valid `AtomicU16`s.
-    let fresh = map_anonymous(bytes)?;
-    let slot = &ROOT[root];
-    if slot
-        .compare_exchange(
-            ptr::null_mut(),
-            fresh.cast(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: the mapping was never published; another thread's won.
-        unsafe { libc::munmap(fresh, bytes) };
-    }
-    Some(slot)
-}
-
-/// Fresh zeroed memory straight from the kernel: no allocator is involved,
-/// so the allocator's own tables can never recurse into it.
-fn map_anonymous(bytes: usize) -> Option<*mut libc::c_void> {
-    // SAFETY: an anonymous private mapping of `bytes`, owned by the caller.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then_some(p)
-}
-
-#[inline]
-fn page_count_or_create(addr: usize) -> Option<&'static AtomicU16> {
-    if let Some(c) = page_count(addr) {
-        return Some(c);
-    }
-    let (root, _) = leaf_slot(addr)?;
-    create_leaf(root)?;
-    page_count(addr)
-}
-
-// ---------------------------------------------------------------------------
-// Headers.
-
-#[inline(always)]
-fn meta_of(size: usize, align: usize, st: usize) -> usize {
-    size | ((align.trailing_zeros() as usize) << ALIGN_SHIFT) | (st << STATE_SHIFT)
-}
-
-#[inline(always)]
-fn meta_size(meta: usize) -> usize {
-    meta & SIZE_MASK
-}
-
-#[inline(always)]
-fn meta_align(meta: usize) -> usize {
-    1 << ((meta >> ALIGN_SHIFT) & 0xff)
-}
-
-#[inline(always)]
-fn meta_state(meta: usize) -> usize {
-    meta >> STATE_SHIFT
-}
-
-/// `meta` with the FREED state added.
-#[inline(always)]
-fn freed_meta(meta: usize) -> usize {
-    meta | (state::FREED << STATE_SHIFT)
-}
-
-/// The header words of the block at `p`: meta, then identity.
-///
-/// # Safety
-/// `p - HDR .. p` is mapped: a header of ours is on its page.
-#[inline(always)]
-unsafe fn words(p: usize) -> (&'static AtomicUsize, &'static AtomicUsize) {
-    let h = p.wrapping_sub(HDR) as *const AtomicUsize;
-    // SAFETY: the caller vouches the 16 bytes are mapped; they are aligned
-    // (p is 16-aligned), and only ever accessed atomically by ffi-check.
-    unsafe { (&*h, &*h.add(1)) }
-}
-
-/// The meta word of the block that starts at `p`, if ffi-check's allocator
-/// made it (and has not given it back).
-#[inline(always)]
-fn header(p: usize) -> Option<usize> {
-    if p & (HDR - 1) != 0 || p < HDR {
-        return None;
-    }
-    let count = page_count(p - HDR)?;
-    if count.load(Ordering::Relaxed) == 0 {
-        return None;
-    }
-    // SAFETY: a header of ours lives on this page, so the page is mapped
-    // (its block is still allocated from the inner allocator).
-    let (meta, id) = unsafe { words(p) };
-    if id.load(Ordering::Acquire) != p ^ KEY {
-        return None;
-    }
-    Some(meta.load(Ordering::Acquire))
-}
-
-fn widen(p: usize, size: usize) {
-    if p < HEAP_LO.load(Ordering::Relaxed) {
-        HEAP_LO.fetch_min(p, Ordering::Relaxed);
-    }
-    let end = p.saturating_add(size.max(1));
-    if end > HEAP_HI.load(Ordering::Relaxed) {
-        HEAP_HI.fetch_max(end, Ordering::Relaxed);
-    }
-}
-
-/// Writes the header of a fresh block. False when the page map cannot
-/// cover it (the caller then gives the memory back).
-#[inline]
-fn install(p: usize, size: usize, align: usize, st: usize) -> bool {
-    let Some(count) = page_count_or_create(p - HDR) else {
-        return false;
-    };
-    // SAFETY: the 16 bytes before p are the block's own header space.
-    let (meta, id) = unsafe { words(p) };
-    meta.store(meta_of(size, align, st), Ordering::Relaxed);
-    id.store(p ^ KEY, Ordering::Release);
-    count.fetch_add(1, Ordering::Relaxed);
-    if st != state::INTERNAL {
-        widen(p, size);
-        if !INSTALLED.load(Ordering::Relaxed) {
-            INSTALLED.store(true, Ordering::Relaxed);
-        }
-    }
-    true
-}
-
-/// Erases the header of a block about to go back to the inner allocator.
-#[inline]
-fn uninstall(p: usize) {
-    // SAFETY: the block is still allocated, so its header is mapped.
-    let (_, id) = unsafe { words(p) };
-    id.store(0, Ordering::Release);
-    if let Some(count) = page_count(p - HDR) {
-        count.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn inner_layout(size: usize, align: usize) -> Option<(Layout, usize)> {
-    if size > SIZE_MASK {
-        return None;
-    }
-    let h = align.max(HDR);
-    let total = size.checked_add(h)?;
-    Layout::from_size_align(total, h).ok().map(|l| (l, h))
-}
-
-/// What the allocator knows of a block, for the checks and the reports.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Block {
-    pub start: usize,
-    pub size: usize,
-    pub align: usize,
-    pub freed: bool,
-    /// Known to the registry (pinned or retained once, or a wrapper's box).
-    pub promoted: bool,
-}
-
-impl Block {
-    /// Could hold an aligned pointer (its layout's alignment says so).
-    pub(crate) fn may_hold_pointers(&self) -> bool {
-        crate::scan::may_hold_pointers(self.align, self.size)
-    }
-}
-
-/// The user block of the tracking allocator that starts at `addr`, live or
-/// waiting in the quarantine. `None` for anything else (the allocator is not
-/// installed, `addr` is inside a block, or not a heap block of ours).
-#[inline]
-pub(crate) fn block_at(addr: usize) -> Option<Block> {
-    if !INSTALLED.load(Ordering::Relaxed)
-        || addr < HEAP_LO.load(Ordering::Relaxed)
-        || addr >= HEAP_HI.load(Ordering::Relaxed)
-    {
-        return None;
-    }
-    let meta = header(addr)?;
-    let st = meta_state(meta);
-    if st & state::INTERNAL != 0 {
-        return None;
-    }
-    Some(Block {
-        start: addr,
-        size: meta_size(meta),
-        align: meta_align(meta),
-        freed: st & state::FREED != 0,
-        promoted: st & state::PROMOTED != 0,
-    })
-}
-
-/// The bounds of every user block ever allocated (`lo >= hi` when none), for
-/// the scan's pre-filter.
-#[inline]
-pub(crate) fn heap_bounds() -> (usize, usize) {
-    if !INSTALLED.load(Ordering::Relaxed) {
-        return (usize::MAX, 0);
-    }
-    (
-        HEAP_LO.load(Ordering::Relaxed),
-        HEAP_HI.load(Ordering::Relaxed),
-    )
-}
-
-/// For the pointer scan: `addr` is the start of a live, unpinned heap block
-/// that the registry does not know (a promoted one is the registry's).
-#[inline]
-pub(crate) fn unpinned_block_at(addr: usize) -> bool {
-    if !INSTALLED.load(Ordering::Relaxed) {
-        return false;
-    }
-    match header(addr) {
-        Some(meta) => meta_state(meta) & (state::INTERNAL | state::FREED | state::PROMOTED) == 0,
-        None => false,
-    }
-}
-
-/// Makes the live heap block at `addr` known to the registry (the first time
-/// it is pinned or retained), so pins, retains, interior pointers and rule P3
-/// apply to it. Without the allocator this is one load; a block already
-/// known costs a header read, no locked instruction.
-pub(crate) fn promote(addr: usize, site: Option<Site>) {
-    let Some(block) = block_at(addr) else {
-        return;
-    };
-    if block.freed || block.promoted {
-        return;
-    }
-    // SAFETY: block_at found our header at addr, so it is mapped.
-    let (meta, _) = unsafe { words(addr) };
-    let old = meta.fetch_or(state::PROMOTED << STATE_SHIFT, Ordering::AcqRel);
-    if meta_state(old) & state::PROMOTED != 0 {
-        return;
-    }
-    let _g = bookkeeping();
-    registry::insert(registry::NewRegion {
-        start: addr,
-        size: block.size,
-        kind: RegionKind::Managed,
-        family: 0,
-        flags: if block.may_hold_pointers() {
-            flags::HOLDS_POINTERS
-        } else {
-            0
-        },
-        site,
-        type_name: None,
-    });
-}
-
-// ---------------------------------------------------------------------------
-// Blocks lent to C as `*mut` (candidates for an `into_raw` hand-over).
-
-struct Lent {
-    addr: usize,
-    site: Option<Site>,
-    callee: &'static str,
-}
-
-static LENT: Mutex<Vec<Lent>> = Mutex::new(Vec::new());
-
-/// Notes that the live block at `addr` was passed to C as a `*mut` pointer
-/// (what `Box::into_raw` and `CString::into_raw` produce). Once per block.
-pub(crate) fn note_lent_mut(addr: usize, callee: &'static str, site: Site) {
-    // A block lent before is known: one load, no locked instruction.
-    match header(addr) {
-        Some(meta) if meta_state(meta) & (state::LENT | state::INTERNAL | state::FREED) == 0 => {}
-        _ => return,
-    }
-    // SAFETY: header() found ours at addr.
-    let (meta, _) = unsafe { words(addr) };
-    let old = meta.fetch_or(state::LENT << STATE_SHIFT, Ordering::AcqRel);
-    if meta_state(old) & (state::LENT | state::INTERNAL | state::FREED) != 0 {
-        return;
-    }
-    let _g = bookkeeping();
-    let mut lent = LENT.lock().unwrap_or_else(|e| e.into_inner());
-    if lent.len() >= 1024 && lent.len().is_power_of_two() {
-        // Forget blocks that were freed since (their header is gone or no
-        // longer lent), so the list tracks live hand-overs only.
-        lent.retain(|l| still_lent(l.addr));
-    }
-    lent.push(Lent {
-        addr,
-        site: Some(site),
-        callee,
-    });
-}
-
-fn still_lent(addr: usize) -> bool {
-    header(addr).is_some_and(|m| {
-        let st = meta_state(m);
-        st & state::LENT != 0 && st & state::FREED == 0
-    })
-}
-
-/// A Rust heap block that was passed to C as a `*mut` pointer and is still
-/// live: if C took ownership (`Box::into_raw`, `CString::into_raw`), nothing
-/// will ever free it unless C hands it back.
-#[derive(Clone, Debug)]
-pub struct HandedToC {
-    /// Start address.
-    pub addr: usize,
-    /// Size in bytes.
-    pub size: usize,
-    /// The C function it was first passed to.
-    pub callee: &'static str,
-    /// The `call!` that passed it.
-    pub site: Option<Site>,
-}
-
-/// The live blocks lent to C as `*mut`, oldest first.
-pub(crate) fn handed_to_c() -> Vec<HandedToC> {
-    let _g = bookkeeping();
-    let lent = LENT.lock().unwrap_or_else(|e| e.into_inner());
-    lent.iter()
-        .filter(|l| still_lent(l.addr))
-        .filter_map(|l| {
-            let b = block_at(l.addr)?;
-            Some(HandedToC {
-                addr: l.addr,
-                size: b.size,
-                callee: l.callee,
-                site: l.site,
-            })
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// The quarantine.
-
-const SHARDS: usize = 16;
-
-struct Entry {
-    p: usize,
-    site: Option<Site>,
-    trace: Option<Box<Backtrace>>,
-}
-
-struct Ring {
-    buf: *mut Entry,
-    cap: usize,
-    head: usize,
-    len: usize,
-    bytes: usize,
-}
-
-// SAFETY: the ring's buffer is owned by the ring and only reached through
-// the mutex around it.
-unsafe impl Send for Ring {}
-
-impl Ring {
-    const EMPTY: Ring = Ring {
-        buf: ptr::null_mut(),
-        cap: 0,
-        head: 0,
-        len: 0,
-        bytes: 0,
-    };
-
-    fn ensure(&mut self, cap: usize) -> bool {
-        if !self.buf.is_null() {
-            return true;
-        }
-        let Some(buf) = map_anonymous(cap * std::mem::size_of::<Entry>()) else {
-            return false;
-        };
-        self.buf = buf.cast();
-        self.cap = cap;
-        true
-    }
-
-    fn push(&mut self, e: Entry) {
-        let i = (self.head + self.len) % self.cap;
-        // SAFETY: i < cap and the slot is vacant (len < cap).
-        unsafe { self.buf.add(i).write(e) };
-        self.len += 1;
-    }
-
-    fn pop(&mut self) -> Option<Entry> {
-        if self.len == 0 {
-            return None;
-        }
-        // SAFETY: the slot at head holds an entry (len > 0); it is moved out
-        // and the slot becomes vacant.
-        let e = unsafe { self.buf.add(self.head).read() };
-        self.head = (self.head + 1) % self.cap;
-        self.len -= 1;
-        Some(e)
-    }
-
-    fn find(&self, p: usize) -> Option<&Entry> {
-        (0..self.len).rev().find_map(|k| {
-            // SAFETY: the k-th entry from head is occupied.
-            let e = unsafe { &*self.buf.add((self.head + k) % self.cap) };
-            (e.p == p).then_some(e)
-        })
-    }
-}
-
-static QUARANTINE: [Mutex<Ring>; SHARDS] = [const { Mutex::new(Ring::EMPTY) }; SHARDS];
-
-/// Freed blocks a thread collects before it takes its shard's lock once for
-/// all of them (mode 1, without event backtraces).
-const BATCH: usize = 32;
-
-thread_local! {
-    static PENDING_P: [Cell<usize>; BATCH] = const { [const { Cell::new(0) }; BATCH] };
-    static PENDING_SITE: [Cell<Option<Site>>; BATCH] = const { [const { Cell::new(None) }; BATCH] };
-    static PENDING_LEN: Cell<usize> = const { Cell::new(0) };
-    /// 0: not asked yet; 1: batching, the flusher is registered; 2: no
-    /// batching on this thread (registering, or the thread is ending).
-    static BATCHING: Cell<u8> = const { Cell::new(0) };
-    /// Its destructor hands the pending blocks of an ending thread over.
-    static FLUSHER: Flusher = const { Flusher };
-}
-
-/// Blocks that ended threads left pending, adopted by the next push.
-static ORPHANS: Mutex<Vec<(usize, Option<Site>)>> = Mutex::new(Vec::new());
-static HAS_ORPHANS: AtomicBool = AtomicBool::new(false);
-
-struct Flusher;
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        BATCHING.with(|b| b.set(2));
-        let n = PENDING_LEN.with(|l| l.replace(0));
-        if n == 0 {
-            return;
-        }
-        let _g = bookkeeping();
-        let mut orphans = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
-        PENDING_P.with(|ps| {
-            PENDING_SITE.with(|ss| {
-                for i in 0..n {
-                    orphans.push((ps[i].get(), ss[i].get()));
-                }
-            })
-        });
-        HAS_ORPHANS.store(true, Ordering::Relaxed);
-    }
-}
-
-/// What [`batch`] did with a freed block.
-enum Batch {
-    /// It waits in this thread's batch.
-    Added,
-    /// The batch is full: the caller pushes the whole batch
-    /// (`PENDING_*[..BATCH]`, now emptied) and the block under one lock.
-    Full,
-    /// No batching on this thread now: the caller pushes the block alone.
-    Unavailable,
-}
-
-/// Adds a freed block to this thread's pending batch.
-#[inline]
-fn batch(p: usize, site: Option<Site>) -> Batch {
-    match BATCHING.with(Cell::get) {
-        1 => {}
-        0 => {
-            // The first access registers the flusher's destructor (with the
-            // C library, not through Rust's allocator); frees meanwhile go
-            // straight to the shard.
-            BATCHING.with(|b| b.set(2));
-            if FLUSHER.try_with(|_| ()).is_err() {
-                return Batch::Unavailable;
-            }
-            BATCHING.with(|b| b.set(1));
-        }
-        _ => return Batch::Unavailable,
-    }
-    let n = PENDING_LEN.with(Cell::get);
-    if n == BATCH {
-        PENDING_LEN.with(|l| l.set(0));
-        return Batch::Full;
-    }
-    PENDING_P.with(|ps| ps[n].set(p));
-    PENDING_SITE.with(|ss| ss[n].set(site));
-    PENDING_LEN.with(|l| l.set(n + 1));
-    Batch::Added
-}
-
-/// This thread's pending entry for `p`, if any.
-fn pending_site(p: usize) -> Option<Option<Site>> {
-    let n = PENDING_LEN.with(Cell::get);
-    PENDING_P.with(|ps| {
-        (0..n)
-            .rev()
-            .find(|&i| ps[i].get() == p)
-            .map(|i| PENDING_SITE.with(|ss| ss[i].get()))
-    })
-}
-
-#[inline]
-fn my_shard() -> usize {
-    let a = GUARD.with(|g| g as *const Cell<bool> as usize);
-    (a >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - 4)
-}
-
-/// Where a quarantined block was freed: the call site and the backtrace, as
-/// far as they were recorded.
-fn free_record(p: usize) -> (Option<Site>, Option<Backtrace>) {
-    if let Some(site) = pending_site(p) {
-        return (site, None);
-    }
-    let _g = bookkeeping();
-    for shard in &QUARANTINE {
-        let ring = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = ring.find(p) {
-            return (e.site, e.trace.as_deref().cloned());
-        }
-    }
-    (None, None)
-}
-
-/// The description of the block at `block.start` for a report.
-pub(crate) fn detail(block: Block) -> RegionDetail {
-    let (free_site, free_trace) = if block.freed {
-        free_record(block.start)
-    } else {
-        (None, None)
-    };
-    RegionDetail {
-        start: block.start,
-        size: block.size,
-        kind: RegionKind::Managed,
-        state: if block.freed {
-            RegionState::Freed
-        } else {
-            RegionState::Live
-        },
-        pins: 0,
-        retains: 0,
-        type_name: None,
-        family: 0,
-        alloc_site: None,
-        alloc_trace: None,
-        free_site,
-        free_trace,
-        pin_site: None,
-        pin_trace: None,
-        retain_site: None,
-        retain_trace: None,
-        leak_reason: None,
-    }
-}
-
-/// Adds the heap block at `start` to a report, from the registry when it
-/// knows the block and from the allocator otherwise.
-pub(crate) fn region_for_report(v: Violation, role: &'static str, start: usize) -> Violation {
-    if let Some(d) = registry::detail(start) {
-        return v.region(crate::report::ReportRegion::new(role, d));
-    }
-    match block_at(start) {
-        Some(b) => v
-            .region(crate::report::ReportRegion::new(role, detail(b)))
-            .note("the region is a Rust heap block (tracking allocator)".into()),
-        None => v,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1016,7 +325,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let (m, _) = unsafe { words(p) };
         let freed = freed_meta(meta);
         m.store(freed, Ordering::Release);
-        let site = crate::call::current_call().map(|(_, s)| s);
+        let site = crate::frame::current_call().map(|(_, s)| s);
         // SAFETY: the block is ours, now FREED, and unused by its owner.
         unsafe { self.quarantine_block(p, freed, site) };
     }
@@ -1039,7 +348,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             m.store(freed, Ordering::Release);
             return;
         }
-        let site = crate::call::current_call().map(|(_, s)| s);
+        let site = crate::frame::current_call().map(|(_, s)| s);
         registry::mark_freed(p, None, site, registry::Release::Nothing);
         m.store(freed, Ordering::Release);
         // SAFETY: the block is ours, now FREED, and unused by its owner.
@@ -1062,9 +371,12 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 )
                 .note("the block was already freed by Rust's allocator".into());
                 if let Some(b) = block {
-                    v = v.region(crate::report::ReportRegion::new("freed twice", detail(b)));
+                    v = v.region(crate::report::ReportRegion::new(
+                        "freed twice",
+                        crate::report::heap_detail(b),
+                    ));
                 }
-                emit(v.with_site(crate::call::current_call().map(|(_, s)| s)));
+                emit(v.with_site(crate::frame::current_call().map(|(_, s)| s)));
             }
             _ => {
                 let c = registry::lookup_for_free(p).filter(|r| r.kind == RegionKind::C);
@@ -1076,7 +388,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                     Some(r) => v
                         .note(format!(
                             "allocated by C (`{}`), freed by Rust's allocator: C memory goes back to C's deallocator",
-                            crate::cbox::family_name(r.family)
+                            crate::family::family_name(r.family)
                         ))
                         .region_at("C region", r.start),
                     None => v.note(format!(
@@ -1215,47 +527,6 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             }
         }
         fresh
-    }
-}
-
-/// `c_free` (or `ffi_check_free`) of `ptr`: when it is a Rust heap block of
-/// the tracking allocator, C must not free it. Reports `InvalidFree` and
-/// returns true (the caller must then leave the memory alone).
-pub(crate) fn c_free_of_rust_block(ptr: usize, api: &'static str, site: Option<Site>) -> bool {
-    let Some(b) = block_at(ptr) else {
-        return false;
-    };
-    let _g = bookkeeping();
-    let v = Violation::new(
-        ViolationKind::InvalidFree,
-        format!("{} (`{api}`)", crate::report::msg::FREE_MANAGED),
-    )
-    .note(format!(
-        "allocated by Rust's allocator, freed with `{api}` (C): Rust memory is freed by Rust ({})",
-        if b.freed {
-            "and Rust already freed this block"
-        } else {
-            "take it back with `CString::from_raw` or `Box::from_raw` and drop it"
-        }
-    ))
-    .with_site(site);
-    emit(region_for_report(v, "Rust heap block", b.start));
-    true
-}
-
-/// The registry now knows the managed region at `start` (a `Managed` or
-/// `Pinned` box): the pointer scan must ask the registry about it, not the
-/// header.
-pub(crate) fn mark_registered(start: usize) {
-    if !INSTALLED.load(Ordering::Relaxed) {
-        return;
-    }
-    if let Some(meta) = header(start) {
-        if meta_state(meta) & (state::LIVE | state::PROMOTED) == state::LIVE {
-            // SAFETY: header() found ours at start.
-            let (m, _) = unsafe { words(start) };
-            m.fetch_or(state::PROMOTED << STATE_SHIFT, Ordering::AcqRel);
-        }
     }
 }
 

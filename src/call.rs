@@ -12,39 +12,20 @@
 //! The fast path of every argument is inline and ends after one branch on a
 //! flag read once per call; the checks themselves are out of line.
 
-use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
 use std::ptr::NonNull;
 
 use crate::cbox::CBox;
+use crate::frame::{self, callee_name, Frame};
 use crate::managed::Managed;
 use crate::mode::{checks_on, COMPILED_IN};
 use crate::pin::Pinned;
 use crate::registry::{self, flags, RegionKind, RegionState};
-use crate::report::{emit, msg, write_stderr, Violation, ViolationKind};
+use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::scan::find_unpinned;
 use crate::site::Site;
-
-thread_local! {
-    /// The checked call this thread is inside (a pointer to its `Call` on
-    /// the stack, null outside any), so that what C does during it (a
-    /// retain) can name it. One word: the hot path writes it twice per call.
-    static CURRENT: Cell<*const Call> = const { Cell::new(std::ptr::null()) };
-}
-
-/// The call this thread is in, if any: the callee's name and the call site.
-pub(crate) fn current_call() -> Option<(&'static str, Site)> {
-    let call = CURRENT.try_with(|c| c.get()).ok()?;
-    if call.is_null() {
-        return None;
-    }
-    // SAFETY: CURRENT is only ever set by `Call::enter` to a `Call` that
-    // stays in place until its drop, which restores the previous value; it
-    // is read only on this thread, so a non-null value is a live `Call`.
-    let call = unsafe { &*call };
-    Some((callee_name(call.callee), call.site))
-}
+use crate::stderr::write_stderr;
 
 /// True when `call!` takes its checked path: one relaxed load.
 #[doc(hidden)]
@@ -58,13 +39,12 @@ pub fn checking() -> bool {
 /// counter for reports.
 #[doc(hidden)]
 pub struct Call {
-    callee: &'static str,
-    site: Site,
+    frame: Frame,
     arg: u32,
     entered: bool,
     /// Mode 2, outermost call: C memory is scanned before and after it.
     scans: bool,
-    prev: *const Call,
+    prev: *const Frame,
 }
 
 impl Call {
@@ -74,8 +54,10 @@ impl Call {
     #[inline(always)]
     pub fn new(callee: &'static str) -> Call {
         Call {
-            callee,
-            site: Site::caller(),
+            frame: Frame {
+                callee,
+                site: Site::caller(),
+            },
             arg: 0,
             entered: false,
             scans: false,
@@ -87,15 +69,15 @@ impl Call {
     /// `Call` is in its final place.
     #[inline(always)]
     pub fn enter(&mut self) {
-        let me: *const Call = self;
-        if let Ok(prev) = CURRENT.try_with(|c| c.replace(me)) {
+        let me: *const Frame = &self.frame;
+        if let Some(prev) = frame::enter(me) {
             self.prev = prev;
             self.entered = true;
             // Mode 2 scans around the outermost call only: during it, C may
             // hold what the outer call lent it.
             if prev.is_null() && crate::mode::full() {
                 self.scans = true;
-                crate::roots::before_call(self.callee, self.site);
+                crate::roots::before_call(self.frame.callee, self.frame.site);
             }
         }
     }
@@ -148,7 +130,7 @@ impl Call {
     #[inline(never)]
     fn check_raw(&self, addr: usize, mutable: bool) {
         let Some(r) = registry::lookup(addr) else {
-            if let Some(block) = crate::alloc::block_at(addr) {
+            if let Some(block) = crate::heap::block_at(addr) {
                 self.check_heap_block(block, mutable);
             }
             return;
@@ -167,18 +149,22 @@ impl Call {
     }
 
     /// A block of the tracking allocator that the registry does not know.
-    fn check_heap_block(&self, block: crate::alloc::Block, mutable: bool) {
+    fn check_heap_block(&self, block: crate::heap::Block, mutable: bool) {
         if block.freed {
             return self.report_freed(block.start, block.start);
         }
-        if block.may_hold_pointers() {
+        if crate::scan::may_hold_pointers(block.align, block.size) {
             // SAFETY: a live heap block, lent for the call by its owner.
             if let Some((offset, target)) = unsafe { find_unpinned(block.start, block.size) } {
                 self.report_nested(block.start, offset, target);
             }
         }
         if mutable {
-            crate::alloc::note_lent_mut(block.start, callee_name(self.callee), self.site);
+            crate::heap::note_lent_mut(
+                block.start,
+                callee_name(self.frame.callee),
+                self.frame.site,
+            );
         }
     }
 
@@ -190,15 +176,15 @@ impl Call {
                 format!(
                     "argument {} of `{}` {}",
                     self.arg,
-                    callee_name(self.callee),
+                    callee_name(self.frame.callee),
                     msg::UNPINNED_NESTED
                 ),
             )
             .note(format!(
                 "the nested pointer is at offset {offset} of the lent memory"
             ))
-            .with_callee(Some(callee_name(self.callee)))
-            .with_site(Some(self.site))
+            .with_callee(Some(callee_name(self.frame.callee)))
+            .with_site(Some(self.frame.site))
             .region_at_any("lent", lent)
             .region_at_any("points to", target),
         );
@@ -212,7 +198,7 @@ impl Call {
                 format!(
                     "argument {} of `{}` {}",
                     self.arg,
-                    callee_name(self.callee),
+                    callee_name(self.frame.callee),
                     msg::USE_AFTER_FREE_ARG
                 ),
             )
@@ -220,8 +206,8 @@ impl Call {
                 "the pointer is {} bytes into the freed region",
                 addr - start
             ))
-            .with_callee(Some(callee_name(self.callee)))
-            .with_site(Some(self.site))
+            .with_callee(Some(callee_name(self.frame.callee)))
+            .with_site(Some(self.frame.site))
             .region_at_any("freed region", start),
         );
     }
@@ -232,9 +218,9 @@ impl Drop for Call {
     fn drop(&mut self) {
         if self.entered {
             let prev = self.prev;
-            let _ = CURRENT.try_with(|c| c.set(prev));
+            frame::leave(prev);
             if self.scans {
-                crate::roots::after_call(self.callee, self.site);
+                crate::roots::after_call(self.frame.callee, self.frame.site);
             }
         }
     }
@@ -594,7 +580,7 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
         return;
     }
     let Some(r) = registry::lookup(addr) else {
-        if let Some(block) = crate::alloc::block_at(addr) {
+        if let Some(block) = crate::heap::block_at(addr) {
             report_returned_heap_block(block, callback, site);
         }
         return;
@@ -651,7 +637,7 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
 /// registry does not know: freed, or live and unpinned (a pinned one would
 /// be in the registry).
 #[cold]
-fn report_returned_heap_block(block: crate::alloc::Block, callback: &'static str, site: Site) {
+fn report_returned_heap_block(block: crate::heap::Block, callback: &'static str, site: Site) {
     let (kind, what, role) = if block.freed {
         (
             ViolationKind::UseAfterFree,
@@ -671,13 +657,6 @@ fn report_returned_heap_block(block: crate::alloc::Block, callback: &'static str
             .with_site(Some(site))
             .region_at_any(role, block.start),
     );
-}
-
-/// The callee's own name from the path `call!` was given (`ffi :: png_write`
-/// gives `png_write`), as cgocheck names the C function. Done only when a
-/// report needs it: the call path carries the path as the macro wrote it.
-pub(crate) fn callee_name(path: &'static str) -> &'static str {
-    path.rsplit("::").next().map_or(path, str::trim)
 }
 
 /// The name of the function a `callback!` sits in, from the type name of a

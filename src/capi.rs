@@ -10,11 +10,13 @@
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int};
 
-use crate::cbox::{check_free, free_through_checks, Deallocator, Verdict, FAMILY_MALLOC};
+use crate::cbox::{check_free, free_through_checks, Deallocator, Verdict};
+use crate::family::FAMILY_MALLOC;
 use crate::mode::checks_on;
 use crate::registry::{self, NewRegion, RegionKind};
-use crate::report::{enter_callback, write_stderr};
+use crate::report::enter_callback;
 use crate::site::Site;
+use crate::stderr::write_stderr;
 
 /// Runs `f` with the guarantees C needs: a panic action aborts instead of
 /// unwinding, and any panic inside the checker aborts with a message.

@@ -9,8 +9,8 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::os::raw::c_char;
 use std::ptr::NonNull;
-use std::sync::RwLock;
 
+use crate::family::{family_name, family_of_deallocator, FAMILY_MALLOC};
 use crate::mode::{checks_on, COMPILED_IN};
 use crate::registry::{self, flags, NewRegion, RegionKind, RegionState, Release};
 use crate::report::{emit, msg, Violation, ViolationKind};
@@ -71,48 +71,11 @@ impl fmt::Debug for Deallocator {
     }
 }
 
-/// Family numbers: 0 is libc's malloc/free, 1 is Rust's allocator (managed
-/// memory), 2.. are deallocators registered on first use.
-pub(crate) const FAMILY_MALLOC: u8 = 0;
-pub(crate) const FAMILY_RUST: u8 = 1;
-
-static FAMILIES: RwLock<Vec<(&'static str, usize)>> = RwLock::new(Vec::new());
-
 fn family_of(d: &Deallocator) -> u8 {
     if d.is_libc() {
         return FAMILY_MALLOC;
     }
-    let addr = d.free as *const () as usize;
-    {
-        let fams = FAMILIES.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = fams.iter().position(|(_, a)| *a == addr) {
-            return (i + 2) as u8;
-        }
-    }
-    let mut fams = FAMILIES.write().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = fams.iter().position(|(_, a)| *a == addr) {
-        return (i + 2) as u8;
-    }
-    if fams.len() >= 253 {
-        // More distinct deallocators than any program has; fold the rest
-        // into the last slot rather than fail.
-        return 254;
-    }
-    fams.push((d.name, addr));
-    (fams.len() + 1) as u8
-}
-
-/// The name of an allocator family, for reports.
-pub(crate) fn family_name(family: u8) -> &'static str {
-    match family {
-        FAMILY_MALLOC => "malloc",
-        FAMILY_RUST => "Rust's allocator",
-        n => FAMILIES
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(usize::from(n) - 2)
-            .map_or("a C allocator", |(name, _)| *name),
-    }
+    family_of_deallocator(d.name, d.free as *const () as usize)
 }
 
 /// What a free should do after its check.
@@ -144,7 +107,7 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
     }
     let Some(r) = registry::lookup_for_free(ptr) else {
         // A Rust heap block (tracking allocator) handed to C's `free`.
-        if crate::alloc::c_free_of_rust_block(ptr, api, site) {
+        if c_free_of_rust_block(ptr, api, site) {
             return Verdict::Skip;
         }
         // Memory the checker never saw: C's own allocations that were not
@@ -294,6 +257,31 @@ pub(crate) unsafe fn free_through_checks(
     let verdict = check_free(ptr as usize, dealloc.family(), dealloc.name, site);
     // SAFETY: forwarded contract; the check found no record saying otherwise.
     unsafe { free_checked(ptr, verdict, dealloc, site) }
+}
+
+/// `c_free` (or `ffi_check_free`) of `ptr`: when it is a Rust heap block of
+/// the tracking allocator, C must not free it. Reports `InvalidFree` and
+/// returns true (the caller must then leave the memory alone).
+fn c_free_of_rust_block(ptr: usize, api: &'static str, site: Option<Site>) -> bool {
+    let Some(b) = crate::heap::block_at(ptr) else {
+        return false;
+    };
+    let _g = crate::bookkeeping::bookkeeping();
+    let v = Violation::new(
+        ViolationKind::InvalidFree,
+        format!("{} (`{api}`)", msg::FREE_MANAGED),
+    )
+    .note(format!(
+        "allocated by Rust's allocator, freed with `{api}` (C): Rust memory is freed by Rust ({})",
+        if b.freed {
+            "and Rust already freed this block"
+        } else {
+            "take it back with `CString::from_raw` or `Box::from_raw` and drop it"
+        }
+    ))
+    .with_site(site);
+    emit(v.region_at_any("Rust heap block", b.start));
+    true
 }
 
 /// What `ptr` is when it certainly did not come from a heap allocator: the

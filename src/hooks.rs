@@ -94,12 +94,13 @@
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int, c_uint};
 
-use crate::call::current_call;
 use crate::cbox::{check_free, free_checked, Deallocator, Verdict};
+use crate::frame::current_call;
 use crate::mode::checks_on;
 use crate::registry::{self, NewRegion, RegionKind, RegionState};
-use crate::report::{enter_callback, write_stderr};
+use crate::report::enter_callback;
 use crate::site::Site;
+use crate::stderr::write_stderr;
 
 // ---- families ------------------------------------------------------------
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::Once;
 
-use crate::alloc::HandedToC;
+use crate::heap::HandedToC;
 use crate::pin::{live_pinners, PinnerLeak};
 use crate::registry::{self, flags, RegionDetail, RegionKind, RegionState};
 use crate::report::{msg, render_backtrace, ReportRegion, Violation, ViolationKind};
@@ -281,7 +281,7 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
         pins,
         intended,
         handed: if scope.is_none() {
-            crate::alloc::handed_to_c()
+            crate::heap::handed_to_c()
         } else {
             Vec::new()
         },
@@ -335,23 +335,69 @@ impl LeakCheck {
     }
 }
 
+/// Runs `f` and panics with the full reports if any violation, or any new
+/// leak of C memory (or pin) on this thread, happened inside it.
+///
+/// ```
+/// let sum = ffi_check::assert_clean(|| {
+///     let b = ffi_check::CBox::new(41u32);
+///     *b + 1
+/// });
+/// assert_eq!(sum, 42);
+/// ```
+#[track_caller]
+pub fn assert_clean<R>(f: impl FnOnce() -> R) -> R {
+    let scope = LeakCheck::start();
+    let (r, violations) = crate::report::capture(f);
+    let leaks = scope.finish();
+    if violations.is_empty() && leaks.is_empty() {
+        return r;
+    }
+    let mut text = format!(
+        "ffi-check: assert_clean found {} violation(s) and {} leak group(s)\n",
+        violations.len(),
+        leaks.groups().len() + leaks.leaked_pins().len()
+    );
+    for v in &violations {
+        let _ = writeln!(text, "\n{v}");
+    }
+    if !leaks.is_empty() {
+        let _ = writeln!(text, "\n{leaks}");
+    }
+    panic!("{text}");
+}
+
 /// Installs the at-exit leak report when `FFI_CHECK_LEAKS=1` (once).
-pub(crate) fn install_exit_report_from_env() {
+fn install_exit_report_from_env() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if crate::mode::leaks_at_exit() {
+        if crate::mode::COMPILED_IN && crate::mode::leaks_at_exit() {
             // SAFETY: registering a plain extern "C" fn with atexit.
             unsafe { libc::atexit(exit_report) };
         }
     });
 }
 
+/// Registers the at-exit leak report before `main`, from the environment:
+/// the leak report sits above the configuration it follows, so it installs
+/// itself rather than being called up into from the mode's first read.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static INSTALL_EXIT_REPORT: extern "C" fn() = {
+    extern "C" fn install() {
+        // Never unwind out of a constructor.
+        let _ = std::panic::catch_unwind(install_exit_report_from_env);
+    }
+    install
+};
+
 extern "C" fn exit_report() {
     // Never unwind out of an atexit handler.
     let _ = std::panic::catch_unwind(|| {
         let report = leak_report();
         if !report.is_empty() {
-            crate::report::write_stderr(&format!("{report}\n"));
+            crate::stderr::write_stderr(&format!("{report}\n"));
         }
     });
 }

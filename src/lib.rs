@@ -241,11 +241,15 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod alloc;
+mod bookkeeping;
 mod call;
 mod capi;
 mod cbox;
 mod convert;
+mod family;
+mod frame;
 mod guard;
+mod heap;
 pub mod hooks;
 mod leak;
 mod managed;
@@ -259,21 +263,24 @@ mod report;
 mod roots;
 mod scan;
 mod site;
+mod stats;
+mod stderr;
 
-pub use alloc::{HandedToC, TrackingAllocator};
+pub use alloc::TrackingAllocator;
 pub use call::{unchecked, CArg, CReturn, Unchecked};
 pub use cbox::{
     c_adopt, c_adopt_with, c_free, c_free_with, c_malloc, intended_leak, CBox, Deallocator,
 };
 pub use convert::{bytes_from_c, slice_from_c, str_from_c, string_from_c, to_c, try_to_c, ToC};
-pub use leak::{leak_report, LeakCheck, LeakGroup, LeakReport, LeakedPin};
+pub use heap::HandedToC;
+pub use leak::{assert_clean, leak_report, LeakCheck, LeakGroup, LeakReport, LeakedPin};
 pub use managed::Managed;
 pub use mode::{
     action, mode, set_action, set_event_backtraces, set_mode, Action, Mode, COMPILED_IN,
 };
 pub use pin::{release, retain, Pinned, Pinner};
 pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};
-pub use report::{assert_clean, capture, stats, ReportRegion, Stats, Violation, ViolationKind};
+pub use report::{capture, stats, ReportRegion, Stats, Violation, ViolationKind};
 pub use roots::{add_root, remove_root, scan_c_memory, watch_library};
 pub use scan::PointerFree;
 pub use site::Site;

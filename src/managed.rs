@@ -6,7 +6,7 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
-use crate::cbox::FAMILY_RUST;
+use crate::family::FAMILY_RUST;
 use crate::mode::{checks_on, COMPILED_IN};
 use crate::registry::{self, flags, NewRegion, RegionKind, RegionState, Release};
 use crate::report::{emit, msg, Violation, ViolationKind};

@@ -143,7 +143,6 @@ pub(crate) fn full() -> bool {
 /// ```
 pub fn set_mode(mode: Mode) {
     MODE.store(mode as u8, Ordering::Relaxed);
-    crate::leak::install_exit_report_from_env();
 }
 
 /// The current action.
@@ -222,7 +221,6 @@ fn init_mode() -> Mode {
     });
     // Another thread may have called `set_mode` meanwhile: it wins.
     let _ = MODE.compare_exchange(UNINIT, v, Ordering::Relaxed, Ordering::Relaxed);
-    crate::leak::install_exit_report_from_env();
     mode()
 }
 
@@ -259,7 +257,7 @@ pub(crate) fn parse_env(name: &str, default: u8, parse: impl Fn(&str) -> Option<
 fn warn_malformed(name: &str, raw: &OsString) {
     // Each reader runs once per process (its result is cached), so this
     // prints once per variable.
-    crate::report::write_stderr(&format!(
+    crate::stderr::write_stderr(&format!(
         "ffi-check: ignoring malformed {name}={raw:?}; using the default\n"
     ));
 }

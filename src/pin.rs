@@ -16,8 +16,9 @@ use std::sync::Mutex;
 use crate::managed::{raw_pointer_methods, report_retained_at_free, Managed};
 use crate::mode::checks_on;
 use crate::registry::{self, flags, RegionKind, RegionState};
-use crate::report::{msg, PINS};
+use crate::report::msg;
 use crate::site::Site;
+use crate::stats::PINS;
 
 /// Pins managed memory so C may keep pointers to it until it is unpinned,
 /// like Go's `runtime.Pinner`. Everything it pinned is unpinned by
@@ -115,7 +116,7 @@ impl Pinner {
         let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
         // A heap block of the tracking allocator becomes known to the
         // registry the first time it is pinned.
-        crate::alloc::promote(addr, Some(site));
+        promote(addr, Some(site));
         let pinned = registry::update_containing(addr, |start, r| {
             if r.kind != RegionKind::Managed || r.state != RegionState::Live {
                 return None;
@@ -359,12 +360,12 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
     // A freed heap block the registry does not know (one it knows is
     // reported below, from its record).
-    if let Some(block) = crate::alloc::block_at(addr)
+    if let Some(block) = crate::heap::block_at(addr)
         .filter(|b| b.freed && (!b.promoted || registry::lookup(addr).is_none()))
     {
         return report_retained_freed(block.start, site);
     }
-    crate::alloc::promote(addr, site);
+    promote(addr, site);
     let outcome = registry::update_containing(addr, |start, r| {
         if r.state != RegionState::Live {
             return (start, r.state, r.kind, true);
@@ -384,9 +385,9 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
         return report_retained_freed(start, site);
     }
     if kind == RegionKind::Managed {
-        crate::report::RETAINS.fetch_add(1, Ordering::Relaxed);
+        crate::stats::RETAINS.fetch_add(1, Ordering::Relaxed);
         if unpinned {
-            let call = crate::call::current_call();
+            let call = crate::frame::current_call();
             let mut v = crate::report::Violation::new(
                 crate::ViolationKind::Retained,
                 match call {
@@ -416,7 +417,7 @@ fn report_retained_freed(start: usize, site: Option<Site>) {
             ),
         )
         .with_site(site)
-        .with_callee(crate::call::current_call().map(|c| c.0))
+        .with_callee(crate::frame::current_call().map(|c| c.0))
         .region_at_any("freed region", start),
     );
 }
@@ -435,7 +436,7 @@ pub(crate) fn release_at(addr: usize) {
         }
     });
     if released == Some(true) {
-        crate::report::RETAINS.fetch_sub(1, Ordering::Relaxed);
+        crate::stats::RETAINS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -457,4 +458,28 @@ pub fn retain<T: ?Sized>(ptr: *const T) {
 /// Declares that C no longer keeps `ptr` (what `ffi_check_release` says).
 pub fn release<T: ?Sized>(ptr: *const T) {
     release_at(ptr.cast::<u8>() as usize);
+}
+
+/// Makes the live heap block at `addr` known to the registry (the first time
+/// it is pinned or retained), so pins, retains, interior pointers and rule P3
+/// apply to it. Without the tracking allocator this is one load; a block
+/// already known costs a header read, no locked instruction.
+fn promote(addr: usize, site: Option<Site>) {
+    let Some(block) = crate::heap::try_promote(addr) else {
+        return;
+    };
+    let _g = crate::bookkeeping::bookkeeping();
+    registry::insert(registry::NewRegion {
+        start: addr,
+        size: block.size,
+        kind: RegionKind::Managed,
+        family: 0,
+        flags: if crate::scan::may_hold_pointers(block.align, block.size) {
+            registry::flags::HOLDS_POINTERS
+        } else {
+            0
+        },
+        site,
+        type_name: None,
+    });
 }

@@ -1333,7 +1333,7 @@ pub(crate) struct NewRegion {
 /// (freed regions whose memory was reused, or live records of memory that was
 /// freed behind the checker's back) are dropped.
 pub(crate) fn insert(new: NewRegion) -> u64 {
-    let _bookkeeping = crate::alloc::bookkeeping();
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     let id = new_id();
     let size = new.size.max(1);
     let end = new.start.saturating_add(size);
@@ -1360,7 +1360,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     };
     widen(&LO, &HI, new.start, size);
     if new.kind == RegionKind::Managed {
-        crate::alloc::mark_registered(new.start);
+        crate::heap::mark_registered(new.start);
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
     // Interned before the shard lock: the site table has its own.
@@ -1370,7 +1370,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     if !EVER_TRACKED.load(Ordering::Relaxed) {
         EVER_TRACKED.store(true, Ordering::Relaxed);
     }
-    crate::report::stats_region_created(new.kind, new.size);
+    crate::stats::region_created(new.kind == RegionKind::C, new.size);
     for old in &stale {
         forget_removed(old);
     }
@@ -1455,7 +1455,11 @@ fn widen(lo: &AtomicUsize, hi: &AtomicUsize, start: usize, size: usize) {
 }
 
 fn forget_removed(r: &Region) {
-    crate::report::stats_region_gone(r.kind, r.size, r.state == RegionState::Live);
+    crate::stats::region_gone(
+        r.kind == RegionKind::C,
+        r.size,
+        r.state == RegionState::Live,
+    );
 }
 
 // ---- lookups ------------------------------------------------------------------------
@@ -1825,7 +1829,7 @@ impl Drop for ScanReader {
 /// Runs `f` on the region that starts exactly at `start`, under its shard's
 /// lock. `f` must not call back into the registry.
 pub(crate) fn update<R>(start: usize, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
-    let _bookkeeping = crate::alloc::bookkeeping();
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     // Most updates are of regions that exist; a miss costs the lock anyway.
     let mut w = shard_of(start).write();
     let (b, i) = ShardInner::find_exact(start)?;
@@ -1840,7 +1844,7 @@ pub(crate) fn update_containing<R>(
     addr: usize,
     f: impl FnOnce(usize, &mut Region) -> R,
 ) -> Option<R> {
-    let _bookkeeping = crate::alloc::bookkeeping();
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     let info = lookup(addr)?;
     let mut w = shard_of(info.start).write();
     let (b, i) = ShardInner::find_exact(info.start)?;
@@ -1864,7 +1868,7 @@ pub(crate) fn mark_freed(
     site: Option<Site>,
     release: Release,
 ) -> Option<RegionInfo> {
-    let _bookkeeping = crate::alloc::bookkeeping();
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
     let mut w = shard_of(start).write();
     let Some((b, i)) = ShardInner::find_exact(start) else {
@@ -1927,7 +1931,7 @@ pub(crate) fn mark_freed(
         // memory. It is left alone (a leak, never a corruption).
     }
     drop(w);
-    crate::report::stats_region_freed(before.kind, before.size);
+    crate::stats::region_freed(before.kind == RegionKind::C, before.size);
     for (q, r) in evicted {
         forget_removed(&r);
         // SAFETY: the block left the quarantine: it was freed by its owner,
@@ -1939,7 +1943,7 @@ pub(crate) fn mark_freed(
 
 /// Forgets the region starting at `start` without quarantining it.
 pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
-    let _bookkeeping = crate::alloc::bookkeeping();
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     // Most removes of an untracked pointer (a mode-0 free) find nothing:
     // they are answered without the lock, and without changing the shard's
     // sequence number (which would void other threads' recent answers).

@@ -10,13 +10,14 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use backtrace::Backtrace;
 use once_cell::sync::OnceCell;
 
 use crate::registry::{RegionDetail, RegionKind, RegionState};
 use crate::site::Site;
+use crate::stderr::write_stderr;
 
 /// The kinds of violation, one per way of breaking a rule of SPEC §2.
 ///
@@ -279,7 +280,7 @@ impl ReportRegion {
     }
     /// The name of the allocator family that made it.
     pub fn allocator(&self) -> &'static str {
-        crate::cbox::family_name(self.detail.family)
+        crate::family::family_name(self.detail.family)
     }
 }
 
@@ -352,7 +353,15 @@ impl Violation {
     /// As [`region_at`](Self::region_at), and a heap block of the tracking
     /// allocator when the registry does not know `start`.
     pub(crate) fn region_at_any(self, role: &'static str, start: usize) -> Violation {
-        crate::alloc::region_for_report(self, role, start)
+        if let Some(d) = crate::registry::detail(start) {
+            return self.region(ReportRegion::new(role, d));
+        }
+        match crate::heap::block_at(start) {
+            Some(b) => self
+                .region(ReportRegion::new(role, heap_detail(b)))
+                .note("the region is a Rust heap block (tracking allocator)".into()),
+            None => self,
+        }
     }
     pub(crate) fn with_callee(mut self, callee: Option<&'static str>) -> Violation {
         self.0.callee = callee;
@@ -496,6 +505,40 @@ impl Violation {
     }
 }
 
+/// The description of a heap block of the tracking allocator that the
+/// registry does not know, for a report: what its header and the
+/// quarantine say.
+pub(crate) fn heap_detail(block: crate::heap::Block) -> RegionDetail {
+    let (free_site, free_trace) = if block.freed {
+        crate::heap::free_record(block.start)
+    } else {
+        (None, None)
+    };
+    RegionDetail {
+        start: block.start,
+        size: block.size,
+        kind: RegionKind::Managed,
+        state: if block.freed {
+            RegionState::Freed
+        } else {
+            RegionState::Live
+        },
+        pins: 0,
+        retains: 0,
+        type_name: None,
+        family: 0,
+        alloc_site: None,
+        alloc_trace: None,
+        free_site,
+        free_trace,
+        pin_site: None,
+        pin_trace: None,
+        retain_site: None,
+        retain_trace: None,
+        leak_reason: None,
+    }
+}
+
 fn site_plain(s: Site) -> String {
     match s.column() {
         Some(c) => format!("{}:{}:{}", s.file(), s.line(), c),
@@ -522,7 +565,7 @@ fn render_region(out: &mut String, r: &ReportRegion) {
         let _ = write!(out, ", retained x{} by C", d.retains);
     }
     if d.kind == RegionKind::C {
-        let _ = write!(out, ", from `{}`", crate::cbox::family_name(d.family));
+        let _ = write!(out, ", from `{}`", crate::family::family_name(d.family));
     }
     out.push_str(")\n");
     let events: [(&str, Option<Site>, Option<&Backtrace>); 4] = [
@@ -667,12 +710,6 @@ fn current_thread_name() -> String {
     .unwrap_or_else(|_| "<exiting thread>".to_owned())
 }
 
-/// Writes to stderr without ever panicking (a closed stderr must not crash
-/// the host program).
-pub(crate) fn write_stderr(s: &str) {
-    let _ = std::io::stderr().write_all(s.as_bytes());
-}
-
 thread_local! {
     static CAPTURES: RefCell<Vec<Vec<Violation>>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -742,7 +779,7 @@ fn act(v: Violation) {
                 write_stderr("ffi-check: aborting: a panic here would unwind into C\n");
                 std::process::abort();
             }
-            if crate::alloc::in_allocator() {
+            if crate::bookkeeping::in_allocator() {
                 write_stderr(&text);
                 write_stderr(
                     "ffi-check: aborting: a panic here would unwind out of the global allocator\n",
@@ -798,38 +835,6 @@ pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Violation>) {
     (r, got)
 }
 
-/// Runs `f` and panics with the full reports if any violation, or any new
-/// leak of C memory (or pin) on this thread, happened inside it.
-///
-/// ```
-/// let sum = ffi_check::assert_clean(|| {
-///     let b = ffi_check::CBox::new(41u32);
-///     *b + 1
-/// });
-/// assert_eq!(sum, 42);
-/// ```
-#[track_caller]
-pub fn assert_clean<R>(f: impl FnOnce() -> R) -> R {
-    let scope = crate::leak::LeakCheck::start();
-    let (r, violations) = capture(f);
-    let leaks = scope.finish();
-    if violations.is_empty() && leaks.is_empty() {
-        return r;
-    }
-    let mut text = format!(
-        "ffi-check: assert_clean found {} violation(s) and {} leak group(s)\n",
-        violations.len(),
-        leaks.groups().len() + leaks.leaked_pins().len()
-    );
-    for v in &violations {
-        let _ = writeln!(text, "\n{v}");
-    }
-    if !leaks.is_empty() {
-        let _ = writeln!(text, "\n{leaks}");
-    }
-    panic!("{text}");
-}
-
 // ---- the JSON-lines log -------------------------------------------------
 
 static LOG: OnceCell<Option<std::fs::File>> = OnceCell::new();
@@ -867,81 +872,6 @@ fn log_json(v: &Violation) {
 
 static VIOLATIONS: [AtomicU64; ViolationKind::ALL.len()] =
     [const { AtomicU64::new(0) }; ViolationKind::ALL.len()];
-pub(crate) static PINS: AtomicU64 = AtomicU64::new(0);
-pub(crate) static RETAINS: AtomicU64 = AtomicU64::new(0);
-
-/// The region counters, striped: each thread counts in the stripe its
-/// serial picks, so threads that allocate at once do not fight over one
-/// cache line; [`stats`] adds the stripes up. A block freed on another
-/// thread than the one that made it is counted down in another stripe, so a
-/// stripe can go below zero; the sums are right.
-#[repr(align(128))]
-struct RegionCounters {
-    live: [AtomicI64; 2],
-    live_bytes: [AtomicI64; 2],
-    freed: [AtomicI64; 2],
-    quarantined: AtomicI64,
-}
-
-const STRIPES: usize = 16;
-
-static COUNTERS: [RegionCounters; STRIPES] = [const {
-    RegionCounters {
-        live: [const { AtomicI64::new(0) }; 2],
-        live_bytes: [const { AtomicI64::new(0) }; 2],
-        freed: [const { AtomicI64::new(0) }; 2],
-        quarantined: AtomicI64::new(0),
-    }
-}; STRIPES];
-
-fn stripe() -> &'static RegionCounters {
-    &COUNTERS[crate::registry::thread_serial() as usize % STRIPES]
-}
-
-fn kind_index(kind: RegionKind) -> usize {
-    match kind {
-        RegionKind::Managed => 0,
-        RegionKind::C => 1,
-    }
-}
-
-pub(crate) fn stats_region_created(kind: RegionKind, size: usize) {
-    let c = stripe();
-    let k = kind_index(kind);
-    c.live[k].fetch_add(1, Ordering::Relaxed);
-    c.live_bytes[k].fetch_add(size as i64, Ordering::Relaxed);
-}
-
-pub(crate) fn stats_region_freed(kind: RegionKind, size: usize) {
-    let c = stripe();
-    let k = kind_index(kind);
-    c.live[k].fetch_sub(1, Ordering::Relaxed);
-    c.live_bytes[k].fetch_sub(size as i64, Ordering::Relaxed);
-    c.freed[k].fetch_add(1, Ordering::Relaxed);
-    c.quarantined.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A record left the registry: live (unregistered without a free) or freed
-/// (evicted from the quarantine).
-pub(crate) fn stats_region_gone(kind: RegionKind, size: usize, was_live: bool) {
-    let c = stripe();
-    if was_live {
-        let k = kind_index(kind);
-        c.live[k].fetch_sub(1, Ordering::Relaxed);
-        c.live_bytes[k].fetch_sub(size as i64, Ordering::Relaxed);
-    } else {
-        c.quarantined.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The sum over the stripes of one counter (never below zero).
-fn total(get: impl Fn(&RegionCounters) -> &AtomicI64) -> u64 {
-    let sum: i64 = COUNTERS
-        .iter()
-        .map(|c| get(c).load(Ordering::Relaxed))
-        .sum();
-    u64::try_from(sum).unwrap_or(0)
-}
 
 /// Counters of the whole process, from [`stats`].
 ///
@@ -996,21 +926,21 @@ impl Stats {
 /// drop(b);
 /// ```
 pub fn stats() -> Stats {
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let r = crate::stats::totals();
     let mut violations = [0; ViolationKind::ALL.len()];
     for (slot, v) in violations.iter_mut().zip(VIOLATIONS.iter()) {
-        *slot = l(v);
+        *slot = v.load(Ordering::Relaxed);
     }
     Stats {
-        live_managed_regions: total(|c| &c.live[0]),
-        live_c_regions: total(|c| &c.live[1]),
-        live_managed_bytes: total(|c| &c.live_bytes[0]),
-        live_c_bytes: total(|c| &c.live_bytes[1]),
-        freed_managed_regions: total(|c| &c.freed[0]),
-        freed_c_regions: total(|c| &c.freed[1]),
-        quarantined_regions: total(|c| &c.quarantined),
-        pins: l(&PINS),
-        retains: l(&RETAINS),
+        live_managed_regions: r.live[0],
+        live_c_regions: r.live[1],
+        live_managed_bytes: r.live_bytes[0],
+        live_c_bytes: r.live_bytes[1],
+        freed_managed_regions: r.freed[0],
+        freed_c_regions: r.freed[1],
+        quarantined_regions: r.quarantined,
+        pins: r.pins,
+        retains: r.retains,
         violations,
     }
 }

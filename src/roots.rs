@@ -520,7 +520,7 @@ fn full_scan(moment: Moment, own_calls: usize) {
     // Reported with no lock held: a report may panic.
     let call = match moment {
         Moment::BeforeCall(callee, site) | Moment::AfterCall(callee, site) => {
-            Some((crate::call::callee_name(callee), site))
+            Some((crate::frame::callee_name(callee), site))
         }
         Moment::Now(_) => None,
     };
@@ -549,7 +549,7 @@ fn full_scan(moment: Moment, own_calls: usize) {
 fn report_finding(f: &Finding, moment: Moment) {
     let v = match moment {
         Moment::AfterCall(callee, site) => {
-            let callee = crate::call::callee_name(callee);
+            let callee = crate::frame::callee_name(callee);
             Violation::new(
                 ViolationKind::Retained,
                 format!("{} (`{callee}`)", msg::RETAINED),
@@ -561,7 +561,7 @@ fn report_finding(f: &Finding, moment: Moment) {
             .with_site(Some(site))
         }
         Moment::BeforeCall(callee, site) => {
-            let callee = crate::call::callee_name(callee);
+            let callee = crate::frame::callee_name(callee);
             Violation::new(ViolationKind::StoredUnpinned, msg::STORED_UNPINNED.to_owned())
                 .note(format!(
                     "found by the mode-2 scan before the call to `{callee}`: written since the last scan, outside any checked call"

@@ -86,7 +86,7 @@ pub(crate) fn may_hold_pointers(align: usize, size: usize) -> bool {
 pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, usize)> {
     let (mlo, mhi) = registry::managed_bounds();
     // With the tracking allocator, every heap block is managed memory too.
-    let (hlo, hhi) = crate::alloc::heap_bounds();
+    let (hlo, hhi) = crate::heap::heap_bounds();
     let (lo, hi) = (mlo.min(hlo), mhi.max(hhi));
     if lo >= hi {
         return None;
@@ -106,7 +106,7 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
         }
         // A heap block of the tracking allocator that the registry does not
         // know (it knows every pinned one) is unpinned.
-        .or_else(|| crate::alloc::unpinned_block_at(w).then_some(w));
+        .or_else(|| crate::heap::unpinned_block_at(w).then_some(w));
         found.map(|target| (skip + i * WORD, target))
     })
 }

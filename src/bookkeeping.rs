@@ -1,0 +1,102 @@
+//! The checker's own bookkeeping: the per-thread guard under which ffi-check
+//! allocates for itself, the flag that says the tracking allocator is
+//! reporting, and memory straight from the kernel.
+//!
+//! Everything the checker allocates (registry records, report text, leak
+//! lists) is made inside a [`Bookkeeping`] section, so the tracking allocator
+//! marks it internal and never checks or tracks it: the checker's own
+//! allocations cannot recurse into its checks. The guard is a thread-local
+//! `Cell` with a constant initialiser and no destructor, usable on any
+//! thread at any time (before `main`, in a thread's last destructor).
+//!
+//! This is the crate's ground floor: it uses no other module.
+
+use std::cell::Cell;
+use std::ptr;
+
+thread_local! {
+    /// Set while ffi-check itself allocates (its bookkeeping, its reports):
+    /// such blocks are internal and nothing about them is checked. Constant
+    /// initialiser and no destructor: usable on any thread, at any time.
+    static GUARD: Cell<bool> = const { Cell::new(false) };
+    /// Set while the allocator reports: a panic may not unwind out of it.
+    static IN_ALLOCATOR: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as doing ffi-check's own bookkeeping until the
+/// value drops: what it allocates meanwhile is internal and unchecked.
+pub(crate) struct Bookkeeping {
+    was: bool,
+}
+
+/// Starts a [`Bookkeeping`] section.
+#[inline]
+pub(crate) fn bookkeeping() -> Bookkeeping {
+    Bookkeeping {
+        was: GUARD.with(|g| g.replace(true)),
+    }
+}
+
+impl Drop for Bookkeeping {
+    #[inline]
+    fn drop(&mut self) {
+        let was = self.was;
+        GUARD.with(|g| g.set(was));
+    }
+}
+
+/// True inside a [`Bookkeeping`] section on this thread.
+#[inline]
+pub(crate) fn guarded() -> bool {
+    GUARD.with(Cell::get)
+}
+
+/// An address that is distinct for every live thread (that of its guard),
+/// for spreading threads over shards without a counter.
+#[inline]
+pub(crate) fn thread_address() -> usize {
+    GUARD.with(|g| g as *const Cell<bool> as usize)
+}
+
+/// True while the tracking allocator is reporting on this thread: the panic
+/// action must not unwind out of `dealloc`.
+pub(crate) fn in_allocator() -> bool {
+    IN_ALLOCATOR.with(Cell::get)
+}
+
+/// Marks the current thread as reporting from inside the allocator until the
+/// value drops (see [`in_allocator`]).
+pub(crate) struct AllocatorReport {
+    was: bool,
+}
+
+/// Starts an [`AllocatorReport`] section.
+pub(crate) fn allocator_report() -> AllocatorReport {
+    AllocatorReport {
+        was: IN_ALLOCATOR.with(|g| g.replace(true)),
+    }
+}
+
+impl Drop for AllocatorReport {
+    fn drop(&mut self) {
+        let was = self.was;
+        IN_ALLOCATOR.with(|g| g.set(was));
+    }
+}
+
+/// Fresh zeroed memory straight from the kernel: no allocator is involved,
+/// so the allocator's own tables can never recurse into it.
+pub(crate) fn map_anonymous(bytes: usize) -> Option<*mut libc::c_void> {
+    // SAFETY: an anonymous private mapping of `bytes`, owned by the caller.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p)
+}
