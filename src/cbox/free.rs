@@ -1,0 +1,255 @@
+//! The free checks of rules C1 and C2: a double free, a free of an
+//! interior pointer, of managed memory, of a Rust heap block or of memory
+//! from another allocator family is reported, and then *not* carried out;
+//! a free of memory the checker never saw passes unchecked unless it is
+//! certainly not from a C allocator (the stack, static data).
+
+use std::ffi::c_void;
+
+use super::Deallocator;
+use crate::family::{family_name, FAMILY_MALLOC};
+use crate::mode::{checks_on, COMPILED_IN};
+use crate::registry::{self, flags, RegionKind, RegionState, Release};
+use crate::report::{emit, msg, Violation, ViolationKind};
+use crate::site::Site;
+
+/// What a free should do after its check.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Verdict {
+    /// The checker does not track the block: free it now.
+    Untracked,
+    /// A tracked, live block (with this id) of the right family: hand it to
+    /// [`free_checked`].
+    Tracked(u64),
+    /// Do not touch it: freeing it would corrupt memory (the violation has
+    /// been reported).
+    Skip,
+}
+
+/// Rule C1/C2 for a free of `ptr` by deallocator `family` (`api` names it).
+/// Changes nothing: the caller finishes the free according to the verdict.
+pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option<Site>) -> Verdict {
+    if ptr == 0 {
+        return Verdict::Untracked;
+    }
+    if !checks_on() {
+        if COMPILED_IN && !registry::nothing_live() {
+            // Keep the registry true even with checks off, so turning them
+            // back on cannot produce stale reports.
+            registry::remove(ptr);
+        }
+        return Verdict::Untracked;
+    }
+    let Some(r) = registry::lookup_for_free(ptr) else {
+        // A Rust heap block (tracking allocator) handed to C's `free`.
+        if c_free_of_rust_block(ptr, api, site) {
+            return Verdict::Skip;
+        }
+        // Memory the checker never saw: C's own allocations that were not
+        // adopted pass unchecked, but a stack address or static data is
+        // certainly not from a C allocator.
+        if let Some(what) = never_allocated(ptr) {
+            emit(
+                Violation::new(
+                    ViolationKind::InvalidFree,
+                    format!("{} (`{api}`)", msg::FREE_NOT_HEAP),
+                )
+                .note(format!("the pointer {ptr:#x} is {what}"))
+                .with_site(site),
+            );
+            return Verdict::Skip;
+        }
+        return Verdict::Untracked;
+    };
+    if r.start != ptr && r.flags & flags::RELEASED != 0 {
+        // Inside a range whose memory was given back: no longer known.
+        return Verdict::Untracked;
+    }
+    if r.start != ptr {
+        if r.state == RegionState::Freed {
+            emit(
+                Violation::new(
+                    ViolationKind::UseAfterFree,
+                    format!("free of a pointer into freed memory (`{api}`)"),
+                )
+                .note(format!(
+                    "the pointer is {} bytes into the freed region",
+                    ptr - r.start
+                ))
+                .with_site(site)
+                .region_at("freed region", r.start),
+            );
+            return Verdict::Skip;
+        }
+        emit(
+            Violation::new(
+                ViolationKind::InvalidFree,
+                format!("{} (`{api}`)", msg::FREE_INTERIOR),
+            )
+            .note(format!(
+                "the pointer is {} bytes into a {} region",
+                ptr - r.start,
+                r.kind
+            ))
+            .with_site(site)
+            .region_at("freed pointer is inside", r.start),
+        );
+        return Verdict::Skip;
+    }
+    if r.state == RegionState::Freed {
+        emit(
+            Violation::new(
+                ViolationKind::DoubleFree,
+                format!("{} (`{api}`)", msg::DOUBLE_FREE),
+            )
+            .with_site(site)
+            .region_at("freed twice", r.start),
+        );
+        return Verdict::Skip;
+    }
+    if r.kind == RegionKind::Managed {
+        emit(
+            Violation::new(
+                ViolationKind::InvalidFree,
+                format!("{} (`{api}`)", msg::FREE_MANAGED),
+            )
+            .note("allocated by Rust, freed by a C deallocator".into())
+            .with_site(site)
+            .region_at("managed region", r.start),
+        );
+        return Verdict::Skip;
+    }
+    // A library's deallocator may wrap `free` (a destroy function does), so
+    // malloc memory freed by one is allowed; library memory freed by `free`
+    // or by another library's deallocator is not.
+    if r.family != family && !(r.family == FAMILY_MALLOC && family != FAMILY_MALLOC) {
+        emit(
+            Violation::new(
+                ViolationKind::MismatchedFree,
+                format!(
+                    "{}: allocated by `{}`, freed with `{api}`",
+                    msg::MISMATCHED_FREE,
+                    family_name(r.family)
+                ),
+            )
+            .with_site(site)
+            .region_at("C region", r.start),
+        );
+        return Verdict::Skip;
+    }
+    Verdict::Tracked(r.id)
+}
+
+/// Finishes a free that [`check_free`] allowed: a tracked block goes to the
+/// quarantine (which gives it back to `dealloc` later), an untracked one is
+/// freed now.
+///
+/// # Safety
+/// `ptr` came from `dealloc`'s allocator, its owner is done with it, and the
+/// verdict is not `Skip`.
+pub(crate) unsafe fn free_checked(
+    ptr: *mut c_void,
+    verdict: Verdict,
+    dealloc: &Deallocator,
+    site: Option<Site>,
+) {
+    if verdict == Verdict::Skip {
+        return;
+    }
+    // A guarded block (mode 2) starts before the pointer C sees.
+    let dealloc_fn = crate::guard::real_free(ptr as usize, dealloc.free, site);
+    match verdict {
+        Verdict::Skip => {}
+        Verdict::Tracked(id) if dealloc.is_libc() => {
+            // Plain malloc memory waits in the quarantine.
+            registry::mark_freed(ptr as usize, Some(id), site, Release::C(dealloc_fn));
+        }
+        Verdict::Tracked(id) => {
+            // A library's deallocator runs now: it may be a destroy function
+            // with effects of its own, and it may free through
+            // `ffi_check_free` itself (which then records the free). If it
+            // did not, the record is marked freed and released here.
+            // SAFETY: forwarded contract.
+            unsafe { dealloc_fn(ptr) };
+            registry::mark_freed(ptr as usize, Some(id), site, Release::Released);
+        }
+        // SAFETY: forwarded contract.
+        Verdict::Untracked => unsafe { dealloc_fn(ptr) },
+    }
+}
+
+/// A whole checked free: [`check_free`], then [`free_checked`]. What
+/// `c_free`, `c_free_with` and C's `ffi_check_free` do.
+///
+/// # Safety
+/// As [`free_checked`]: `ptr` is null or came from `dealloc`'s allocator and
+/// is not used after this.
+pub(crate) unsafe fn free_through_checks(
+    ptr: *mut c_void,
+    dealloc: &Deallocator,
+    site: Option<Site>,
+) {
+    let verdict = check_free(ptr as usize, dealloc.family(), dealloc.name, site);
+    // SAFETY: forwarded contract; the check found no record saying otherwise.
+    unsafe { free_checked(ptr, verdict, dealloc, site) }
+}
+
+/// `c_free` (or `ffi_check_free`) of `ptr`: when it is a Rust heap block of
+/// the tracking allocator, C must not free it. Reports `InvalidFree` and
+/// returns true (the caller must then leave the memory alone).
+fn c_free_of_rust_block(ptr: usize, api: &'static str, site: Option<Site>) -> bool {
+    let Some(b) = crate::heap::block_at(ptr) else {
+        return false;
+    };
+    let _g = crate::bookkeeping::bookkeeping();
+    let v = Violation::new(
+        ViolationKind::InvalidFree,
+        format!("{} (`{api}`)", msg::FREE_MANAGED),
+    )
+    .note(format!(
+        "allocated by Rust's allocator, freed with `{api}` (C): Rust memory is freed by Rust ({})",
+        if b.freed {
+            "and Rust already freed this block"
+        } else {
+            "take it back with `CString::from_raw` or `Box::from_raw` and drop it"
+        }
+    ))
+    .with_site(site);
+    emit(v.region_at_any("Rust heap block", b.start));
+    true
+}
+
+/// What `ptr` is when it certainly did not come from a heap allocator: the
+/// current thread's stack, or the image (code, static data) of a loaded
+/// program or library. Cold: only frees of untracked pointers ask.
+#[cold]
+fn never_allocated(ptr: usize) -> Option<&'static str> {
+    if on_this_stack(ptr) {
+        return Some("on this thread's stack");
+    }
+    // SAFETY: dladdr only reads the loader's tables; `info` is plain data
+    // it fills in.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; any address may be asked about.
+    if unsafe { libc::dladdr(ptr as *const c_void, &mut info) } != 0 {
+        return Some("in the static data or code of a loaded program or library");
+    }
+    None
+}
+
+/// Whether `ptr` lies in the current thread's stack.
+fn on_this_stack(ptr: usize) -> bool {
+    // SAFETY: pthread_getattr_np fills `attr` for the calling thread;
+    // pthread_attr_getstack reads it; the attribute is destroyed once.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return false;
+        }
+        let mut base: *mut c_void = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut base, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        ok && ptr >= base as usize && ptr < base as usize + size
+    }
+}

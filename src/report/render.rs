@@ -1,0 +1,182 @@
+//! How a report reads: the text of a region, a site and a backtrace, and
+//! the JSON string escaping of the log. Everything here runs only once a
+//! rule is broken.
+
+use std::fmt::Write as _;
+
+use backtrace::Backtrace;
+
+use super::ReportRegion;
+use crate::registry::{RegionKind, RegionState};
+use crate::site::Site;
+
+pub(super) fn site_plain(s: Site) -> String {
+    match s.column() {
+        Some(c) => format!("{}:{}:{}", s.file(), s.line(), c),
+        None => format!("{}:{}", s.file(), s.line()),
+    }
+}
+
+pub(super) fn render_region(out: &mut String, r: &ReportRegion) {
+    let d = &r.detail;
+    let _ = write!(out, "  {}: {:#x}", r.role, d.start);
+    let _ = write!(out, " ({} bytes, {} memory", d.size, d.kind);
+    if let Some(t) = d.type_name {
+        let _ = write!(out, " holding `{t}`");
+    }
+    let _ = write!(out, ", {}", d.state);
+    if d.kind == RegionKind::Managed && d.state == RegionState::Live {
+        if d.pins == 0 {
+            out.push_str(", unpinned");
+        } else {
+            let _ = write!(out, ", pinned x{}", d.pins);
+        }
+    }
+    if d.retains > 0 {
+        let _ = write!(out, ", retained x{} by C", d.retains);
+    }
+    if d.kind == RegionKind::C {
+        let _ = write!(out, ", from `{}`", crate::family::family_name(d.family));
+    }
+    out.push_str(")\n");
+    let events: [(&str, Option<Site>, Option<&Backtrace>); 4] = [
+        ("allocated", d.alloc_site, d.alloc_trace.as_ref()),
+        (
+            if d.pins == 0 {
+                "last pinned (unpinned since)"
+            } else {
+                "pinned"
+            },
+            d.pin_site,
+            d.pin_trace.as_ref(),
+        ),
+        ("retained by C", d.retain_site, d.retain_trace.as_ref()),
+        ("first freed", d.free_site, d.free_trace.as_ref()),
+    ];
+    for (what, site, trace) in events {
+        if site.is_none() && trace.is_none() {
+            continue;
+        }
+        let _ = write!(out, "      {what} at ");
+        match site {
+            Some(s) => {
+                let _ = writeln!(out, "{s}");
+            }
+            None => out.push_str("(unknown site)\n"),
+        }
+        if let Some(bt) = trace {
+            render_backtrace(out, bt, "          ");
+        }
+    }
+    if let Some(reason) = &d.leak_reason {
+        let _ = writeln!(out, "      intended leak: {reason}");
+    }
+}
+
+/// Resolves (only now, when printing) and writes the frames that belong to
+/// the user's code: the checker's own frames and the runtime's are skipped.
+pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
+    let mut bt = bt.clone();
+    bt.resolve();
+    // Paths under the working directory print relative to it, as the sites
+    // do; others (the standard library, dependencies) print in full.
+    let cwd = std::env::current_dir().ok();
+    let mut shown = 0;
+    let mut started = false;
+    for frame in bt.frames() {
+        for sym in frame.symbols() {
+            let name = sym
+                .name()
+                .map(|n| format!("{n:#}"))
+                .unwrap_or_else(|| "<unknown>".into());
+            if !started {
+                // Everything up to the first frame of the user's code: the
+                // capture machinery, the checker (Rust and C API), and the
+                // std/core adapters they call through.
+                if name.contains("backtrace::")
+                    || name.contains("ffi_check::")
+                    || name.starts_with("ffi_check_")
+                    || name.contains("catch_unwind")
+                    || name.contains("__rust_try")
+                    || name.contains("__rust_dealloc")
+                    || name.contains("__rust_realloc")
+                    || name.contains("__rust_alloc")
+                    || name.contains("__rustc::")
+                    || name.starts_with("core::")
+                    || name.starts_with("<core::")
+                    || name.starts_with("std::")
+                    || name.starts_with("<std::")
+                    || name.starts_with("alloc::")
+                    || name.starts_with("<alloc::")
+                {
+                    continue;
+                }
+                started = true;
+            }
+            // Further down, the checker's own frames (`capture`, a callback
+            // wrapper) and closure-call adapters say nothing to the reader.
+            if name.contains("core::ops::function")
+                || name.contains("ffi_check::")
+                || name.contains("catch_unwind")
+                || name.contains("__rust_try")
+            {
+                continue;
+            }
+            if name.starts_with("std::rt::lang_start")
+                || name.starts_with("test::run_test")
+                || name.starts_with("test::__rust_begin_short_backtrace")
+                || name.starts_with("std::sys::backtrace::__rust_begin_short_backtrace")
+                || name.starts_with("std::sys_common::backtrace::__rust_begin_short_backtrace")
+            {
+                return;
+            }
+            if shown >= 12 {
+                let _ = writeln!(out, "{indent}...");
+                return;
+            }
+            let _ = write!(out, "{indent}{shown}: {name}");
+            if let (Some(file), Some(line)) = (sym.filename(), sym.lineno()) {
+                let file = cwd
+                    .as_deref()
+                    .and_then(|cwd| file.strip_prefix(cwd).ok())
+                    .unwrap_or(file);
+                let _ = write!(out, "\n{indent}       at {}:{line}", file.display());
+            }
+            out.push('\n');
+            shown += 1;
+        }
+    }
+}
+
+pub(super) fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub(super) fn current_thread_name() -> String {
+    // `thread::current` can fail while a thread's locals are being torn
+    // down; a report must still be made then.
+    std::panic::catch_unwind(|| {
+        let t = std::thread::current();
+        match t.name() {
+            Some(n) => n.to_owned(),
+            None => format!("{:?}", t.id()),
+        }
+    })
+    .unwrap_or_else(|_| "<exiting thread>".to_owned())
+}
