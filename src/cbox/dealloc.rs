@@ -8,7 +8,7 @@ use crate::family::{family_of_deallocator, FAMILY_MALLOC};
 
 /// A C deallocator with a name: the family a piece of C memory belongs to.
 ///
-/// Memory adopted with a deallocator (`CBox::from_raw_with`, [`c_adopt_with`])
+/// Memory adopted with a deallocator (`CBox::from_raw_with`, [`c_adopt_with`](crate::c_adopt_with))
 /// must be freed by it; freeing it with another one is `MismatchedFree`.
 ///
 /// ```
