@@ -240,6 +240,23 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+// The modules stand on floors; each uses only the floors below it (where a
+// low floor must set off something high, the high one registers itself):
+//
+// - ground: `site` (call sites), `mode` (configuration), `stderr`,
+//   `bookkeeping` (the checker's own allocations and re-entrancy guard),
+//   `stats` (counters), `family` (allocator families), `frame` (the call a
+//   thread is in);
+// - the memory model: `heap` (the tracking allocator's block headers, page
+//   map and quarantine rings), then `registry` (every tracked region);
+// - `report`: violations, their text, and what one does; it describes a
+//   region by asking the memory model;
+// - `scan` (pointer scans), `guard` (mode-2 guard bytes), `convert` (X1, X2);
+// - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
+//   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
+// - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
+//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`.
+
 mod alloc;
 mod bookkeeping;
 mod call;
