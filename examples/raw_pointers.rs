@@ -12,8 +12,8 @@
 
 #[path = "wrappers/checklist.rs"]
 mod checklist;
-#[path = "../tests/common/fixtures.rs"]
-mod fixtures;
+// The C fixture library's declarations (the workspace crate in `fixtures/`).
+use ffi_check_fixtures as fixtures;
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};

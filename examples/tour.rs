@@ -12,8 +12,8 @@
 //! end it checks that every mistake was reported as the kind it expected,
 //! and exits non-zero if one was not.
 
-#[path = "../tests/common/fixtures.rs"]
-mod fixtures;
+// The C fixture library's declarations (the workspace crate in `fixtures/`).
+use ffi_check_fixtures as fixtures;
 
 use std::collections::BTreeSet;
 use std::ffi::{c_void, CStr};

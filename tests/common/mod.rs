@@ -1,14 +1,15 @@
-//! What the integration tests share: the C fixture library's declarations,
-//! the checks every report must pass, the checks on a report's sites, the
-//! lock on the fixtures' one C slot, and the machinery that runs a test of
-//! the same binary as a child process (for what is process-wide: the mode,
-//! the action, the log file, the report at exit).
+//! What the integration tests share: the C fixture library's declarations
+//! (the workspace crate `ffi-check-fixtures`, as `common::fixtures`), the
+//! checks every report must pass, the checks on a report's sites, the lock
+//! on the fixtures' one C slot, and the machinery that runs a test of the
+//! same binary as a child process (for what is process-wide: the mode, the
+//! action, the log file, the report at exit).
 //!
 //! Each test file declares `mod common;` and uses a subset of this.
 
 #![allow(dead_code)]
 
-pub mod fixtures;
+pub use ffi_check_fixtures as fixtures;
 
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
