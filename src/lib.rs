@@ -43,11 +43,15 @@
 //! ffi-check: argument 1 of `fx_sum_nested` has managed pointer to unpinned managed pointer
 //!   rule P1 (UnpinnedNested)
 //!   the nested pointer is at offset 0 of the lent memory
-//!   at tests/rules_p1.rs:31:20 in call to `fx_sum_nested` on thread `main`
-//!   lent: 0x5581f0a3c2d0 (16 bytes, managed memory holding `[*const i32]`, live, unpinned)
-//!       allocated at tests/rules_p1.rs:29:19
-//!   points to: 0x5581f0a3c2b0 (4 bytes, managed memory holding `i32`, live, unpinned)
-//!       allocated at tests/rules_p1.rs:27:17
+//!   at tests/rules_p1.rs:33:18 in call to `fx_sum_nested` on thread `lending_table_of_unpinned_pointers_is_reported`
+//!   lent: 0x7f1e9802ef20 (16 bytes, managed memory holding `[*const i32; 2]`, live, unpinned)
+//!       allocated at tests/rules_p1.rs:29:32
+//!   points to: 0x7f1e98000ce0 (4 bytes, managed memory holding `i32`, live, unpinned)
+//!       allocated at tests/rules_p1.rs:27:32
+//!   backtrace of the violation:
+//!       0: rules_p1::lending_table_of_unpinned_pointers_is_reported::{{closure}}
+//!              at tests/rules_p1.rs:33
+//!       ...
 //! help: pin the memory the nested pointer points to (`Pinner::pin`, or keep it in a `Pinned<T>`) for as long as C can see it
 //! ```
 //!
