@@ -1,0 +1,167 @@
+//! The quarantine: freed regions, remembered and held back from reuse.
+//!
+//! **Quarantine.** Freed regions stay recorded, marked freed, in a per-shard
+//! bounded FIFO, so a late use or a second free names the region and the site
+//! that freed it. The quarantine also holds the freed *memory* back from
+//! reuse (it gives a block back to its allocator only when the block leaves
+//! the FIFO): that is what makes a freed record trustworthy, since no new
+//! allocation can sit in a range the record still names. A library's own
+//! deallocator runs at once instead (it may be a destroy function), and its
+//! record is marked released: it then judges only an exact second free.
+//!
+//! Invariant (held under each shard's lock, and at every even sequence
+//! number):
+//! - every freed region has an entry in its shard's quarantine FIFO; entries
+//!   whose region was since replaced are skipped on eviction (ids differ).
+
+use std::alloc::Layout;
+use std::ffi::c_void;
+
+use backtrace::Backtrace;
+
+use crate::site::Site;
+
+use super::lookup::probe_exact;
+use super::register::forget_removed;
+use super::shard::{shard_of, ShardInner};
+use super::{flags, RegionInfo, RegionState};
+
+/// How a quarantined block's memory is given back when it leaves the
+/// quarantine. Holding the memory until then is what makes a freed record
+/// trustworthy: no allocation can reuse the range while the record names it,
+/// so a pointer into it really is a pointer into freed memory.
+#[derive(Clone, Copy)]
+pub(crate) enum Release {
+    /// Nothing to give back: the memory is kept for good (C may still
+    /// hold a pointer into it, so it is leaked rather than freed).
+    Nothing,
+    /// A C deallocator.
+    C(unsafe extern "C" fn(*mut c_void)),
+    /// Rust's global allocator.
+    Rust(Layout),
+    /// Given back already by the caller: the record is kept only to catch
+    /// a second free of the same pointer.
+    Released,
+}
+
+impl Release {
+    /// Gives the memory at `start` back.
+    ///
+    /// # Safety
+    /// `start` is the block this release was recorded for, nothing uses it
+    /// any more, and it is released once.
+    pub(crate) unsafe fn run(self, start: usize) {
+        match self {
+            Release::Nothing | Release::Released => {}
+            // SAFETY: forwarded contract: the block came from this
+            // deallocator's allocator.
+            Release::C(free) => unsafe { free(start as *mut c_void) },
+            // SAFETY: forwarded contract: the block came from the global
+            // allocator with this layout.
+            Release::Rust(layout) => unsafe { std::alloc::dealloc(start as *mut u8, layout) },
+        }
+    }
+}
+
+/// A freed block waiting in the quarantine.
+pub(super) struct Quarantined {
+    start: usize,
+    id: u64,
+    size: usize,
+    release: Release,
+}
+
+/// How many freed blocks, and how many of their bytes, each shard holds
+/// back from reuse: 64 Ki blocks / 64 MiB in all in mode 1, 1 Mi blocks /
+/// 256 MiB in mode 2.
+fn quarantine_limits() -> (usize, usize) {
+    if crate::mode::full() {
+        (1 << 14, 4 << 20)
+    } else {
+        (1 << 10, 1 << 20)
+    }
+}
+
+/// Marks the live region starting at `start` freed and puts it in the
+/// quarantine, which gives its memory back with `release` when the block is
+/// evicted (the oldest first, once the shard holds too many blocks or bytes).
+/// Returns the region as it was just before; `None` when there is no such
+/// region, in which case `release` runs at once.
+pub(crate) fn mark_freed(
+    start: usize,
+    expect_id: Option<u64>,
+    site: Option<Site>,
+    release: Release,
+) -> Option<RegionInfo> {
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
+    let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
+    let mut w = shard_of(start).write();
+    let Some((b, i)) = ShardInner::find_exact(start) else {
+        drop(w);
+        // SAFETY: the caller hands over a block it owns and no longer uses.
+        unsafe { release.run(start) };
+        return None;
+    };
+    let before = b.info(i, start);
+    if expect_id.is_some_and(|id| id != before.id) {
+        // Another block took this address since the caller's check: this
+        // free is not about it.
+        drop(w);
+        // SAFETY: as above.
+        unsafe { release.run(start) };
+        return None;
+    }
+    if before.state != RegionState::Live {
+        drop(w);
+        // A second free of a quarantined block must never release it twice:
+        // the callers report it and skip; this is a last line of defence.
+        return Some(before);
+    }
+    let mut view = w.view(b, i);
+    view.state = RegionState::Freed;
+    if matches!(release, Release::Released) {
+        view.flags |= flags::RELEASED;
+    }
+    if site.is_some() || trace.is_some() {
+        let extra = view.extra_mut();
+        extra.free_site = site;
+        extra.free_trace = trace;
+    }
+    w.store_view(b, i, start, view);
+    w.quarantine.push_back(Quarantined {
+        start,
+        id: before.id,
+        size: before.size,
+        release,
+    });
+    w.quarantine_bytes += before.size;
+    let (max_blocks, max_bytes) = quarantine_limits();
+    let mut evicted = Vec::new();
+    while w.quarantine.len() > 1
+        && (w.quarantine.len() > max_blocks || w.quarantine_bytes > max_bytes)
+    {
+        let Some(q) = w.quarantine.pop_front() else {
+            break;
+        };
+        w.quarantine_bytes -= q.size;
+        let current =
+            probe_exact(q.start).is_some_and(|r| r.id == q.id && r.state == RegionState::Freed);
+        if current {
+            if let Some(r) = w.remove(q.start) {
+                evicted.push((q, r));
+            }
+        }
+        // Otherwise the record was replaced: the range was reused behind the
+        // checker's back, so giving it back now would free someone else's
+        // memory. It is left alone (a leak, never a corruption).
+    }
+    drop(w);
+    crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
+    for (q, r) in evicted {
+        forget_removed(&r);
+        // SAFETY: the block left the quarantine: it was freed by its owner,
+        // held back from reuse since, and is released exactly once, here.
+        unsafe { q.release.run(q.start) };
+    }
+    Some(before)
+}

@@ -1,0 +1,180 @@
+//! Registering and forgetting regions.
+//!
+//! Regions never overlap, so a record that a new region overlaps is stale
+//! (freed memory that was reused, or live memory freed behind the checker's
+//! back): registering first drops every such record, then adds the new one.
+//! Forgetting drops a record without quarantining it.
+//!
+//! Invariant: regions do not overlap (the records a new region overlaps are
+//! gone before it is added), and every record added or dropped is counted
+//! in the statistics.
+
+use std::sync::atomic::Ordering;
+
+use backtrace::Backtrace;
+
+use crate::site::Site;
+
+use super::block::{PAGE_MASK, PAGE_SHIFT};
+use super::bounds::{widen, EVER_TRACKED, HI, LO, MANAGED_HI, MANAGED_LO};
+use super::directory::{leaf_exists, page_slot, PageSlot, FANOUT};
+use super::ids::{new_id, thread_serial, THREAD_BITS};
+use super::lookup::{find, probe_exact};
+use super::shard::{read_stable, shard_of, ShardInner};
+use super::sites::intern;
+use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
+
+/// What to register.
+pub(crate) struct NewRegion {
+    pub start: usize,
+    pub size: usize,
+    pub kind: RegionKind,
+    pub family: u8,
+    pub flags: u8,
+    pub site: Option<Site>,
+    pub type_name: Option<fn() -> &'static str>,
+}
+
+/// Registers a live region and returns its id. Stale records it overlaps
+/// (freed regions whose memory was reused, or live records of memory that was
+/// freed behind the checker's back) are dropped.
+pub(crate) fn insert(new: NewRegion) -> u64 {
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
+    let id = new_id();
+    let size = new.size.max(1);
+    let end = new.start.saturating_add(size);
+    let mut stale = purge(new.start, end);
+    let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
+    let extra = (trace.is_some() || new.type_name.is_some()).then(|| {
+        Box::new(Extra {
+            type_name: new.type_name,
+            alloc_trace: trace,
+            ..Extra::default()
+        })
+    });
+    let region = Region {
+        size: new.size,
+        site: new.site,
+        extra,
+        tag: (id << THREAD_BITS) | u64::from(thread_serial()),
+        pins: 0,
+        retains: 0,
+        kind: new.kind,
+        state: RegionState::Live,
+        family: new.family,
+        flags: new.flags,
+    };
+    widen(&LO, &HI, new.start, size);
+    if new.kind == RegionKind::Managed {
+        crate::heap::mark_registered(new.start);
+        widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
+    }
+    // Interned before the shard lock: the site table has its own.
+    intern(new.site);
+    let replaced = shard_of(new.start).write().insert(new.start, region);
+    stale.extend(replaced);
+    if !EVER_TRACKED.load(Ordering::Relaxed) {
+        EVER_TRACKED.store(true, Ordering::Relaxed);
+    }
+    crate::stats::region_created(new.kind == RegionKind::C, new.size);
+    for old in &stale {
+        forget_removed(old);
+    }
+    id
+}
+
+/// Drops the records that overlap `[start, end)` and returns them: only
+/// stale ones can (live allocations do not overlap), so this is
+/// bookkeeping, not a check. Candidates are found without a lock and
+/// confirmed under their shard's.
+fn purge(start: usize, end: usize) -> Vec<Region> {
+    let mut removed = Vec::new();
+    if start == 0 || start >= HI.load(Ordering::Relaxed) || end <= LO.load(Ordering::Relaxed) {
+        return removed;
+    }
+    let mut confirm = |s: usize| {
+        let mut w = shard_of(s).write();
+        let Some((b, i)) = ShardInner::find_exact(s) else {
+            return;
+        };
+        let info = b.info(i, s);
+        if info.start < end && start < info.start.saturating_add(info.size.max(1)) {
+            removed.extend(w.remove(s));
+        }
+    };
+    // The region that contains `start`, begun before it.
+    if let Some(r) = find(start, false) {
+        if r.start < start {
+            confirm(r.start);
+        }
+    }
+    // Regions that start inside the range.
+    let mut page = start >> PAGE_SHIFT;
+    let last = (end - 1) >> PAGE_SHIFT;
+    while page <= last {
+        if !leaf_exists(page) {
+            // Nothing was ever tracked in this leaf's 16 MiB.
+            page = (page | (FANOUT - 1)) + 1;
+            if page == 0 {
+                break;
+            }
+            continue;
+        }
+        let base = page << PAGE_SHIFT;
+        let mut candidates = Vec::new();
+        if let Some((b, len)) = page_slot(page).and_then(PageSlot::block) {
+            // From the first offset at or after `start` (a racing read may
+            // see anything: candidates are confirmed under the lock).
+            let len = len.min(b.cap());
+            let from = start.max(base) & PAGE_MASK;
+            let first = match b.predecessor(len, from) {
+                Some(i) if b.off(i) == from => i,
+                Some(i) => i + 1,
+                None => 0,
+            };
+            for i in first..len {
+                let s = base | b.off(i);
+                if s >= end {
+                    break;
+                }
+                candidates.push(s);
+            }
+        }
+        for s in candidates {
+            confirm(s);
+        }
+        page += 1;
+    }
+    removed
+}
+
+pub(super) fn forget_removed(r: &Region) {
+    crate::stats::region_gone(
+        r.kind == RegionKind::C,
+        r.size,
+        r.state == RegionState::Live,
+    );
+}
+
+/// Forgets the region starting at `start` without quarantining it.
+pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
+    // Most removes of an untracked pointer (a mode-0 free) find nothing:
+    // they are answered without the lock, and without changing the shard's
+    // sequence number (which would void other threads' recent answers).
+    read_stable(shard_of(start), || probe_exact(start)).0?;
+    let r = shard_of(start).write().remove(start)?;
+    // A freed record's quarantine entry is skipped on eviction (id mismatch).
+    let info = RegionInfo {
+        start,
+        size: r.size,
+        id: r.id(),
+        pins: r.pins,
+        kind: r.kind,
+        state: r.state,
+        family: r.family,
+        flags: r.flags,
+    };
+    forget_removed(&r);
+    Some(info)
+}

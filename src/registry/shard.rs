@@ -1,0 +1,295 @@
+//! Shards: the writers' mutex and the readers' sequence number, and the
+//! writer's primitives that add and remove a page's records.
+//!
+//! **Reads take no lock.** Each shard (pages grouped by 1 MiB chunk, hashed
+//! to one of 64 shards) has a mutex for writers and a sequence number that a
+//! writer makes odd before it changes anything and even again after. A
+//! reader reads the number, reads the directory and blocks with plain atomic
+//! loads, and reads the number again: if it is unchanged and even, what it
+//! read is one consistent state. Readers write no shared memory (no lock's
+//! cache line bounces between threads) and execute no locked instruction, so
+//! a processor overlaps the cache misses of successive lookups. This is only
+//! sound because everything a reader may touch stays mapped and is only ever
+//! read and written through atomics: directory nodes and blocks are never
+//! freed; a block that a page outgrows goes to its shard's free list for
+//! reuse by another page of the same shard (such reuse happens inside a
+//! write, so a reader that raced it sees the sequence number move and reads
+//! again). A reader that keeps finding a write in progress waits on the mutex.
+//!
+//! Every change to a shard goes through a [`Writing`], which keeps the
+//! sequence number odd for as long as it lives.
+//!
+//! Invariant (held under the shard's lock, and at every even sequence
+//! number):
+//! - a page has a block exactly when some record starts in it, and the block
+//!   is in its shard's page list at the position its first word names.
+//!
+//! Lock order: a shard's mutex, then the directory's, the huge list's or the
+//! site table's (never the other way round); no two shard mutexes at once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::block::{Block, Quad, NCLASSES, PAGE_MASK, PAGE_SHIFT};
+use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot};
+use super::quarantine::Quarantined;
+use super::record::W_INDICES;
+use super::unpinned::count_unpinned;
+use super::{Extra, Region};
+
+const CHUNK_SHIFT: u32 = 20;
+const SHARD_BITS: u32 = 6;
+const NSHARDS: usize = 1 << SHARD_BITS;
+
+/// How many times a reader retries while writes keep changing its shard,
+/// before it waits on the shard's mutex.
+const SPINS: usize = 64;
+
+/// What a shard's mutex guards: the bookkeeping only writers touch.
+pub(super) struct ShardInner {
+    /// What is left of the current arena chunk.
+    arena: &'static [Quad],
+    /// Blocks that pages outgrew or emptied, by class, for reuse.
+    free_blocks: [Vec<Block>; NCLASSES],
+    /// The pages of this shard that have a block, with their slots (a leak
+    /// check visits them all, without walking the directory).
+    pub(super) pages: Vec<(usize, &'static PageSlot)>,
+    /// The records' `Extra`s (a record holds its index plus one).
+    pub(super) extras: Vec<Option<Box<Extra>>>,
+    pub(super) free_extras: Vec<u32>,
+    pub(super) quarantine: VecDeque<Quarantined>,
+    pub(super) quarantine_bytes: usize,
+}
+
+/// A shard: its writers' mutex, and its sequence number (odd while a write
+/// is in progress), which also tells a thread whether an answer it kept is
+/// still good. Aligned to two cache lines so that neighbouring shards never
+/// share one.
+#[repr(align(128))]
+pub(super) struct Shard {
+    lock: Mutex<ShardInner>,
+    pub(super) version: AtomicU64,
+}
+
+impl Shard {
+    const fn new() -> Shard {
+        Shard {
+            lock: Mutex::new(ShardInner {
+                arena: &[],
+                free_blocks: [const { Vec::new() }; NCLASSES],
+                pages: Vec::new(),
+                extras: Vec::new(),
+                free_extras: Vec::new(),
+                quarantine: VecDeque::new(),
+                quarantine_bytes: 0,
+            }),
+            version: AtomicU64::new(0),
+        }
+    }
+    // A panic while a shard is locked leaves it consistent (every change to
+    // the stored records is completed before anything that could panic), so
+    // a poisoned lock is used as is: the checker must not turn one panic
+    // into a cascade.
+    /// The mutex, for reading under it (no write in progress meanwhile).
+    pub(super) fn lock(&self) -> MutexGuard<'_, ShardInner> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Every change to a shard goes through here: the sequence number is
+    /// odd from before the first change until after the last (the guard
+    /// makes it even again when dropped, also while unwinding).
+    pub(super) fn write(&'static self) -> Writing {
+        let inner = self.lock();
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v | 1, Ordering::Relaxed);
+        // Orders the odd number before every store of the write: a reader
+        // that sees any of them (with Acquire) then sees the number odd, or
+        // later.
+        fence(Ordering::Release);
+        Writing { inner, shard: self }
+    }
+}
+
+pub(super) struct Writing {
+    inner: MutexGuard<'static, ShardInner>,
+    shard: &'static Shard,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        // Runs before the mutex guard (a field) is dropped.
+        let v = self.shard.version.load(Ordering::Relaxed);
+        self.shard.version.store((v | 1) + 1, Ordering::Release);
+    }
+}
+
+impl std::ops::Deref for Writing {
+    type Target = ShardInner;
+    fn deref(&self) -> &ShardInner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Writing {
+    fn deref_mut(&mut self) -> &mut ShardInner {
+        &mut self.inner
+    }
+}
+
+pub(super) static SHARDS: [Shard; NSHARDS] = [const { Shard::new() }; NSHARDS];
+
+#[inline(always)]
+pub(super) fn shard_of(addr: usize) -> &'static Shard {
+    let chunk = (addr >> CHUNK_SHIFT) as u64;
+    &SHARDS[(chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize]
+}
+
+/// Runs the read `f` until it saw one consistent state of `shard`, and
+/// returns its answer with the sequence number it is valid for.
+#[inline(always)]
+pub(super) fn read_stable<T>(shard: &'static Shard, f: impl Fn() -> T) -> (T, u64) {
+    for _ in 0..SPINS {
+        let v = shard.version.load(Ordering::Acquire);
+        if v & 1 == 0 {
+            let answer = f();
+            // Orders the reads above before the second look at the number.
+            fence(Ordering::Acquire);
+            if shard.version.load(Ordering::Relaxed) == v {
+                return (answer, v);
+            }
+        }
+        std::hint::spin_loop();
+    }
+    read_locked(shard, f)
+}
+
+/// A reader that kept meeting writes (or a writer that was descheduled
+/// mid-write) waits for the mutex: no write runs while it holds it.
+#[cold]
+#[inline(never)]
+fn read_locked<T>(shard: &'static Shard, f: impl Fn() -> T) -> (T, u64) {
+    let _inner = shard.lock();
+    let v = shard.version.load(Ordering::Relaxed);
+    (f(), v)
+}
+
+// ---- the writer's primitives (inside a `Writing`) ---------------------------------
+// (Decoding a record into a view and encoding it back: see `record`.)
+
+impl ShardInner {
+    fn take_block(&mut self, class: usize) -> Block {
+        match self.free_blocks[class].pop() {
+            Some(b) => b,
+            None => Block::carve(&mut self.arena, class),
+        }
+    }
+
+    /// The block of `page` and the index of the record starting at `start`.
+    pub(super) fn find_exact(start: usize) -> Option<(Block, usize)> {
+        let (b, len) = page_slot(start >> PAGE_SHIFT)?.block()?;
+        Some((b, b.exact(len, start & PAGE_MASK)?))
+    }
+
+    /// Adds a record starting at `start`; returns the record it replaced
+    /// (one with the same start: stale).
+    pub(super) fn insert(&mut self, start: usize, view: Region) -> Option<Region> {
+        let page = start >> PAGE_SHIFT;
+        let off = start & PAGE_MASK;
+        let slot = page_slot_or_create(page);
+        let size = view.size;
+        let (b, len) = match slot.block() {
+            Some(found) => found,
+            None => {
+                let b = self.take_block(0);
+                b.set_pos(self.pages.len());
+                self.pages.push((page, slot));
+                slot.len.store(0, Ordering::Relaxed);
+                slot.block.store(b.tagged(), Ordering::Release);
+                (b, 0)
+            }
+        };
+        let pred = b.predecessor(len, off);
+        if let Some(i) = pred.filter(|&i| b.off(i) == off) {
+            let old = self.view(b, i);
+            let old_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
+            if old_ix != 0 {
+                self.free_extras.push(old_ix);
+            }
+            set_covers(start, old.size, false);
+            let (was, now) = (old.is_unpinned_managed(), view.is_unpinned_managed());
+            if was != now {
+                count_unpinned(start, now);
+            }
+            let words = self.encode(0, view);
+            b.write_rec(i, words);
+            set_covers(start, size, true);
+            return Some(old);
+        }
+        let at = pred.map_or(0, |i| i + 1);
+        let b = if len == b.cap() {
+            self.grow(slot, b, len)
+        } else {
+            b
+        };
+        for j in (at..len).rev() {
+            b.set_off(j + 1, b.off(j));
+            b.copy_rec(j, b, j + 1);
+        }
+        b.set_off(at, off);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, true);
+        }
+        let words = self.encode(0, view);
+        b.write_rec(at, words);
+        slot.len.store(len as u32 + 1, Ordering::Relaxed);
+        set_covers(start, size, true);
+        None
+    }
+
+    /// Moves a full page's records to a block of the next class.
+    fn grow(&mut self, slot: &PageSlot, old: Block, len: usize) -> Block {
+        let class = (old.class() + 1).min(NCLASSES - 1);
+        let b = self.take_block(class);
+        for i in 0..len {
+            b.set_off(i, old.off(i));
+            old.copy_rec(i, b, i);
+        }
+        b.set_pos(old.pos());
+        slot.block.store(b.tagged(), Ordering::Release);
+        self.free_blocks[old.class()].push(old);
+        b
+    }
+
+    /// Removes the record starting at `start`, returning its view.
+    pub(super) fn remove(&mut self, start: usize) -> Option<Region> {
+        let page = start >> PAGE_SHIFT;
+        let slot = page_slot(page)?;
+        let (b, len) = slot.block()?;
+        let i = b.exact(len, start & PAGE_MASK)?;
+        let view = self.view(b, i);
+        // The record's extra index is freed with it.
+        let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
+        if extra_ix != 0 {
+            self.free_extras.push(extra_ix);
+        }
+        for j in i + 1..len {
+            b.set_off(j - 1, b.off(j));
+            b.copy_rec(j, b, j - 1);
+        }
+        slot.len.store(len as u32 - 1, Ordering::Relaxed);
+        if len == 1 {
+            slot.block.store(0, Ordering::Release);
+            let pos = b.pos();
+            self.pages.swap_remove(pos);
+            if let Some((m, _)) = self.pages.get(pos).and_then(|(_, s)| s.block()) {
+                m.set_pos(pos);
+            }
+            self.free_blocks[b.class()].push(b);
+        }
+        set_covers(start, view.size, false);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, false);
+        }
+        Some(view)
+    }
+}
