@@ -310,7 +310,7 @@ pub(crate) struct RegionDetail {
 }
 
 impl RegionDetail {
-    pub(crate) fn of(start: usize, r: &Region) -> RegionDetail {
+    fn of(start: usize, r: &Region) -> RegionDetail {
         let e = r.extra.as_deref();
         RegionDetail {
             start,

@@ -50,7 +50,7 @@ impl Release {
     /// # Safety
     /// `start` is the block this release was recorded for, nothing uses it
     /// any more, and it is released once.
-    pub(crate) unsafe fn run(self, start: usize) {
+    unsafe fn run(self, start: usize) {
         match self {
             Release::Nothing | Release::Released => {}
             // SAFETY: forwarded contract: the block came from this
