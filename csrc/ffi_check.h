@@ -55,8 +55,10 @@ void ffi_check_release_at(const void *ptr, const char *file, int line);
  * scans: a pointer to unpinned Rust memory found there after a call
  * returns is reported as kept by C.  The range must stay readable until
  * ffi_check_remove_root(ptr).  Registering the same ptr again replaces the
- * root. */
-void ffi_check_add_root_at(const void *ptr, size_t len, const char *file, int line);
+ * root.  Returns 1 when the root is registered, 0 when it is refused: a
+ * range that is not readable memory for its whole length, or whose end
+ * overflows, is reported (InvalidRoot) and not registered. */
+int ffi_check_add_root_at(const void *ptr, size_t len, const char *file, int line);
 
 /* Unregisters the root that starts at ptr. */
 void ffi_check_remove_root_at(const void *ptr, const char *file, int line);

@@ -189,16 +189,21 @@ pub extern "C" fn ffi_check_release_at(ptr: *const c_void, _file: *const c_char,
 }
 
 /// C registers `[ptr, ptr + len)` (a global table, say) as a root that the
-/// mode-2 scan reads (rule P2).
+/// mode-2 scan reads (rule P2). Returns 1 when registered, 0 when refused
+/// (not readable memory for its whole length: `InvalidRoot`).
 #[no_mangle]
 pub extern "C" fn ffi_check_add_root_at(
     ptr: *const c_void,
     len: usize,
     file: *const c_char,
     line: c_int,
-) {
+) -> c_int {
     from_c("ffi_check_add_root", || {
-        crate::roots::add_root_at(ptr as usize, len, c_site(file, line))
+        c_int::from(crate::roots::add_root_at(
+            ptr as usize,
+            len,
+            c_site(file, line),
+        ))
     })
 }
 

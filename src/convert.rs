@@ -292,6 +292,12 @@ pub unsafe fn string_from_c(ptr: *const c_char) -> String {
 /// empty slice (C's usual way to say "nothing"); `(NULL, n > 0)` is
 /// `NullPointer`, and gives the empty slice when it does not panic.
 ///
+/// A length that reaches past the tracked C region the pointer lies in is
+/// `OutOfBounds`, and the slice is cut to the elements inside the region; a
+/// length no slice can have (more than `isize::MAX` bytes) is `OutOfBounds`
+/// too, and gives the empty slice. Memory the checker has no record of is
+/// taken at its word (see the crate's limits).
+///
 /// # Safety
 /// When `ptr` is non-null it points to `len` initialised `T` that outlive
 /// `'a` and are not written meanwhile.
@@ -313,6 +319,23 @@ pub unsafe fn slice_from_c<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
         }
         return &[];
     }
+    let elem = std::mem::size_of::<T>();
+    let Some(bytes) = len.checked_mul(elem).filter(|b| *b <= isize::MAX as usize) else {
+        // No slice can be this long: `from_raw_parts` would abort.
+        if checks_on() {
+            emit(
+                Violation::new(ViolationKind::OutOfBounds, msg::SLICE_TOO_LONG.to_owned())
+                    .note(format!(
+                        "length {len} of `{}` ({elem} bytes each) is more than `isize::MAX` bytes",
+                        std::any::type_name::<T>()
+                    ))
+                    .note("the empty slice is returned".into())
+                    .with_site(Some(Site::caller())),
+            );
+        }
+        return &[];
+    };
+    let mut len = len;
     if checks_on() {
         if let Some(r) = registry::lookup(ptr as usize) {
             if r.state == RegionState::Freed {
@@ -326,8 +349,25 @@ pub unsafe fn slice_from_c<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
                 );
                 return &[];
             }
+            let room = r.start + r.size - ptr as usize;
+            if bytes > room && elem > 0 {
+                len = room / elem;
+                emit(
+                    Violation::new(ViolationKind::OutOfBounds, msg::SLICE_PAST_REGION.to_owned())
+                        .note(format!(
+                            "{bytes} bytes asked for at offset {} of a {}-byte region; {} element(s) fit",
+                            ptr as usize - r.start,
+                            r.size,
+                            len
+                        ))
+                        .note(format!("the slice is cut to the {len} element(s) inside the region"))
+                        .with_site(Some(Site::caller()))
+                        .region_at("region", r.start),
+                );
+            }
         }
     }
-    // SAFETY: forwarded contract.
+    // SAFETY: forwarded contract; `len` elements are no more bytes than
+    // `isize::MAX` (checked above) and, for a tracked region, lie inside it.
     unsafe { std::slice::from_raw_parts(ptr, len) }
 }

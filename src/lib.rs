@@ -276,6 +276,7 @@ mod leak;
 mod managed;
 mod mode;
 mod pin;
+mod probe;
 #[cfg(feature = "proptest")]
 #[path = "proptest_support.rs"]
 pub mod proptest;

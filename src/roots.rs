@@ -85,9 +85,20 @@ fn roots() -> MutexGuard<'static, Vec<Root>> {
 
 /// Registers `[start, start + len)` as a root (replacing a root that starts
 /// at the same address).
-pub(crate) fn add_root_at(start: usize, len: usize, site: Option<Site>) {
+pub(crate) fn add_root_at(start: usize, len: usize, site: Option<Site>) -> bool {
     if !COMPILED_IN || start == 0 || len == 0 {
-        return;
+        return false;
+    }
+    // A root is read at every scan: one that is not memory would crash the
+    // scan, and one whose end overflows would never be read at all.
+    if let Some(why) = crate::probe::unreadable_range(start, len) {
+        emit(
+            Violation::new(ViolationKind::InvalidRoot, msg::BAD_ROOT.to_owned())
+                .note(format!("the root is {start:#x}, {len} bytes: {why}"))
+                .note("the root is not registered".into())
+                .with_site(site),
+        );
+        return false;
     }
     let mut roots = roots();
     roots.retain(|r| r.start != start);
@@ -96,6 +107,7 @@ pub(crate) fn add_root_at(start: usize, len: usize, site: Option<Site>) {
         len,
         origin: RootOrigin::Registered(site),
     });
+    true
 }
 
 /// Unregisters the root starting at `start`; false when there is none.
@@ -112,6 +124,12 @@ pub(crate) fn remove_root_at(start: usize) -> bool {
 /// reported as C keeping it (`Retained`). What `ffi_check_add_root` does
 /// from C. Registering the same start again replaces the root.
 ///
+/// Returns whether the root was registered. A range that is not mapped and
+/// readable for its whole length, or whose end overflows the address space,
+/// is refused with an `InvalidRoot` report (it would crash the scan, or never
+/// be scanned); a null pointer, a zero length, or a build with the checks
+/// compiled out registers nothing and returns false.
+///
 /// # Safety
 /// `[ptr, ptr + len)` stays readable until [`remove_root`] is called with
 /// `ptr` (or for the rest of the program).
@@ -124,8 +142,8 @@ pub(crate) fn remove_root_at(start: usize) -> bool {
 /// assert!(remove_root(std::ptr::addr_of!(TABLE)) || !ffi_check::COMPILED_IN);
 /// ```
 #[track_caller]
-pub unsafe fn add_root<T: ?Sized>(ptr: *const T, len: usize) {
-    add_root_at(ptr.cast::<u8>() as usize, len, Some(Site::caller()));
+pub unsafe fn add_root<T: ?Sized>(ptr: *const T, len: usize) -> bool {
+    add_root_at(ptr.cast::<u8>() as usize, len, Some(Site::caller()))
 }
 
 /// Unregisters a root registered by [`add_root`] (or `ffi_check_add_root`)

@@ -48,13 +48,17 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         // Memory the checker never saw: C's own allocations that were not
         // adopted pass unchecked, but a stack address or static data is
         // certainly not from a C allocator.
-        if let Some(what) = never_allocated(ptr) {
+        if let Some(what) = never_allocated(ptr).or_else(|| not_allocated_by(ptr, family)) {
             emit(
                 Violation::new(
                     ViolationKind::InvalidFree,
                     format!("{} (`{api}`)", msg::FREE_NOT_HEAP),
                 )
                 .note(format!("the pointer {ptr:#x} is {what}"))
+                .note(
+                    "the free is not carried out: passing it on would corrupt the heap or crash"
+                        .into(),
+                )
                 .with_site(site),
             );
             return Verdict::Skip;
@@ -223,7 +227,7 @@ fn c_free_of_rust_block(ptr: usize, api: &'static str, site: Option<Site>) -> bo
 /// current thread's stack, or the image (code, static data) of a loaded
 /// program or library. Cold: only frees of untracked pointers ask.
 #[cold]
-fn never_allocated(ptr: usize) -> Option<&'static str> {
+pub(super) fn never_allocated(ptr: usize) -> Option<&'static str> {
     if on_this_stack(ptr) {
         return Some("on this thread's stack");
     }
@@ -235,6 +239,21 @@ fn never_allocated(ptr: usize) -> Option<&'static str> {
         return Some("in the static data or code of a loaded program or library");
     }
     None
+}
+
+/// What `ptr` is when it cannot be a live block of the allocator of
+/// `family`: unreadable memory for any allocator, and for `malloc`'s family
+/// anything without a sane chunk header. Cold: only frees of untracked
+/// pointers ask.
+#[cold]
+fn not_allocated_by(ptr: usize, family: u8) -> Option<&'static str> {
+    if family == FAMILY_MALLOC {
+        return crate::probe::not_a_malloc_block(ptr);
+    }
+    // A library's allocator has a layout of its own: at least the block
+    // must be memory.
+    (!crate::probe::readable(ptr))
+        .then_some("not in readable memory (no heap block can start there)")
 }
 
 /// Whether `ptr` lies in the current thread's stack.

@@ -199,6 +199,10 @@ impl<T> CBox<T> {
     /// Adopts a pointer C returned from its `malloc` family (`NULL` gives
     /// `None`): Rust owns it now and frees it with `free` on drop.
     ///
+    /// A pointer no C allocator returned (the middle of a tracked block,
+    /// managed memory, a Rust heap block, the stack, static data) is
+    /// reported (`InvalidFree`) and gives `None`: it is not adopted.
+    ///
     /// # Safety
     /// `ptr` is null or points to an initialised `T` allocated by `malloc`,
     /// owned by nobody else.
@@ -217,13 +221,15 @@ impl<T> CBox<T> {
     #[track_caller]
     pub unsafe fn from_raw_with(ptr: *mut T, dealloc: Deallocator) -> Option<CBox<T>> {
         let ptr = NonNull::new(ptr)?;
-        adopt(
+        if !adopt(
             ptr.as_ptr() as usize,
             std::mem::size_of::<T>(),
             dealloc.family(),
             Site::caller(),
             Some(std::any::type_name::<T>),
-        );
+        ) {
+            return None;
+        }
         Some(CBox {
             ptr,
             dealloc,
@@ -339,7 +345,9 @@ impl<T> CBox<[T]> {
         }
     }
 
-    /// Adopts `len` elements at `ptr` from C's `malloc` family.
+    /// Adopts `len` elements at `ptr` from C's `malloc` family. `NULL`, and
+    /// a pointer no C allocator returned (reported, as for
+    /// [`CBox::from_raw`]), give `None`.
     ///
     /// # Safety
     /// `ptr` is null or points to `len` initialised `T` allocated by `malloc`,
@@ -361,13 +369,15 @@ impl<T> CBox<[T]> {
         dealloc: Deallocator,
     ) -> Option<CBox<[T]>> {
         NonNull::new(ptr)?;
-        adopt(
+        if !adopt(
             ptr as usize,
             std::mem::size_of::<T>().saturating_mul(len),
             dealloc.family(),
             Site::caller(),
             Some(std::any::type_name::<[T]>),
-        );
+        ) {
+            return None;
+        }
         let slice = std::ptr::slice_from_raw_parts_mut(ptr, len);
         Some(CBox {
             ptr: NonNull::new(slice).expect("non-null"),
@@ -459,7 +469,8 @@ impl CBox<CStr> {
 
     /// Adopts a C string C returned from `malloc` (`strdup`, say). `NULL`
     /// gives `None`; so does a string with no NUL within its tracked region
-    /// (`UnterminatedString`, reported).
+    /// (`UnterminatedString`, reported), and a pointer no C allocator
+    /// returned (`InvalidFree`, reported, as for [`CBox::from_raw`]).
     ///
     /// # Safety
     /// `ptr` is null or points to a NUL-terminated string allocated by
@@ -483,13 +494,15 @@ impl CBox<CStr> {
         // SAFETY: forwarded contract; the length is bounded by the tracked
         // region when there is one.
         let len = unsafe { crate::convert::c_strlen(ptr, Some(site))? };
-        adopt(
+        if !adopt(
             ptr as usize,
             len + 1,
             dealloc.family(),
             site,
             Some(std::any::type_name::<CStr>),
-        );
+        ) {
+            return None;
+        }
         // SAFETY: len + 1 bytes, the last one NUL.
         let cstr = unsafe {
             CStr::from_bytes_with_nul_unchecked(std::slice::from_raw_parts(

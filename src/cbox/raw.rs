@@ -4,6 +4,7 @@
 
 use std::ffi::c_void;
 
+use super::free::never_allocated;
 use super::{free_through_checks, Deallocator};
 use crate::family::FAMILY_MALLOC;
 use crate::mode::checks_on;
@@ -36,21 +37,27 @@ pub(super) fn track_new(
 /// Registers `[ptr, ptr + size)`, returned by C, as live C memory of
 /// `family`, or takes over an existing record of it. A pointer into a
 /// quarantined block is C2: that memory cannot have been handed out again.
+///
+/// Returns false when the adoption is refused: memory that no C allocator
+/// returned (the middle of a tracked block, managed memory, a Rust heap
+/// block, the stack, static data) is reported (`InvalidFree`: freeing it
+/// later would be one) and not registered, so no record of it is replaced
+/// and nothing frees it twice.
 pub(super) fn adopt(
     ptr: usize,
     size: usize,
     family: u8,
     site: Site,
     type_name: Option<fn() -> &'static str>,
-) {
+) -> bool {
     if ptr == 0 || !checks_on() {
-        return;
+        return true;
     }
     if let Some(r) = registry::lookup(ptr) {
         if r.state == RegionState::Live && r.start == ptr && r.kind == RegionKind::C {
             // Already tracked (allocated through ffi_check_malloc in C): keep
             // its allocation site, which is the more useful one.
-            return;
+            return true;
         }
         if r.state == RegionState::Freed {
             emit(
@@ -62,8 +69,28 @@ pub(super) fn adopt(
                 .region_at("freed region", r.start),
             );
             // The record stays: it still owns the quarantined block.
-            return;
+            return true;
         }
+        let what = if r.kind == RegionKind::Managed {
+            "managed memory (Rust's, freed by Rust)".to_owned()
+        } else {
+            format!("{} bytes into a tracked C block", ptr - r.start)
+        };
+        refuse(ptr, &what, site, Some(r.start));
+        return false;
+    }
+    if crate::heap::block_at(ptr).is_some() {
+        refuse(
+            ptr,
+            "a Rust heap block (tracking allocator)",
+            site,
+            Some(ptr),
+        );
+        return false;
+    }
+    if let Some(what) = never_allocated(ptr) {
+        refuse(ptr, what, site, None);
+        return false;
     }
     registry::insert(NewRegion {
         start: ptr,
@@ -73,6 +100,19 @@ pub(super) fn adopt(
         flags: 0,
         site: Some(site),
         type_name,
+    });
+    true
+}
+
+#[cold]
+fn refuse(ptr: usize, what: &str, site: Site, region: Option<usize>) {
+    let v = Violation::new(ViolationKind::InvalidFree, msg::ADOPT_NOT_HEAP.to_owned())
+        .note(format!("the pointer {ptr:#x} is {what}"))
+        .note("it is not adopted: owning it would free memory no C allocator gave out".into())
+        .with_site(Some(site));
+    emit(match region {
+        Some(start) => v.region_at_any("adopted pointer is in", start),
+        None => v,
     });
 }
 
@@ -141,7 +181,10 @@ pub unsafe fn c_free_with(ptr: *mut c_void, dealloc: &Deallocator) {
 
 /// Tracks `size` bytes at `ptr`, returned by C's `malloc` family, as C memory
 /// that Rust now owns: its free is checked and a missing free is a leak.
-/// Returns `ptr`.
+/// Returns `ptr`. Memory no C allocator returned (the middle of a tracked
+/// block, managed memory, the stack, static data) is reported
+/// (`InvalidFree`) and not adopted; `ptr` is still returned, and a later
+/// [`c_free`] of it is refused the same way.
 ///
 /// ```
 /// // SAFETY: malloc has no preconditions.
@@ -152,7 +195,7 @@ pub unsafe fn c_free_with(ptr: *mut c_void, dealloc: &Deallocator) {
 /// ```
 #[track_caller]
 pub fn c_adopt(ptr: *mut c_void, size: usize) -> *mut c_void {
-    adopt(ptr as usize, size, FAMILY_MALLOC, Site::caller(), None);
+    let _ = adopt(ptr as usize, size, FAMILY_MALLOC, Site::caller(), None);
     ptr
 }
 
@@ -160,7 +203,7 @@ pub fn c_adopt(ptr: *mut c_void, size: usize) -> *mut c_void {
 /// `dealloc`.
 #[track_caller]
 pub fn c_adopt_with(ptr: *mut c_void, size: usize, dealloc: &Deallocator) -> *mut c_void {
-    adopt(ptr as usize, size, dealloc.family(), Site::caller(), None);
+    let _ = adopt(ptr as usize, size, dealloc.family(), Site::caller(), None);
     ptr
 }
 

@@ -78,11 +78,18 @@ pub enum ViolationKind {
     /// C4 (mode 2): C wrote outside a guarded C allocation it was lent: the
     /// guard bytes before or after the block changed.
     GuardOverrun,
+    /// C4: a buffer from C said to be longer than the tracked region it lies
+    /// in (or longer than any buffer can be): reading it would read past the
+    /// memory.
+    OutOfBounds,
+    /// P2 (mode 2): a root registered for the scans that is not readable
+    /// memory for its whole length, or whose end overflows.
+    InvalidRoot,
 }
 
 impl ViolationKind {
     /// Every kind, in rule order.
-    pub const ALL: [ViolationKind; 18] = [
+    pub const ALL: [ViolationKind; 20] = [
         ViolationKind::UnpinnedNested,
         ViolationKind::Retained,
         ViolationKind::FreedWhileRetained,
@@ -101,6 +108,8 @@ impl ViolationKind {
         ViolationKind::UnterminatedString,
         ViolationKind::InvalidUtf8,
         ViolationKind::GuardOverrun,
+        ViolationKind::OutOfBounds,
+        ViolationKind::InvalidRoot,
     ];
 
     /// The rule this kind breaks (`"P1"` … `"X2"`; `"C4"` for the guard
@@ -109,7 +118,7 @@ impl ViolationKind {
         use ViolationKind::*;
         match self {
             UnpinnedNested => "P1",
-            Retained => "P2",
+            Retained | InvalidRoot => "P2",
             FreedWhileRetained | FreedWhilePinned => "P3",
             CallbackReturnedUnpinned => "P4",
             StoredUnpinned => "P5",
@@ -117,7 +126,7 @@ impl ViolationKind {
             DoubleFree | InvalidFree | MismatchedFree => "C1",
             UseAfterFree => "C2",
             Leak => "C3",
-            GuardOverrun => "C4",
+            GuardOverrun | OutOfBounds => "C4",
             LossyConversion => "X1",
             InteriorNul | NullPointer | UnterminatedString | InvalidUtf8 => "X2",
         }
@@ -145,6 +154,8 @@ impl ViolationKind {
             UnterminatedString => "UnterminatedString",
             InvalidUtf8 => "InvalidUtf8",
             GuardOverrun => "GuardOverrun",
+            OutOfBounds => "OutOfBounds",
+            InvalidRoot => "InvalidRoot",
         }
     }
 
@@ -170,6 +181,8 @@ impl ViolationKind {
             UnterminatedString => "read the bytes with their length (`ffi_check::slice_from_c`) instead of as a C string",
             InvalidUtf8 => "read it as bytes (`CStr::to_bytes`) or convert lossily (`CStr::to_string_lossy`)",
             GuardOverrun => "keep C's writes inside the memory it was given: pass the buffer's true length (counting the room for a NUL), or give C a larger buffer",
+            OutOfBounds => "read only as many elements as C's buffer holds: check the length C returned against the buffer's size",
+            InvalidRoot => "register only memory that stays mapped and readable for its whole length (a global table, a static, a live C block), with its true length in bytes",
         }
     }
 
@@ -216,6 +229,11 @@ pub(crate) mod msg {
     pub const INTERIOR_NUL: &str = "string for C has an interior NUL byte";
     pub const NULL_STRING: &str = "NULL pointer where a C string was expected";
     pub const NULL_SLICE: &str = "NULL pointer with a non-zero length";
+    pub const SLICE_PAST_REGION: &str =
+        "buffer from C is longer than the tracked region it lies in";
+    pub const SLICE_TOO_LONG: &str = "buffer from C is longer than any buffer can be";
+    pub const BAD_ROOT: &str = "root for the mode-2 scans is not readable memory";
+    pub const ADOPT_NOT_HEAP: &str = "adoption of a pointer no C allocator returned";
     pub const UNTERMINATED: &str = "C string has no NUL terminator within its region";
     pub const INVALID_UTF8: &str = "C string is not valid UTF-8";
     /// HotSpot -Xcheck:jni: "buffer overrun" / "buffer underrun".
