@@ -25,6 +25,16 @@ pub trait ToC<U>: Copy + Display {
     fn exact(self) -> Option<U>;
     /// The value as an `as` cast would give it (what C would have seen).
     fn truncated(self) -> U;
+    /// What [`to_c`] returns once it has reported that the value does not
+    /// fit and the report did not panic (inside [`capture`](crate::capture),
+    /// or with [`Action::Log`](crate::Action::Log)): the least harmful value.
+    /// For integers that is zero, so a length or count that did not fit
+    /// makes C do nothing rather than read or write past a buffer (the `as`
+    /// value of `-1` as a `c_uint` length is four billion); for floats it is
+    /// the nearest value. By default, the `as` value.
+    fn on_loss(self) -> U {
+        self.truncated()
+    }
 }
 
 macro_rules! int_to_c {
@@ -35,6 +45,8 @@ macro_rules! int_to_c {
             fn exact(self) -> Option<$to> { <$to>::try_from(self).ok() }
             #[inline]
             fn truncated(self) -> $to { self as $to }
+            #[inline]
+            fn on_loss(self) -> $to { 0 }
         }
     )* };
 }
@@ -95,8 +107,9 @@ fn short_type<T>() -> &'static str {
 
 /// Converts a Rust number into the C type the context asks for, reporting
 /// `LossyConversion` (X1) when the value does not fit. When the violation
-/// does not panic (`capture`, `Action::Log`), the `as`-cast value is
-/// returned: what C would have received without the check.
+/// does not panic (`capture`, `Action::Log`), the least harmful value is
+/// returned ([`ToC::on_loss`]): zero for integers, the nearest value for
+/// floats. With the checks off or compiled out, it is the `as` cast.
 ///
 /// ```
 /// use std::os::raw::{c_int, c_uint};
@@ -117,6 +130,7 @@ pub fn to_c<T: ToC<U>, U>(value: T) -> U {
         None => {
             if checks_on() {
                 emit(lossy::<T, U>(value, Site::caller()));
+                return value.on_loss();
             }
             value.truncated()
         }

@@ -411,10 +411,7 @@ fn report_retained_freed(start: usize, site: Option<Site>) {
     crate::report::emit(
         crate::report::Violation::new(
             crate::ViolationKind::UseAfterFree,
-            format!(
-                "C retained a pointer {}",
-                msg::USE_AFTER_FREE_ARG.trim_start_matches("is ")
-            ),
+            msg::RETAINED_FREED.to_owned(),
         )
         .with_site(site)
         .with_callee(crate::frame::current_call().map(|c| c.0))
@@ -456,6 +453,19 @@ pub fn retain<T: ?Sized>(ptr: *const T) {
 }
 
 /// Declares that C no longer keeps `ptr` (what `ffi_check_release` says).
+///
+/// A release with no retain to match (of memory never retained, or one
+/// more than the retains) changes nothing and is not reported: the count
+/// never goes below zero, so a later retain is still held and a free while
+/// it is held is still `FreedWhileRetained`. C code releases on paths where
+/// it never kept anything (a destroy function that releases whatever its
+/// slot held), and the harm retains guard against, freeing what C still
+/// holds, cannot come from a release too many.
+///
+/// ```
+/// let m = ffi_check::Pinned::new(1u8);
+/// ffi_check::release(m.as_ptr()); // never retained: nothing happens
+/// ```
 pub fn release<T: ?Sized>(ptr: *const T) {
     release_at(ptr.cast::<u8>() as usize);
 }

@@ -68,16 +68,16 @@ pub(crate) fn readable(addr: usize) -> bool {
 /// certainly not a live malloc block, and passing it to `free` would corrupt
 /// the heap or crash.
 pub(crate) fn not_a_malloc_block(ptr: usize) -> Option<&'static str> {
+    if !readable(ptr) {
+        return Some("not in readable memory (no heap block can start there)");
+    }
     if ptr % MALLOC_ALIGN != 0 || ptr < CHUNK_HEADER {
         return Some("not aligned as `malloc` aligns its blocks");
     }
     let chunk = ptr - CHUNK_HEADER;
     let (Some(prev_size), Some(word)) = (read_word(chunk), read_word(chunk + 8)) else {
-        return Some("not in readable memory (no heap block can start there)");
+        return Some("not a block of C's allocator (no chunk header before it)");
     };
-    if !readable(ptr) {
-        return Some("not in readable memory (no heap block can start there)");
-    }
     let size = word & !7;
     if word & IS_MMAPPED != 0 {
         // A block of its own mapping: the mapping starts `prev_size` bytes

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use once_cell::sync::OnceCell;
 
@@ -96,11 +96,45 @@ fn act(v: Violation) {
                 write_stderr(&text);
                 return;
             }
+            if in_thread_local_destructor() {
+                // A panic out of a thread-local destructor aborts the whole
+                // process (the thread's, or at exit the main thread's): the
+                // report is printed and the program goes on.
+                write_stderr(&text);
+                write_stderr(
+                    "ffi-check: not panicking: a panic inside a thread-local destructor would abort the process\n",
+                );
+                return;
+            }
             // The message is the full report, so the panic hook prints it
             // and `#[should_panic(expected = ...)]` can match its words.
             panic!("{v}");
         }
     }
+}
+
+/// Whether this thread is running thread-local destructors (at thread exit,
+/// or the main thread's at process exit): C's runtime calls them from
+/// `__call_tls_dtors`, which a walk of the stack finds. Rust offers no way
+/// to ask; this runs only when a violation is about to panic.
+#[cold]
+fn in_thread_local_destructor() -> bool {
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut found = false;
+    backtrace::trace(|frame| {
+        // SAFETY: dladdr only reads the loader's tables; `info` is plain
+        // data it fills in.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; any address may be asked about.
+        if unsafe { libc::dladdr(frame.ip(), &mut info) } != 0 && !info.dli_sname.is_null() {
+            // SAFETY: dladdr names the symbol with a NUL-terminated string
+            // of the loaded object.
+            let name = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) };
+            found = name.to_bytes() == b"__call_tls_dtors";
+        }
+        !found
+    });
+    found
 }
 
 /// Runs `f`, collecting the violations that happen on this thread inside it
@@ -147,6 +181,7 @@ fn log_json(v: &Violation) {
     let file = LOG.get_or_init(|| {
         let path = std::env::var_os("FFI_CHECK_LOG")?;
         if path.is_empty() {
+            write_stderr("ffi-check: ignoring empty FFI_CHECK_LOG (it names the file to log to); not logging\n");
             return None;
         }
         match std::fs::OpenOptions::new()
@@ -168,6 +203,21 @@ fn log_json(v: &Violation) {
         // threads or processes do not interleave.
         let mut line = v.to_json();
         line.push('\n');
-        let _ = f.write_all(line.as_bytes());
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            log_write_failed(&e);
+        }
+    }
+}
+
+/// Says once per process that the log lost a line: a full disk or a closed
+/// file must not make the log silently incomplete.
+#[cold]
+fn log_write_failed(e: &std::io::Error) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let path = std::env::var_os("FFI_CHECK_LOG").unwrap_or_default();
+        write_stderr(&format!(
+            "ffi-check: cannot write to FFI_CHECK_LOG={path:?}: {e}; violations are missing from the log (they are still reported here)\n"
+        ));
     }
 }

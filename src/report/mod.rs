@@ -224,6 +224,7 @@ pub(crate) mod msg {
     pub const FREE_NOT_HEAP: &str = "free of a pointer no C allocator returned";
     pub const MISMATCHED_FREE: &str = "C memory freed with the wrong deallocator";
     pub const USE_AFTER_FREE_ARG: &str = "is a pointer into freed memory";
+    pub const RETAINED_FREED: &str = "C retained a pointer into freed memory";
     pub const LEAK: &str = "leak of C memory";
     pub const LOSSY: &str = "does not fit in";
     pub const INTERIOR_NUL: &str = "string for C has an interior NUL byte";
@@ -406,8 +407,12 @@ impl Violation {
         self.0.site = site;
         self
     }
+    /// Adds a line of explanation (once: the same note twice, from two
+    /// regions of one kind, is said once).
     pub(crate) fn note(mut self, note: String) -> Violation {
-        self.0.notes.push(note);
+        if !self.0.notes.contains(&note) {
+            self.0.notes.push(note);
+        }
         self
     }
     pub(crate) fn without_backtrace(mut self) -> Violation {
