@@ -63,6 +63,7 @@ fn main() {
     x1_numbers(&mut tour);
     x2_strings(&mut tour);
     x3_no_implicit_pointers(&mut tour);
+    c4_p2_bounds_and_roots(&mut tour);
     std::process::exit(tour.finish());
 }
 
@@ -889,4 +890,45 @@ fn kinds(violations: &[Violation]) -> String {
         .map(|v| v.kind().name())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+// ---- C4 and P2: lengths and roots the checker can refuse ---------------------
+
+fn c4_p2_bounds_and_roots(tour: &mut Tour) {
+    tour.rule(
+        "C4, P2",
+        "a buffer is read only inside its memory, and a root must be memory",
+    );
+
+    let mut len = 0usize;
+    // SAFETY: fx_unterminated writes the length; the block is freed below.
+    let p = unsafe { call!(fx_unterminated(&mut len as *mut usize)) };
+    tour.ok("the 4 bytes C says it returned are read", || {
+        // SAFETY: C returned `len` bytes at p.
+        let bytes = unsafe { slice_from_c(p.cast::<u8>(), len) };
+        assert_eq!(bytes, b"abcd");
+    });
+    tour.mistake(
+        "C's length is trusted past the block it lies in (40 bytes of a 4-byte block)",
+        &[ViolationKind::OutOfBounds],
+        || {
+            // SAFETY: the mistake under test; the slice is cut to the block.
+            let bytes = unsafe { slice_from_c(p.cast::<u8>(), 40) };
+            assert_eq!(bytes.len(), 4);
+        },
+    );
+    // SAFETY: p came from the fixture's tracked malloc; freed once.
+    unsafe { c_free(p.cast()) };
+
+    // SAFETY: fx_root_table_addr has no preconditions.
+    let table = unsafe { call!(fx_root_table_addr()) };
+    tour.mistake(
+        "C's static table is registered as a root with a length of 1 TiB",
+        &[ViolationKind::InvalidRoot],
+        || {
+            // SAFETY: refused: the range is not memory for its length.
+            let registered = unsafe { ffi_check::add_root(table, 1 << 40) };
+            assert!(!registered);
+        },
+    );
 }
