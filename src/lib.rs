@@ -60,7 +60,7 @@
 //! | id | rule | violation |
 //! |----|------|-----------|
 //! | P1 | Memory lent to C for a call holds no pointer to *unpinned* managed memory. | [`UnpinnedNested`](ViolationKind::UnpinnedNested) |
-//! | P2 | C keeps no pointer to unpinned managed memory after the call. | [`Retained`](ViolationKind::Retained) |
+//! | P2 | C keeps no pointer to unpinned managed memory after the call. | [`Retained`](ViolationKind::Retained), [`InvalidRoot`](ViolationKind::InvalidRoot) (a root the scans cannot read) |
 //! | P3 | Managed memory is not freed or unpinned while C holds it, nor dropped while pinned. | [`FreedWhileRetained`](ViolationKind::FreedWhileRetained), [`FreedWhilePinned`](ViolationKind::FreedWhilePinned) |
 //! | P4 | A callback returns no pointer to unpinned managed memory. | [`CallbackReturnedUnpinned`](ViolationKind::CallbackReturnedUnpinned) |
 //! | P5 | Rust stores no pointer to unpinned managed memory into C memory. | [`StoredUnpinned`](ViolationKind::StoredUnpinned) |
@@ -68,7 +68,7 @@
 //! | C1 | C memory is freed once, by its own deallocator; managed memory never by C. | [`DoubleFree`](ViolationKind::DoubleFree), [`InvalidFree`](ViolationKind::InvalidFree), [`MismatchedFree`](ViolationKind::MismatchedFree) |
 //! | C2 | No pointer into freed memory crosses the boundary or is freed again. | [`UseAfterFree`](ViolationKind::UseAfterFree) |
 //! | C3 | C memory Rust owns is freed before the end. | [`Leak`](ViolationKind::Leak) |
-//! | C4 | C writes only inside the C memory it is given (mode 2 guard bytes). | [`GuardOverrun`](ViolationKind::GuardOverrun) |
+//! | C4 | Memory is written and read only inside its bounds: C inside the C memory it is given (mode 2 guard bytes), Rust inside the buffers C returns. | [`GuardOverrun`](ViolationKind::GuardOverrun), [`OutOfBounds`](ViolationKind::OutOfBounds) |
 //! | X1 | Numbers cross only through explicit, lossless conversions. | [`LossyConversion`](ViolationKind::LossyConversion) |
 //! | X2 | Strings cross only through explicit conversions. | [`InteriorNul`](ViolationKind::InteriorNul), [`NullPointer`](ViolationKind::NullPointer), [`UnterminatedString`](ViolationKind::UnterminatedString), [`InvalidUtf8`](ViolationKind::InvalidUtf8) |
 //! | X3 | Wrappers never turn into raw pointers implicitly. | compile time |
