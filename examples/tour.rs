@@ -16,7 +16,7 @@
 use ffi_check_fixtures as fixtures;
 
 use std::collections::BTreeSet;
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::os::raw::{c_char, c_int, c_long};
 
 use ffi_check::{
@@ -275,7 +275,7 @@ fn p4_callback_results(tour: &mut Tour) {
             };
             // Take the copy back: the CBox frees it once, on drop.
             // SAFETY: p is the malloc'd, NUL-terminated copy the callback made.
-            let copy = unsafe { CBox::<CStr>::from_raw(p as *mut c_char) }.expect("non-null");
+            let copy = unsafe { CBox::from_raw_cstr(p as *mut c_char) }.expect("non-null");
             assert_eq!(copy.to_bytes(), b"copy");
         },
     );
@@ -391,7 +391,7 @@ fn c1_free_once_with_the_right_deallocator(tour: &mut Tour) {
             // string the caller owns.
             let raw = unsafe { call!(fx_greet(&name)) };
             // SAFETY: raw came from the malloc family and nobody else owns it.
-            let greeting = unsafe { CBox::<CStr>::from_raw(raw) }.expect("fx_greet failed");
+            let greeting = unsafe { CBox::from_raw_cstr(raw) }.expect("fx_greet failed");
             assert_eq!(greeting.to_bytes(), b"hello, tour");
         },
     );
@@ -405,7 +405,7 @@ fn c1_free_once_with_the_right_deallocator(tour: &mut Tour) {
             // calls fx_dealloc, and any other free of this memory is reported.
             // SAFETY: raw came from fx_alloc and nobody else owns it.
             let copy =
-                unsafe { CBox::<CStr>::from_raw_with(raw, FX_DEALLOC) }.expect("fx_alloc failed");
+                unsafe { CBox::from_raw_cstr_with(raw, FX_DEALLOC) }.expect("fx_alloc failed");
             assert_eq!(copy.to_bytes(), b"private");
         },
     );
@@ -440,7 +440,7 @@ fn c1_free_once_with_the_right_deallocator(tour: &mut Tour) {
             let raw = unsafe { call!(fx_alloc_string(&name)) };
             // SAFETY: raw came from fx_alloc and nobody else owns it.
             let copy =
-                unsafe { CBox::<CStr>::from_raw_with(raw, FX_DEALLOC) }.expect("fx_alloc failed");
+                unsafe { CBox::from_raw_cstr_with(raw, FX_DEALLOC) }.expect("fx_alloc failed");
             let raw = copy.into_raw();
             // SAFETY: the wrong deallocator: reported and not carried out
             // (libc free would corrupt the heap: the block starts 16 bytes

@@ -452,7 +452,7 @@ pub unsafe extern "C" fn strdup<F: Family>(s: *const c_char) -> *mut c_char {
 /// // SAFETY: sqlite3_mprintf with a format without conversions.
 /// let p = unsafe { sql::sqlite3_mprintf(c"hello".as_ptr()) };
 /// // SAFETY: p is SQLite memory (from the hooks) holding a C string.
-/// let text = unsafe { ffi_check::CBox::<std::ffi::CStr>::from_raw_with(p, Sqlite::DEALLOCATOR) };
+/// let text = unsafe { ffi_check::CBox::from_raw_cstr_with(p, Sqlite::DEALLOCATOR) };
 /// assert_eq!(text.unwrap().to_bytes(), b"hello");      // freed with sqlite3_free
 /// ```
 #[repr(C)]

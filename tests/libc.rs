@@ -62,7 +62,7 @@ fn strdup_result_adopted_by_cbox_is_freed_once_on_drop() {
         // SAFETY: strdup copies a NUL-terminated string into malloc'd memory.
         let p = unsafe { call!(libc::strdup(c"duplicated")) };
         // SAFETY: p is NULL or a malloc'd string nobody else owns.
-        let copy = unsafe { CBox::<CStr>::from_raw(p) }.expect("strdup succeeds");
+        let copy = unsafe { CBox::from_raw_cstr(p) }.expect("strdup succeeds");
         assert_eq!(copy.to_str(), Ok("duplicated"));
         // The drop frees it with `free`, once.
     });

@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::os::raw::c_char;
 use std::sync::{Arc, Barrier};
 
@@ -260,7 +260,7 @@ fn mismatched_free_names_both_deallocators() {
     // else owns; it is adopted with its own deallocator.
     let b = unsafe {
         let p = fixtures::fx_alloc_string(c"library string".as_ptr());
-        CBox::<CStr>::from_raw_with(p, FX_DEALLOC).expect("non-null")
+        CBox::from_raw_cstr_with(p, FX_DEALLOC).expect("non-null")
     };
     let p = b.into_raw().cast::<c_void>();
     // SAFETY: the checker refuses to give fx_alloc memory to `free`, which
@@ -292,7 +292,7 @@ fn adopting_a_c_string_and_dropping_it_once_is_ok() {
         // SAFETY: fx_greet returns a fresh malloc'd string the caller owns.
         let greeting = unsafe {
             let p = call!(fixtures::fx_greet(c"ferris"));
-            CBox::<CStr>::from_raw(p).expect("non-null")
+            CBox::from_raw_cstr(p).expect("non-null")
         };
         assert_eq!(greeting.to_str(), Ok("hello, ferris"));
     });
@@ -328,7 +328,7 @@ fn cbox_from_raw_with_frees_with_the_custom_deallocator() {
         // its own deallocator.
         let s = unsafe {
             let p = fixtures::fx_alloc_string(c"private heap".as_ptr());
-            CBox::<CStr>::from_raw_with(p, FX_DEALLOC).expect("non-null")
+            CBox::from_raw_cstr_with(p, FX_DEALLOC).expect("non-null")
         };
         assert_eq!(s.to_bytes(), b"private heap");
         assert_eq!(s.deallocator().name(), "fx_dealloc");
@@ -717,4 +717,49 @@ fn leaks_env_prints_the_leak_report_at_exit() {
         stderr.contains("SUMMARY: ffi-check: 37 byte(s) leaked in 1 allocation(s)"),
         "{stderr}"
     );
+}
+
+// ---- opaque handles with a destroy function -------------------------------------
+
+/// An opaque C handle type, as bindgen declares one.
+#[repr(C)]
+struct Handle {
+    _private: [u8; 0],
+}
+
+extern "C" fn handle_open() -> *mut Handle {
+    // SAFETY: malloc has no preconditions.
+    unsafe { libc::malloc(32) }.cast()
+}
+
+/// `void handle_close(handle *)`: the library's destroy function.
+unsafe extern "C" fn handle_close(h: *mut Handle) {
+    // SAFETY: h came from handle_open and is closed once (the checks see to
+    // the second time).
+    unsafe { libc::free(h.cast()) }
+}
+
+const HANDLE_CLOSE: Deallocator = Deallocator::destroy("handle_close", handle_close);
+
+#[test]
+fn an_opaque_handle_owned_with_its_destroy_function_is_destroyed_once() {
+    // SAFETY: a fresh handle nobody else owns.
+    let h = unsafe { CBox::from_raw_with(handle_open(), HANDLE_CLOSE) }.expect("opened");
+    let (_, v) = capture(|| drop(h));
+    assert!(v.is_empty(), "{v:?}");
+}
+
+#[test]
+fn destroying_an_opaque_handle_twice_is_double_free() {
+    // SAFETY: a fresh handle nobody else owns.
+    let h = unsafe { CBox::from_raw_with(handle_open(), HANDLE_CLOSE) }.expect("opened");
+    let p = h.into_raw();
+    // SAFETY: p is the adopted handle; it is destroyed once here.
+    unsafe { c_free_with(p.cast(), &HANDLE_CLOSE) };
+    // SAFETY: the second destroy is the mistake under test; the check skips it.
+    let ((), v) = capture(|| unsafe { c_free_with(p.cast(), &HANDLE_CLOSE) });
+    if ffi_check::COMPILED_IN {
+        let v = only(&v);
+        assert_report(v, ViolationKind::DoubleFree, "double free of C memory");
+    }
 }

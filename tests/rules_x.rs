@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_long, c_uint};
 
 use common::fixtures;
@@ -230,7 +230,7 @@ fn reading_an_unterminated_string_is_reported() {
 fn adopting_an_unterminated_string_is_reported_and_refused() {
     let p = unterminated();
     // SAFETY: the region is tracked; the length search stops at its end.
-    let (b, v) = capture(|| unsafe { CBox::<CStr>::from_raw(p) });
+    let (b, v) = capture(|| unsafe { CBox::from_raw_cstr(p) });
     assert!(b.is_none());
     assert_report(
         only(&v),
@@ -283,9 +283,8 @@ fn static_and_owned_c_strings_read_fine() {
         assert_eq!(version, "fixtures 1.0");
 
         // SAFETY: fx_greet returns a fresh malloc'd string the caller owns.
-        let greeting = unsafe {
-            CBox::<CStr>::from_raw(call!(fixtures::fx_greet(c"world"))).expect("non-null")
-        };
+        let greeting =
+            unsafe { CBox::from_raw_cstr(call!(fixtures::fx_greet(c"world"))).expect("non-null") };
         // SAFETY: the string lives as long as `greeting`.
         assert_eq!(unsafe { str_from_c(greeting.as_ptr()) }, "hello, world");
         // SAFETY: as above.

@@ -133,7 +133,7 @@ pub fn quote(text: &str) -> Result<CBox<CStr>, Error> {
     // SAFETY: a "%Q" format and one C string for it.
     let p = unsafe { call!(sql::sqlite3_mprintf(c"%Q", unchecked(text.as_ptr()))) };
     // SAFETY: p is null or a NUL-terminated string from sqlite3_malloc.
-    unsafe { CBox::<CStr>::from_raw_with(p, Sqlite::DEALLOCATOR) }
+    unsafe { CBox::from_raw_cstr_with(p, Sqlite::DEALLOCATOR) }
         .ok_or_else(|| plain_error(sql::SQLITE_NOMEM, "sqlite3_mprintf failed"))
 }
 
@@ -183,7 +183,7 @@ impl Connection {
             ))
         };
         // SAFETY: null or SQLite's message, from sqlite3_malloc: ours now.
-        let message = unsafe { CBox::<CStr>::from_raw_with(message, Sqlite::DEALLOCATOR) };
+        let message = unsafe { CBox::from_raw_cstr_with(message, Sqlite::DEALLOCATOR) };
         if rc == sql::SQLITE_OK {
             return Ok(());
         }
@@ -528,7 +528,7 @@ impl Statement<'_> {
         // SAFETY: a live statement.
         let p = unsafe { call!(sql::sqlite3_expanded_sql(self.stmt)) };
         // SAFETY: null or a NUL-terminated string from sqlite3_malloc.
-        unsafe { CBox::<CStr>::from_raw_with(p, Sqlite::DEALLOCATOR) }
+        unsafe { CBox::from_raw_cstr_with(p, Sqlite::DEALLOCATOR) }
     }
 
     /// The raw handle, for code that calls SQLite itself.

@@ -40,6 +40,45 @@ impl Deallocator {
         Deallocator { name, free }
     }
 
+    /// The destroy function of an opaque C handle, `unsafe extern "C"
+    /// fn(*mut T)` as C declares it (`void db_close(db *)`), as a
+    /// deallocator: a handle adopted with it (`CBox::from_raw_with`) is
+    /// destroyed exactly once on drop, and a second destroy of it is
+    /// `DoubleFree` like any C free. No shim function is needed.
+    ///
+    /// ```
+    /// use ffi_check::{CBox, Deallocator};
+    /// #[repr(C)]
+    /// pub struct Db { _private: [u8; 0] }
+    /// extern "C" fn db_open() -> *mut Db {
+    ///     // SAFETY: malloc has no preconditions.
+    ///     unsafe { libc::malloc(16) }.cast()
+    /// }
+    /// unsafe extern "C" fn db_close(db: *mut Db) {
+    ///     // SAFETY: db came from db_open and is closed once.
+    ///     unsafe { libc::free(db.cast()) }
+    /// }
+    /// const DB_CLOSE: Deallocator = Deallocator::destroy("db_close", db_close);
+    /// // SAFETY: db_open returns a fresh handle that nobody else owns.
+    /// let db = unsafe { CBox::from_raw_with(db_open(), DB_CLOSE) }.expect("opened");
+    /// drop(db); // db_close runs here, once
+    /// ```
+    pub const fn destroy<T>(
+        name: &'static str,
+        destroy: unsafe extern "C" fn(*mut T),
+    ) -> Deallocator {
+        // SAFETY: `*mut T` and `*mut c_void` are both thin pointers, which
+        // Rust's ABI rules make compatible as arguments: calling `destroy`
+        // through the `*mut c_void` signature passes the same pointer the
+        // same way, and it is only ever called with a pointer adopted as `T`.
+        let free = unsafe {
+            std::mem::transmute::<unsafe extern "C" fn(*mut T), unsafe extern "C" fn(*mut c_void)>(
+                destroy,
+            )
+        };
+        Deallocator { name, free }
+    }
+
     /// Its name, as reports print it.
     pub fn name(&self) -> &'static str {
         self.name

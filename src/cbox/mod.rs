@@ -470,23 +470,36 @@ impl CBox<CStr> {
     /// Adopts a C string C returned from `malloc` (`strdup`, say). `NULL`
     /// gives `None`; so does a string with no NUL within its tracked region
     /// (`UnterminatedString`, reported), and a pointer no C allocator
-    /// returned (`InvalidFree`, reported, as for [`CBox::from_raw`]).
+    /// returned (`InvalidFree`, reported, as for `CBox::from_raw`).
+    ///
+    /// Its own name, not `from_raw`: `CBox::from_raw(p)` of a `*mut c_char`
+    /// adopts one `c_char`, and a shared name would need a turbofish at
+    /// every call.
+    ///
+    /// ```
+    /// use ffi_check::CBox;
+    /// // SAFETY: strdup returns a fresh malloc'd copy (or NULL).
+    /// let p = unsafe { libc::strdup(c"from C".as_ptr()) };
+    /// // SAFETY: p is NULL or a NUL-terminated malloc'd string nobody else owns.
+    /// let s = unsafe { CBox::from_raw_cstr(p) }.expect("strdup succeeds");
+    /// assert_eq!(s.to_bytes(), b"from C");
+    /// ```
     ///
     /// # Safety
     /// `ptr` is null or points to a NUL-terminated string allocated by
     /// `malloc` and owned by nobody else.
     #[track_caller]
-    pub unsafe fn from_raw(ptr: *mut c_char) -> Option<CBox<CStr>> {
+    pub unsafe fn from_raw_cstr(ptr: *mut c_char) -> Option<CBox<CStr>> {
         // SAFETY: forwarded contract.
-        unsafe { Self::from_raw_with(ptr, Deallocator::LIBC) }
+        unsafe { Self::from_raw_cstr_with(ptr, Deallocator::LIBC) }
     }
 
     /// Adopts a C string from a library's own allocator.
     ///
     /// # Safety
-    /// As [`CBox::<CStr>::from_raw`], with `dealloc`'s allocator.
+    /// As [`CBox::from_raw_cstr`], with `dealloc`'s allocator.
     #[track_caller]
-    pub unsafe fn from_raw_with(ptr: *mut c_char, dealloc: Deallocator) -> Option<CBox<CStr>> {
+    pub unsafe fn from_raw_cstr_with(ptr: *mut c_char, dealloc: Deallocator) -> Option<CBox<CStr>> {
         if ptr.is_null() {
             return None;
         }
