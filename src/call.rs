@@ -84,6 +84,7 @@ impl Call {
 
     /// Counts an argument that needs no check.
     #[inline(always)]
+    #[track_caller]
     pub fn plain(&mut self) {
         self.arg += 1;
     }
@@ -91,6 +92,7 @@ impl Call {
     /// Lends `[addr, addr + size)` of managed memory: P1 scans it when its
     /// type can hold pointers.
     #[inline(always)]
+    #[track_caller]
     pub fn lend(&mut self, addr: usize, size: usize, scan: bool) {
         self.arg += 1;
         if scan {
@@ -101,6 +103,7 @@ impl Call {
     /// Passes a raw pointer: C2 when it points into freed memory, P1 on the
     /// whole allocation when it points into managed memory.
     #[inline(always)]
+    #[track_caller]
     pub fn raw(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
@@ -112,6 +115,7 @@ impl Call {
     /// tracking allocator a heap block passed this way is remembered as
     /// possibly handed over to C (`Box::into_raw`), for the leak report.
     #[inline(always)]
+    #[track_caller]
     pub fn raw_mut(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
@@ -120,6 +124,7 @@ impl Call {
     }
 
     #[inline(never)]
+    #[track_caller]
     fn scan_lent(&self, addr: usize, size: usize) {
         // SAFETY: the caller lends memory it owns and borrows for the call.
         if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
@@ -128,6 +133,7 @@ impl Call {
     }
 
     #[inline(never)]
+    #[track_caller]
     fn check_raw(&self, addr: usize, mutable: bool) {
         let Some(r) = registry::lookup(addr) else {
             if let Some(block) = crate::heap::block_at(addr) {
@@ -149,6 +155,7 @@ impl Call {
     }
 
     /// A block of the tracking allocator that the registry does not know.
+    #[track_caller]
     fn check_heap_block(&self, block: crate::heap::Block, mutable: bool) {
         if block.freed {
             return self.report_freed(block.start, block.start);
@@ -169,6 +176,7 @@ impl Call {
     }
 
     #[cold]
+    #[track_caller]
     fn report_nested(&self, lent: usize, offset: usize, target: usize) {
         emit(
             Violation::new(
@@ -191,6 +199,7 @@ impl Call {
     }
 
     #[cold]
+    #[track_caller]
     fn report_freed(&self, addr: usize, start: usize) {
         emit(
             Violation::new(
@@ -251,7 +260,9 @@ impl Drop for Call {
     note = "numbers cross only through an explicit conversion (`ffi_check::to_c`), pointers through a wrapper reference or a named method (`as_ptr`)"
 )]
 pub trait CArg<R> {
-    /// Converts and checks.
+    /// Converts and checks. A violation's panic names the caller's line
+    /// (the `call!`), not this crate's.
+    #[track_caller]
     fn lower(self, call: &mut Call) -> R;
     /// Converts without a check (checks off at run time, or compiled out).
     fn pass(self) -> R;

@@ -158,6 +158,7 @@ pub fn try_to_c<T: ToC<U>, U>(value: T) -> Result<U, Violation> {
 /// # Safety
 /// `ptr` is non-null and, when not inside a tracked region, points to a
 /// NUL-terminated string.
+#[track_caller]
 pub(crate) unsafe fn c_strlen(ptr: *const c_char, site: Option<Site>) -> Option<usize> {
     let region = if checks_on() {
         registry::lookup(ptr as usize)
@@ -204,6 +205,7 @@ pub(crate) unsafe fn c_strlen(ptr: *const c_char, site: Option<Site>) -> Option<
 }
 
 #[cold]
+#[track_caller]
 fn null_string(site: Site) {
     emit(
         Violation::new(ViolationKind::NullPointer, msg::NULL_STRING.to_owned())
@@ -265,6 +267,7 @@ pub unsafe fn str_from_c<'a>(ptr: *const c_char) -> &'a str {
 }
 
 #[cold]
+#[track_caller]
 fn invalid_utf8(ptr: *const c_char, at: usize, site: Site) {
     let mut v = Violation::new(ViolationKind::InvalidUtf8, msg::INVALID_UTF8.to_owned())
         .note(format!("invalid byte at offset {at}"))

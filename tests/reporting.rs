@@ -537,3 +537,70 @@ fn child_callback_double_frees() {
     };
     println!("{AFTER}");
 }
+
+// ---- where a panic points ----------------------------------------------------
+
+extern "C" fn first_byte(p: *const u8) -> u8 {
+    // SAFETY: the test passes a pointer into a block it keeps allocated
+    // (freed but quarantined, so still mapped).
+    unsafe { *p }
+}
+
+/// Runs `f`, which must panic with a violation, and returns the file and
+/// line the panic names (its location, as the panic hook sees it).
+fn panic_location(f: impl FnOnce()) -> (String, u32) {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<(String, u32)>> = Mutex::new(None);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| (l.file().to_owned(), l.line()));
+        *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    assert!(r.is_err(), "the violation panicked");
+    SEEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .expect("the panic has a location")
+}
+
+#[test]
+fn a_violation_panics_at_the_users_line() {
+    if !is_child("a_violation_panics_at_the_users_line") {
+        let out = run_child(
+            "a_violation_panics_at_the_users_line",
+            &[("FFI_CHECK_ACTION", "panic")],
+        );
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        return;
+    }
+    let here = file!().to_owned();
+
+    let (file, line) = panic_location(|| {
+        let _: c_int = to_c(1usize << 40); // the conversion's line
+    });
+    assert_eq!((file, line), (here.clone(), line!() - 2), "a conversion");
+
+    let p = c_malloc(8);
+    // SAFETY: p came from c_malloc and is freed once here.
+    unsafe { c_free(p) };
+    let (file, line) = panic_location(|| {
+        // SAFETY: the second free is the mistake under test: reported, skipped.
+        unsafe { c_free(p) }; // the free's line
+    });
+    assert_eq!((file, line), (here.clone(), line!() - 2), "a free");
+
+    let q = c_malloc(8).cast::<u8>();
+    // SAFETY: q came from c_malloc and is freed once here.
+    unsafe { c_free(q.cast::<c_void>()) };
+    let (file, line) = panic_location(|| {
+        let _ = call!(first_byte(q as *const u8)); // the call's line
+    });
+    assert_eq!((file, line), (here, line!() - 2), "a call");
+}

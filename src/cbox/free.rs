@@ -28,6 +28,7 @@ pub(crate) enum Verdict {
 
 /// Rule C1/C2 for a free of `ptr` by deallocator `family` (`api` names it).
 /// Changes nothing: the caller finishes the free according to the verdict.
+#[track_caller]
 pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option<Site>) -> Verdict {
     if ptr == 0 {
         return Verdict::Untracked;
@@ -188,6 +189,7 @@ pub(crate) unsafe fn free_checked(
 /// # Safety
 /// As [`free_checked`]: `ptr` is null or came from `dealloc`'s allocator and
 /// is not used after this.
+#[track_caller]
 pub(crate) unsafe fn free_through_checks(
     ptr: *mut c_void,
     dealloc: &Deallocator,
@@ -201,6 +203,7 @@ pub(crate) unsafe fn free_through_checks(
 /// `c_free` (or `ffi_check_free`) of `ptr`: when it is a Rust heap block of
 /// the tracking allocator, C must not free it. Reports `InvalidFree` and
 /// returns true (the caller must then leave the memory alone).
+#[track_caller]
 fn c_free_of_rust_block(ptr: usize, api: &'static str, site: Option<Site>) -> bool {
     let Some(b) = crate::heap::block_at(ptr) else {
         return false;

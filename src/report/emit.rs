@@ -42,6 +42,7 @@ fn in_callback() -> bool {
 /// set, then collects it (inside [`capture`]) or carries out the action.
 #[cold]
 #[inline(never)]
+#[track_caller]
 pub(crate) fn emit(v: Violation) {
     if !crate::mode::checks_on() {
         // Off (or compiled out): nothing is reported, whatever found it.
@@ -69,6 +70,7 @@ pub(crate) fn emit(v: Violation) {
     }
 }
 
+#[track_caller]
 fn act(v: Violation) {
     let text = format!("{v}\n");
     match crate::mode::action() {
