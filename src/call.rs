@@ -592,7 +592,11 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
     }
     let Some(r) = registry::lookup(addr) else {
         if let Some(block) = crate::heap::block_at(addr) {
-            report_returned_heap_block(block, callback, site);
+            // A live plain heap block handed to C (a boxed value C will give
+            // back to a destructor) is Rust's rule: reported only strict.
+            if block.freed || crate::mode::strict() {
+                report_returned_heap_block(block, callback, site);
+            }
         }
         return;
     };
@@ -615,6 +619,9 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
         return;
     }
     let nested = if r.pins == 0 {
+        if r.family != crate::family::FAMILY_RUST && !crate::mode::strict() {
+            return;
+        }
         None
     } else if r.flags & flags::HOLDS_POINTERS != 0 {
         // SAFETY: live managed memory whose owner hands it to C.

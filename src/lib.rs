@@ -298,7 +298,8 @@ pub use heap::HandedToC;
 pub use leak::{assert_clean, leak_report, LeakCheck, LeakGroup, LeakReport, LeakedPin};
 pub use managed::Managed;
 pub use mode::{
-    action, mode, set_action, set_event_backtraces, set_mode, Action, Mode, COMPILED_IN,
+    action, mode, set_action, set_event_backtraces, set_mode, set_strict, strict, strictly, Action,
+    Mode, COMPILED_IN,
 };
 pub use pin::{release, retain, Pinned, Pinner};
 pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};

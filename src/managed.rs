@@ -172,8 +172,8 @@ impl Managed<CStr> {
 /// the program does not crash. When it returns true, the caller frees the
 /// memory through [`quarantine`].
 pub(crate) fn release(start: usize) -> bool {
-    let state = registry::update(start, |r| (r.state, r.pins, r.retains, r.size));
-    let Some((state, pins, retains, size)) = state else {
+    let state = registry::update(start, |r| (r.state, r.pins, r.retains, r.size, r.family));
+    let Some((state, pins, retains, size, family)) = state else {
         return true;
     };
     if state != RegionState::Live || !checks_on() {
@@ -190,10 +190,13 @@ pub(crate) fn release(start: usize) -> bool {
             .region_at("pinned region", start),
         );
     }
-    // Mode 2: C memory that still points into it is P3 too.
+    // Mode 2: C memory that still points into it is P3 too, unless C itself
+    // is giving a plain heap block back (a destructor callback C invoked
+    // frees what C held: C's pointer is its own to forget).
+    let given_back = family != crate::family::FAMILY_RUST && crate::report::in_callback();
     let keep = retains > 0
         || pins > 0
-        || (crate::mode::full() && crate::roots::check_release(start, size, false));
+        || (crate::mode::full() && !given_back && crate::roots::check_release(start, size, false));
     if keep {
         registry::mark_freed(start, None, None, Release::Nothing);
     }

@@ -270,3 +270,87 @@ pub(crate) fn leaks_at_exit() -> bool {
         _ => None,
     }) == 1
 }
+
+// ---- strict rules ------------------------------------------------------------
+
+static STRICT: AtomicU8 = AtomicU8::new(UNINIT);
+
+thread_local! {
+    /// This thread's override of [`strict`]: 0 follows the process, 1 is
+    /// off, 2 is on (set by [`strictly`] for the length of a closure).
+    static STRICT_HERE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether Go's strict discipline applies to *all* Rust memory, plain heap
+/// blocks included (`FFI_CHECK_STRICT=1`, [`set_strict`], or inside
+/// [`strictly`]).
+///
+/// By default the rules are Rust's: Rust heap memory never moves, so C
+/// holding a pointer to a plain heap block (one of the
+/// [`TrackingAllocator`](crate::TrackingAllocator), not declared
+/// [`Managed`](crate::Managed)) is harmless until Rust frees it; what is
+/// reported is that free while C still holds the pointer
+/// (`FreedWhileRetained`) and C's use of it afterwards (`UseAfterFree`). A
+/// pointer table of plain buffers lent for one call, a `Box::into_raw`
+/// hand-over, a callback returning a boxed value: nothing to report. Memory
+/// declared `Managed` keeps Go's discipline either way: a nested pointer to
+/// it must be pinned at the call (`UnpinnedNested`), and C may keep it only
+/// pinned (`Retained`). Strict, plain heap blocks are held to the same.
+///
+/// ```
+/// assert!(!ffi_check::strict() || std::env::var_os("FFI_CHECK_STRICT").is_some());
+/// ```
+pub fn strict() -> bool {
+    match STRICT_HERE.try_with(std::cell::Cell::get).unwrap_or(0) {
+        1 => return false,
+        2 => return true,
+        _ => {}
+    }
+    match STRICT.load(Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => {
+            let v = parse_env("FFI_CHECK_STRICT", 0, |s| match s {
+                "0" => Some(0),
+                "1" => Some(1),
+                _ => None,
+            });
+            let _ = STRICT.compare_exchange(UNINIT, v, Ordering::Relaxed, Ordering::Relaxed);
+            STRICT.load(Ordering::Relaxed) == 1
+        }
+    }
+}
+
+/// Sets [`strict`] for the whole process, overriding `FFI_CHECK_STRICT`.
+///
+/// ```
+/// let before = ffi_check::strict();
+/// ffi_check::set_strict(true);
+/// assert!(ffi_check::strict());
+/// ffi_check::set_strict(before);
+/// ```
+pub fn set_strict(on: bool) {
+    STRICT.store(u8::from(on), Ordering::Relaxed);
+}
+
+/// Runs `f` with [`strict`] set to `on` on this thread only (other threads
+/// keep the process's setting), as a test of one code path wants.
+///
+/// ```
+/// assert!(ffi_check::strictly(true, ffi_check::strict));
+/// assert!(!ffi_check::strictly(false, ffi_check::strict));
+/// ```
+pub fn strictly<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let was = self.0;
+            let _ = STRICT_HERE.try_with(|s| s.set(was));
+        }
+    }
+    let was = STRICT_HERE
+        .try_with(|s| s.replace(if on { 2 } else { 1 }))
+        .unwrap_or(0);
+    let _restore = Restore(was);
+    f()
+}

@@ -352,7 +352,9 @@ raw_pointer_methods!(Pinned);
 
 /// Records that C keeps a pointer to the memory at `addr` after the current
 /// call (rule P2): legal for pinned managed memory and for C memory; for
-/// unpinned managed memory it is `Retained`, at once.
+/// unpinned memory declared `Managed` it is `Retained`, at once; for a plain
+/// heap block only when the rules are [`strict`](crate::strict) (otherwise
+/// its free while still retained is `FreedWhileRetained`).
 pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     if addr == 0 || !checks_on() {
         return;
@@ -368,7 +370,7 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     promote(addr, site);
     let outcome = registry::update_containing(addr, |start, r| {
         if r.state != RegionState::Live {
-            return (start, r.state, r.kind, true);
+            return (start, r.state, r.kind, true, r.family);
         }
         if r.kind == RegionKind::Managed {
             r.retains = r.retains.saturating_add(1);
@@ -376,11 +378,14 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
             e.retain_site = site;
             e.retain_trace = trace;
         }
-        (start, r.state, r.kind, r.pins == 0)
+        (start, r.state, r.kind, r.pins == 0, r.family)
     });
-    let Some((start, state, kind, unpinned)) = outcome else {
+    let Some((start, state, kind, unpinned, family)) = outcome else {
         return;
     };
+    // A plain heap block C keeps is Rust's rule, not Go's: harmless until
+    // it is freed while C still holds it (then `FreedWhileRetained`).
+    let unpinned = unpinned && (family == crate::family::FAMILY_RUST || crate::mode::strict());
     if state == RegionState::Freed {
         return report_retained_freed(start, site);
     }

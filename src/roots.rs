@@ -278,6 +278,9 @@ impl Snapshot {
             })
             .collect();
         let mut targets = Vec::new();
+        // Plain heap blocks the registry knows are targets only under strict
+        // rules: otherwise C holding one is judged when it is freed.
+        let strict = with_targets && crate::mode::strict();
         registry::for_each(|start, r| {
             if r.state != RegionState::Live {
                 return;
@@ -288,7 +291,12 @@ impl Snapshot {
                     len: r.size,
                     root: None,
                 }),
-                RegionKind::Managed if with_targets && r.pins == 0 && r.retains == 0 => {
+                RegionKind::Managed
+                    if with_targets
+                        && r.pins == 0
+                        && r.retains == 0
+                        && (strict || r.family == crate::family::FAMILY_RUST) =>
+                {
                     targets.push((start, start.saturating_add(r.size.max(1))));
                 }
                 RegionKind::Managed => {}

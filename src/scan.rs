@@ -99,16 +99,41 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
     // region reaches it (most pages of a pointer table's targets hold only
     // pinned ones), and keeps its last page and answer from word to word.
     let mut reader = (words.len() > 32).then(registry::ScanReader::new);
+    // Asked only once a word hits unpinned memory: most scans find none.
+    let mut strict = None;
     find_in_bounds(words, lo, hi, |i, w| {
         let found = match reader.as_mut() {
             Some(reader) => reader.unpinned_managed_start(w),
             None => registry::unpinned_managed_start(w, true),
-        }
-        // A heap block of the tracking allocator that the registry does not
-        // know (it knows every pinned one) is unpinned.
-        .or_else(|| crate::heap::unpinned_block_at(w).then_some(w));
+        };
+        let found = match found {
+            // Memory declared `Managed` is held to Go's rule; a plain heap
+            // block the registry knows (pinned or retained once) only when
+            // the rules are strict.
+            Some(target)
+                if declared_managed(target) || *strict.get_or_insert_with(crate::mode::strict) =>
+            {
+                Some(target)
+            }
+            Some(_) => None,
+            // A heap block of the tracking allocator that the registry does
+            // not know (it knows every pinned one) is unpinned: it counts
+            // when the rules are strict.
+            None if crate::heap::unpinned_block_at(w)
+                && *strict.get_or_insert_with(crate::mode::strict) =>
+            {
+                Some(w)
+            }
+            None => None,
+        };
         found.map(|target| (skip + i * WORD, target))
     })
+}
+
+/// Whether the managed region at `start` was declared so (`Managed`,
+/// `Pinned`), rather than a plain heap block the registry learnt of.
+pub(crate) fn declared_managed(start: usize) -> bool {
+    registry::lookup(start).is_some_and(|r| r.family == crate::family::FAMILY_RUST)
 }
 
 const WORD: usize = std::mem::size_of::<usize>();
@@ -181,7 +206,12 @@ mod tests {
             start,
             size,
             kind,
-            family: 0,
+            // Declared managed memory, as `Managed::new` registers it.
+            family: if kind == RegionKind::Managed {
+                crate::family::FAMILY_RUST
+            } else {
+                0
+            },
             flags: 0,
             site: None,
             type_name: None,

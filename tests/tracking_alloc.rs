@@ -128,15 +128,39 @@ fn a_block_freed_inside_a_call_names_that_call_without_backtraces() {
     assert!(v.to_string().contains("first freed"), "{v}");
 }
 
-// ---- rule P1 on raw pointers ---------------------------------------------------
+// ---- rules P1, P2, P4 on plain heap memory -------------------------------------
+//
+// Rust heap memory never moves, so C holding a pointer to a plain heap block
+// is harmless until Rust frees it: by default the rules are Rust's, and only
+// that free (or C's use afterwards) is reported. Go's discipline (pin before
+// C can see it) holds for memory declared `Managed`, and for plain heap
+// blocks too when the rules are strict (`ffi_check::strictly`).
+
+/// Three boxed ints and a table of pointers to them.
+fn three_boxes() -> (Vec<Box<c_int>>, Vec<*const c_int>) {
+    let items: Vec<Box<c_int>> = (1..=3).map(Box::new).collect();
+    let ptrs = items.iter().map(|b| &**b as *const c_int).collect();
+    (items, ptrs)
+}
 
 #[test]
-fn an_array_of_pointers_to_unpinned_heap_blocks_is_unpinned_nested() {
-    let items: Vec<Box<c_int>> = (1..=3).map(Box::new).collect();
-    let ptrs: Vec<*const c_int> = items.iter().map(|b| &**b as *const c_int).collect();
-    let (sum, v) = capture(|| {
+fn an_array_of_pointers_to_plain_heap_blocks_lent_for_one_call_is_clean() {
+    let (_items, ptrs) = three_boxes();
+    let sum = assert_clean(|| {
         // SAFETY: ptrs holds 3 valid pointers.
         unsafe { call!(fx_sum_nested(ptrs.as_ptr(), ptrs.len())) }
+    });
+    assert_eq!(sum, 6);
+}
+
+#[test]
+fn strict_an_array_of_pointers_to_unpinned_heap_blocks_is_unpinned_nested() {
+    let (_items, ptrs) = three_boxes();
+    let (sum, v) = ffi_check::strictly(true, || {
+        capture(|| {
+            // SAFETY: ptrs holds 3 valid pointers.
+            unsafe { call!(fx_sum_nested(ptrs.as_ptr(), ptrs.len())) }
+        })
     });
     assert_eq!(sum, 6);
     let v = only(&v);
@@ -150,42 +174,145 @@ fn an_array_of_pointers_to_unpinned_heap_blocks_is_unpinned_nested() {
 }
 
 #[test]
-fn the_same_array_after_pinning_is_clean() {
-    let items: Vec<Box<c_int>> = (1..=3).map(Box::new).collect();
-    let ptrs: Vec<*const c_int> = items.iter().map(|b| &**b as *const c_int).collect();
-    let sum = assert_clean(|| {
-        let mut pinner = Pinner::new();
-        for b in &items {
-            pinner.pin_ptr(&**b as *const c_int);
-        }
-        // SAFETY: ptrs holds 3 valid, pinned pointers.
-        let sum = unsafe { call!(fx_sum_nested(ptrs.as_ptr(), ptrs.len())) };
-        pinner.unpin();
-        sum
+fn strict_the_same_array_after_pinning_is_clean() {
+    let (items, ptrs) = three_boxes();
+    let sum = ffi_check::strictly(true, || {
+        assert_clean(|| {
+            let mut pinner = Pinner::new();
+            for b in &items {
+                pinner.pin_ptr(&**b as *const c_int);
+            }
+            // SAFETY: ptrs holds 3 valid, pinned pointers.
+            let sum = unsafe { call!(fx_sum_nested(ptrs.as_ptr(), ptrs.len())) };
+            pinner.unpin();
+            sum
+        })
     });
     assert_eq!(sum, 6);
 }
 
 #[test]
-fn argv_of_cstrings_needs_pins_and_is_clean_with_them() {
+fn argv_of_cstrings_is_clean_and_strict_needs_pins() {
     let args: Vec<CString> = ["a", "bb", "ccc"]
         .iter()
         .map(|s| CString::new(*s).unwrap())
         .collect();
     let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    let (_, v) = capture(|| {
+    let lend = || {
         // SAFETY: argv holds valid pointers; fx_sum_nested only reads them.
         unsafe { call!(fx_sum_nested(argv.as_ptr().cast::<*const c_int>(), 0)) }
-    });
+    };
+    assert_clean(lend);
+    let (_, v) = ffi_check::strictly(true, || capture(lend));
     assert_eq!(only(&v).kind(), ViolationKind::UnpinnedNested);
-    assert_clean(|| {
-        let mut pinner = Pinner::new();
-        for a in &args {
-            pinner.pin_ptr(a.as_ptr());
-        }
-        // SAFETY: as above, now pinned.
-        unsafe { call!(fx_sum_nested(argv.as_ptr().cast::<*const c_int>(), 0)) }
+    ffi_check::strictly(true, || {
+        assert_clean(|| {
+            let mut pinner = Pinner::new();
+            for a in &args {
+                pinner.pin_ptr(a.as_ptr());
+            }
+            lend()
+        })
     });
+}
+
+/// `writev` with plain `Vec` buffers, the `iovec`s on the heap and on the
+/// stack: correct Rust, nothing to pin.
+#[test]
+fn writev_of_plain_vec_buffers_is_clean_from_the_heap_and_from_the_stack() {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let head = b"head:".to_vec();
+    let body = b"body".to_vec();
+    let iov = |b: &Vec<u8>| libc::iovec {
+        iov_base: b.as_ptr().cast_mut().cast::<c_void>(),
+        iov_len: b.len(),
+    };
+    let on_heap = vec![iov(&head), iov(&body)];
+    let on_stack = [iov(&head), iov(&body)];
+    let written = assert_clean(|| {
+        // SAFETY: the iovecs name live bytes for the calls.
+        unsafe {
+            call!(libc::writev(fds[1], on_heap.as_ptr(), 2))
+                + call!(libc::writev(fds[1], on_stack.as_ptr(), 2))
+        }
+    });
+    assert_eq!(written, 18);
+    let mut back = [0u8; 18];
+    // SAFETY: reading what was written into a local buffer.
+    let n = unsafe { libc::read(fds[0], back.as_mut_ptr().cast(), 18) };
+    assert_eq!(n, 18);
+    assert_eq!(&back, b"head:bodyhead:body");
+    // SAFETY: both descriptors are ours.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
+
+/// The destructor a C library calls with the user data it was given: here
+/// C calls it through `fx_call_producer`, as a library's unregister would.
+unsafe extern "C" fn destroy_closure(user: *mut c_void) -> *const c_void {
+    ffi_check::callback!({
+        // SAFETY: user is the Box::into_raw pointer handed over below; C
+        // gives it back exactly once.
+        drop(unsafe { Box::from_raw(user.cast::<Box<dyn Fn() -> usize>>()) });
+        std::ptr::null()
+    })
+}
+
+/// The idiomatic ownership hand-over: a boxed closure holding `Arc`s goes to
+/// C with `Box::into_raw`, C keeps it in its own (tracked) memory, and later
+/// gives it back to a destructor that frees it. Nothing is wrong.
+#[test]
+fn a_boxed_closure_handed_to_c_with_a_destructor_is_clean() {
+    let shared = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(7));
+    let also = std::sync::Arc::new(String::from("captured"));
+    let closure: Box<dyn Fn() -> usize> = {
+        let (shared, also) = (shared.clone(), also.clone());
+        Box::new(move || shared.load(std::sync::atomic::Ordering::Relaxed) + also.len())
+    };
+    let user = Box::into_raw(Box::new(closure)).cast::<c_void>();
+    assert_clean(|| {
+        // SAFETY: a two-slot C table; slot 0 keeps the user data until the
+        // destructor runs, then is cleared; the table is freed last.
+        unsafe {
+            let table = call!(fx_table_new(2));
+            call!(fx_table_put(table, 0, user));
+            // C calls the closure through its user data.
+            let f = &*user.cast::<Box<dyn Fn() -> usize>>();
+            assert_eq!(f(), 15);
+            call!(fx_call_producer(
+                Some(destroy_closure as unsafe extern "C" fn(*mut c_void) -> *const c_void),
+                user
+            ));
+            call!(fx_table_put(table, 0, std::ptr::null::<c_void>()));
+            call!(fx_table_free(table));
+        }
+    });
+    assert_eq!(
+        std::sync::Arc::strong_count(&shared),
+        1,
+        "the destructor ran"
+    );
+    assert_eq!(std::sync::Arc::strong_count(&also), 1);
+}
+
+#[test]
+fn the_hand_overs_are_clean_in_mode_2_too() {
+    const NAME: &str = "the_hand_overs_are_clean_in_mode_2_too";
+    if !common::is_child(NAME) {
+        let out = common::run_child(NAME, &[("FFI_CHECK", "2")]);
+        let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        return;
+    }
+    assert_eq!(ffi_check::mode(), ffi_check::Mode::Full);
+    a_boxed_closure_handed_to_c_with_a_destructor_is_clean();
+    writev_of_plain_vec_buffers_is_clean_from_the_heap_and_from_the_stack();
+    an_array_of_pointers_to_plain_heap_blocks_lent_for_one_call_is_clean();
 }
 
 #[test]
@@ -205,9 +332,33 @@ fn dropping_a_pinned_heap_block_is_freed_while_pinned() {
 }
 
 #[test]
-fn retaining_an_unpinned_heap_block_is_retained_and_pinned_is_fine() {
+fn a_plain_heap_block_c_retains_is_reported_when_freed_while_retained() {
     let s = CString::new("kept").unwrap();
-    let (_, v) = capture(|| ffi_check::retain(s.as_ptr()));
+    let p = s.as_ptr();
+    // C says it keeps the pointer: harmless while the block lives.
+    let ((), v) = capture(|| ffi_check::retain(p));
+    assert!(v.is_empty(), "{v:?}");
+    // Freed while C still holds it: Rust's hazard.
+    let ((), v) = capture(|| drop(s));
+    assert_report(
+        only(&v),
+        ViolationKind::FreedWhileRetained,
+        "managed memory freed while C still holds a pointer to it",
+    );
+    ffi_check::release(p);
+    // Released before the drop: clean.
+    let t = CString::new("kept and let go").unwrap();
+    assert_clean(|| {
+        ffi_check::retain(t.as_ptr());
+        ffi_check::release(t.as_ptr());
+        drop(t);
+    });
+}
+
+#[test]
+fn strict_retaining_an_unpinned_heap_block_is_retained_and_pinned_is_fine() {
+    let s = CString::new("kept").unwrap();
+    let (_, v) = ffi_check::strictly(true, || capture(|| ffi_check::retain(s.as_ptr())));
     assert_report(
         only(&v),
         ViolationKind::Retained,
@@ -215,35 +366,47 @@ fn retaining_an_unpinned_heap_block_is_retained_and_pinned_is_fine() {
     );
     ffi_check::release(s.as_ptr());
     let t = CString::new("kept too").unwrap();
-    assert_clean(|| {
-        let mut pinner = Pinner::new();
-        pinner.pin_ptr(t.as_ptr());
-        ffi_check::retain(t.as_ptr());
-        ffi_check::release(t.as_ptr());
-        pinner.unpin();
+    ffi_check::strictly(true, || {
+        assert_clean(|| {
+            let mut pinner = Pinner::new();
+            pinner.pin_ptr(t.as_ptr());
+            ffi_check::retain(t.as_ptr());
+            ffi_check::release(t.as_ptr());
+            pinner.unpin();
+        })
     });
 }
 
-#[test]
-fn a_callback_returning_an_unpinned_heap_block_is_reported() {
-    unsafe extern "C" fn produce(_user: *mut c_void) -> *const c_void {
-        ffi_check::callback!({ Box::into_raw(Box::new(5u32)).cast::<c_void>().cast_const() })
+unsafe extern "C" fn produce_boxed(_user: *mut c_void) -> *const c_void {
+    ffi_check::callback!({ Box::into_raw(Box::new(5u32)).cast::<c_void>().cast_const() })
+}
+
+fn call_producer() -> *const c_void {
+    // SAFETY: fx_call_producer calls produce_boxed and returns its result.
+    unsafe {
+        call!(fx_call_producer(
+            Some(produce_boxed as unsafe extern "C" fn(*mut c_void) -> *const c_void),
+            std::ptr::null_mut()
+        ))
     }
-    let (p, v) = capture(|| {
-        // SAFETY: fx_call_producer calls produce and returns its result.
-        unsafe {
-            call!(fx_call_producer(
-                Some(produce as unsafe extern "C" fn(*mut c_void) -> *const c_void),
-                std::ptr::null_mut()
-            ))
-        }
-    });
+}
+
+#[test]
+fn a_callback_handing_a_boxed_value_to_c_is_clean() {
+    let p = assert_clean(call_producer);
+    // SAFETY: p is the Box<u32> produce_boxed handed over.
+    drop(unsafe { Box::from_raw(p.cast::<u32>().cast_mut()) });
+}
+
+#[test]
+fn strict_a_callback_returning_an_unpinned_heap_block_is_reported() {
+    let (p, v) = ffi_check::strictly(true, || capture(call_producer));
     assert_report(
         only(&v),
         ViolationKind::CallbackReturnedUnpinned,
-        "result of callback `produce` is unpinned managed pointer",
+        "result of callback `produce_boxed` is unpinned managed pointer",
     );
-    // SAFETY: p is the Box<u32> produce leaked.
+    // SAFETY: p is the Box<u32> produce_boxed leaked.
     drop(unsafe { Box::from_raw(p.cast::<u32>().cast_mut()) });
 }
 

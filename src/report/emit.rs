@@ -34,7 +34,8 @@ impl Drop for CallbackGuard {
     }
 }
 
-fn in_callback() -> bool {
+/// True while this thread runs a callback body that C called.
+pub(crate) fn in_callback() -> bool {
     CALLBACK_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false)
 }
 

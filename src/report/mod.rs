@@ -25,7 +25,7 @@ mod render;
 mod stats;
 
 pub use emit::capture;
-pub(crate) use emit::{emit, enter_callback};
+pub(crate) use emit::{emit, enter_callback, in_callback};
 pub(crate) use render::render_backtrace;
 use render::{current_thread_name, json_str, render_region, site_plain};
 pub use stats::{stats, Stats};

@@ -101,7 +101,8 @@ pub fn forget() {
 pub const CHILD: &str = "FFI_CHECK_TEST_CHILD";
 
 /// The variables that configure ffi-check; a child starts without them.
-const FFI_CHECK_VARS: [&str; 5] = [
+const FFI_CHECK_VARS: [&str; 6] = [
+    "FFI_CHECK_STRICT",
     "FFI_CHECK",
     "FFI_CHECK_ACTION",
     "FFI_CHECK_LOG",
