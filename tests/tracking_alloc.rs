@@ -136,7 +136,9 @@ fn a_block_freed_inside_a_call_names_that_call_without_backtraces() {
 // C can see it) holds for memory declared `Managed`, and for plain heap
 // blocks too when the rules are strict (`ffi_check::strictly`).
 
-/// Three boxed ints and a table of pointers to them.
+/// Three boxed ints and a table of pointers to them (each int a heap block
+/// of its own, as C's tables of objects are).
+#[allow(clippy::vec_box)]
 fn three_boxes() -> (Vec<Box<c_int>>, Vec<*const c_int>) {
     let items: Vec<Box<c_int>> = (1..=3).map(Box::new).collect();
     let ptrs = items.iter().map(|b| &**b as *const c_int).collect();
@@ -229,6 +231,7 @@ fn writev_of_plain_vec_buffers_is_clean_from_the_heap_and_from_the_stack() {
         iov_base: b.as_ptr().cast_mut().cast::<c_void>(),
         iov_len: b.len(),
     };
+    #[allow(clippy::useless_vec)] // the point: the iovecs in a heap block
     let on_heap = vec![iov(&head), iov(&body)];
     let on_stack = [iov(&head), iov(&body)];
     let written = assert_clean(|| {
