@@ -256,6 +256,10 @@ pub(crate) fn update_containing<R>(
 /// Calls `f` on every region, one shard at a time (each shard is locked
 /// only while it is visited). `f` must not call back into the registry.
 pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
+    // What `f` allocates and frees under the shard's lock is bookkeeping: a
+    // free there must not take the allocator's quarantine locks, which come
+    // before the shards'.
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     // A leak check visits every record, the quarantined ones included (a
     // million in mode 2): each record's words are read once, and the site
     // of the record before is reused (neighbours mostly share one).
@@ -337,6 +341,7 @@ impl RegionDetail {
 /// The details of the region starting at `start`.
 #[cold]
 pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     let mut inner = shard_of(start).lock();
     let (b, i) = ShardInner::find_exact(start)?;
     let view = inner.view(b, i);
