@@ -38,7 +38,11 @@
 //! even sequence number).
 //!
 //! Lock order: a shard's mutex, then the directory's, the huge list's or the
-//! site table's (never the other way round); no two shard mutexes at once.
+//! site table's (never the other way round); no two shard mutexes at once
+//! (only `fork`'s prepare handler holds them all, taken in index order). Under
+//! a shard's mutex the thread does bookkeeping, so no free made there takes
+//! the tracking allocator's locks. Where these stand among the crate's other
+//! locks: `crate::fork`.
 
 mod block;
 mod bounds;
@@ -351,4 +355,24 @@ pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
         inner.extras[ix as usize - 1] = view.extra;
     }
     Some(detail)
+}
+
+// ---- fork -------------------------------------------------------------------
+
+/// The registry's locks, held across `fork` (see `crate::fork`): every
+/// shard's mutex (in index order), then the directory's, the huge list's
+/// and the site table's. Dropping the value releases them.
+pub(crate) struct ForkLocks {
+    _shards: [std::sync::MutexGuard<'static, ShardInner>; shard::NSHARDS],
+    _directory: directory::ForkLocks,
+    _sites: sites::ForkLock,
+}
+
+/// Takes the registry's locks for `fork`'s prepare handler.
+pub(crate) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _shards: shard::lock_all_for_fork(),
+        _directory: directory::lock_for_fork(),
+        _sites: sites::lock_for_fork(),
+    }
 }
