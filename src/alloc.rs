@@ -25,9 +25,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use backtrace::Backtrace;
-
-use crate::bookkeeping::{allocator_report, bookkeeping, guarded};
+use crate::bookkeeping::{allocator_report, bookkeeping, capture_backtrace, guarded};
 use crate::heap::{
     batch, block_at, freed_meta, header, inner_layout, install, meta_align, meta_size, meta_state,
     my_shard, state, uninstall, words, Batch, Entry, BATCH, HAS_ORPHANS, ORPHANS, PENDING_P,
@@ -199,7 +197,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         if crate::mode::raw_event_backtraces() {
             let trace = {
                 let _g = bookkeeping();
-                Some(Box::new(Backtrace::new_unresolved()))
+                Some(Box::new(capture_backtrace()))
             };
             // SAFETY: as the caller vouches.
             unsafe { self.push_locked(std::iter::once(Entry { p, site, trace })) };

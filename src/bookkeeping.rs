@@ -1,6 +1,7 @@
 //! The checker's own bookkeeping: the per-thread guard under which ffi-check
 //! allocates for itself, the flag that says the tracking allocator is
-//! reporting, and memory straight from the kernel.
+//! reporting, memory straight from the kernel, and the one lock every
+//! backtrace is taken and resolved under.
 //!
 //! Everything the checker allocates (registry records, report text, leak
 //! lists) is made inside a [`Bookkeeping`] section, so the tracking allocator
@@ -13,6 +14,9 @@
 
 use std::cell::Cell;
 use std::ptr;
+use std::sync::{Mutex, MutexGuard};
+
+use backtrace::Backtrace;
 
 thread_local! {
     /// Set while ffi-check itself allocates (its bookkeeping, its reports):
@@ -99,4 +103,47 @@ pub(crate) fn map_anonymous(bytes: usize) -> Option<*mut libc::c_void> {
         )
     };
     (p != libc::MAP_FAILED).then_some(p)
+}
+
+// ---- backtraces ------------------------------------------------------------
+
+/// Held around every backtrace the checker takes or resolves. The
+/// `backtrace` crate serialises them behind a lock of its own that no one
+/// outside can take; holding this one across `fork` (see `crate::fork`)
+/// means no thread of the checker is inside that lock when the process
+/// forks, so the child can take backtraces too. A leaf: nothing else of the
+/// checker is locked under it (the work is done as bookkeeping, so the
+/// allocator takes none of its locks).
+static BACKTRACES: Mutex<()> = Mutex::new(());
+
+fn backtraces() -> MutexGuard<'static, ()> {
+    BACKTRACES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A backtrace of the caller, frames unresolved (resolved only if printed).
+#[inline(never)]
+pub(crate) fn capture_backtrace() -> Backtrace {
+    let _g = bookkeeping();
+    let _lock = backtraces();
+    Backtrace::new_unresolved()
+}
+
+/// Resolves the frames of `bt` (file, line, function names).
+pub(crate) fn resolve_backtrace(bt: &mut Backtrace) {
+    let _g = bookkeeping();
+    let _lock = backtraces();
+    bt.resolve();
+}
+
+/// The backtrace lock, held across `fork` (see `crate::fork`).
+pub(crate) struct ForkLocks {
+    _backtraces: MutexGuard<'static, ()>,
+}
+
+/// Takes the backtrace lock for `fork`'s prepare handler; dropping the
+/// value releases it.
+pub(crate) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _backtraces: backtraces(),
+    }
 }

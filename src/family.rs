@@ -11,7 +11,7 @@
 //! report names them, the C front end ([`Deallocator`](crate::Deallocator))
 //! hands them out.
 
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockWriteGuard};
 
 /// libc's `malloc` family.
 pub(crate) const FAMILY_MALLOC: u8 = 0;
@@ -53,5 +53,19 @@ pub(crate) fn family_name(family: u8) -> &'static str {
             .unwrap_or_else(|e| e.into_inner())
             .get(usize::from(n) - 2)
             .map_or("a C allocator", |(name, _)| *name),
+    }
+}
+
+/// The family table's lock, held (for writing, so no reader is inside
+/// either) across `fork` (see `crate::fork`).
+pub(crate) struct ForkLock {
+    _families: RwLockWriteGuard<'static, Vec<(&'static str, usize)>>,
+}
+
+/// Takes the family table's lock for `fork`'s prepare handler; dropping the
+/// value releases it.
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        _families: FAMILIES.write().unwrap_or_else(|e| e.into_inner()),
     }
 }

@@ -53,6 +53,17 @@ fn blocks() -> std::sync::MutexGuard<'static, BTreeMap<usize, usize>> {
     BLOCKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The guarded blocks' lock, held across `fork` (see `crate::fork`).
+pub(crate) struct ForkLock {
+    _blocks: std::sync::MutexGuard<'static, BTreeMap<usize, usize>>,
+}
+
+/// Takes the guarded blocks' lock for `fork`'s prepare handler; dropping
+/// the value releases it.
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock { _blocks: blocks() }
+}
+
 /// Allocates `size` bytes with `malloc`, guarded, and returns the address C
 /// will see (null when `malloc` fails).
 pub(crate) fn alloc(size: usize) -> *mut c_void {

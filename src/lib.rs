@@ -259,7 +259,9 @@
 // - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
 //   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
 // - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
-//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`.
+//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`;
+// - `fork`: the `fork` handlers, which take every module's locks (each
+//   module lends its own) in the one order the crate's locks nest in.
 
 mod alloc;
 mod bookkeeping;
@@ -268,6 +270,8 @@ mod capi;
 mod cbox;
 mod convert;
 mod family;
+#[cfg(target_os = "linux")]
+mod fork;
 mod frame;
 mod guard;
 mod heap;

@@ -11,7 +11,7 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::managed::{raw_pointer_methods, report_retained_at_free, Managed};
 use crate::mode::checks_on;
@@ -51,6 +51,19 @@ static PINNERS: Mutex<Option<HashMap<u64, PinnerRecord>>> = Mutex::new(None);
 fn with_pinners<R>(f: impl FnOnce(&mut HashMap<u64, PinnerRecord>) -> R) -> R {
     let mut guard = PINNERS.lock().unwrap_or_else(|e| e.into_inner());
     f(guard.get_or_insert_with(HashMap::new))
+}
+
+/// The pinner table's lock, held across `fork` (see `crate::fork`).
+pub(crate) struct ForkLock {
+    _pinners: MutexGuard<'static, Option<HashMap<u64, PinnerRecord>>>,
+}
+
+/// Takes the pinner table's lock for `fork`'s prepare handler; dropping the
+/// value releases it.
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        _pinners: PINNERS.lock().unwrap_or_else(|e| e.into_inner()),
+    }
 }
 
 /// A pinner still holding pins, for the leak report.
@@ -113,7 +126,7 @@ impl Pinner {
         if !checks_on() {
             return;
         }
-        let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
+        let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
         // A heap block of the tracking allocator becomes known to the
         // registry the first time it is pinned.
         promote(addr, Some(site));
@@ -359,7 +372,7 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     if addr == 0 || !checks_on() {
         return;
     }
-    let trace = crate::mode::event_backtraces().then(backtrace::Backtrace::new_unresolved);
+    let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
     // A freed heap block the registry does not know (one it knows is
     // reported below, from its record).
     if let Some(block) = crate::heap::block_at(addr)

@@ -36,6 +36,7 @@
 //! against a bitmap of where the targets lie, and only a word that passes
 //! both costs a binary search in a snapshot taken at the start of the scan.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -466,6 +467,36 @@ fn seen() -> MutexGuard<'static, Option<HashSet<(usize, usize)>>> {
 /// Outermost checked calls in progress that scan (mode 2), on all threads.
 static IN_CALLS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// This thread's part of `IN_CALLS`: what is left of it in the child of
+    /// a `fork`, where the other threads' calls will never return.
+    static OWN_CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The scans' lock, then the roots', held across `fork` (see `crate::fork`):
+/// a scan takes the roots' inside its own.
+pub(crate) struct ForkLocks {
+    _seen: MutexGuard<'static, Option<HashSet<(usize, usize)>>>,
+    _roots: MutexGuard<'static, Vec<Root>>,
+}
+
+/// Takes the scans' and the roots' locks for `fork`'s prepare handler;
+/// dropping the value releases them.
+pub(crate) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _seen: seen(),
+        _roots: roots(),
+    }
+}
+
+/// In the child of a `fork` (one thread, the forking one): only this
+/// thread's calls are still in progress, so the scans are not skipped
+/// forever for calls that were under way on threads the child lacks.
+pub(crate) fn after_fork_in_child() {
+    let own = OWN_CALLS.try_with(Cell::get).unwrap_or(0);
+    IN_CALLS.store(own, Ordering::SeqCst);
+}
+
 /// Why a full scan runs.
 #[derive(Clone, Copy)]
 enum Moment {
@@ -482,6 +513,7 @@ enum Moment {
 #[inline(never)]
 pub(crate) fn before_call(callee: &'static str, site: Site) {
     IN_CALLS.fetch_add(1, Ordering::SeqCst);
+    let _ = OWN_CALLS.try_with(|n| n.set(n.get() + 1));
     full_scan(Moment::BeforeCall(callee, site), 1);
 }
 
@@ -490,6 +522,7 @@ pub(crate) fn before_call(callee: &'static str, site: Site) {
 #[inline(never)]
 pub(crate) fn after_call(callee: &'static str, site: Site) {
     IN_CALLS.fetch_sub(1, Ordering::SeqCst);
+    let _ = OWN_CALLS.try_with(|n| n.set(n.get().saturating_sub(1)));
     if std::thread::panicking() {
         return;
     }

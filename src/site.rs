@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::panic::Location;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 /// A place in the source code: a Rust `file:line:col` or a C `file:line`.
 ///
@@ -32,6 +32,22 @@ const C_TAG: usize = 1;
 struct CSite {
     file: &'static str,
     line: u32,
+}
+
+/// The interned C sites: (`__FILE__` address, line) → the tagged word.
+static C_SITES: Mutex<Option<HashMap<(usize, u32), usize>>> = Mutex::new(None);
+
+/// The C site table's lock, held across `fork` (see `crate::fork`).
+pub(crate) struct ForkLock {
+    _sites: MutexGuard<'static, Option<HashMap<(usize, u32), usize>>>,
+}
+
+/// Takes the C site table's lock for `fork`'s prepare handler; dropping the
+/// value releases it.
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        _sites: C_SITES.lock().unwrap_or_else(|e| e.into_inner()),
+    }
 }
 
 impl Site {
@@ -58,7 +74,6 @@ impl Site {
         if file.is_null() {
             return None;
         }
-        static C_SITES: Mutex<Option<HashMap<(usize, u32), usize>>> = Mutex::new(None);
         thread_local! {
             // A small direct-mapped cache in front of the shared table: C
             // allocates from few lines, many times, on many threads.

@@ -7,7 +7,7 @@
 //! hand-overs only. The list is allocated under the bookkeeping guard.
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::{block_at, header, meta_state, state, words, STATE_SHIFT};
 use crate::bookkeeping::bookkeeping;
@@ -87,4 +87,15 @@ pub(crate) fn handed_to_c() -> Vec<HandedToC> {
             })
         })
         .collect()
+}
+
+/// The lent list's lock, held across `fork` (see `crate::fork`).
+pub(super) struct ForkLock {
+    _lent: MutexGuard<'static, Vec<Lent>>,
+}
+
+pub(super) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        _lent: LENT.lock().unwrap_or_else(|e| e.into_inner()),
+    }
 }

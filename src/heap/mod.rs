@@ -49,6 +49,22 @@ pub(crate) use quarantine::{
     PENDING_SITE, QUARANTINE, SHARDS,
 };
 
+/// The memory model's locks, held across `fork` (see `crate::fork`): the
+/// lent list's, then the quarantine's orphans' and rings'. Dropping the
+/// value releases them.
+pub(crate) struct ForkLocks {
+    _lent: lent::ForkLock,
+    _quarantine: quarantine::ForkLocks,
+}
+
+/// Takes the memory model's locks for `fork`'s prepare handler.
+pub(crate) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _lent: lent::lock_for_fork(),
+        _quarantine: quarantine::lock_for_fork(),
+    }
+}
+
 /// Bytes of header before each block.
 pub(crate) const HDR: usize = 16;
 /// Mixed into the identity word so that only a header ffi-check wrote matches.

@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use backtrace::Backtrace;
 
@@ -206,4 +206,24 @@ pub(crate) fn free_record(p: usize) -> (Option<Site>, Option<Backtrace>) {
         }
     }
     (None, None)
+}
+
+/// The orphans' lock and every ring's (in index order), held across `fork`
+/// (see `crate::fork`). The orphans come first: a push takes (and lets go
+/// of) them before its ring. Nothing else holds two rings at once.
+///
+/// In the child, the batches of the threads that did not survive the fork
+/// are simply gone: their blocks stay `FREED` and are never given back (a
+/// leak in the child, never a double free), and nothing waits for them.
+pub(super) struct ForkLocks {
+    _orphans: MutexGuard<'static, Vec<(usize, Option<Site>)>>,
+    _rings: [MutexGuard<'static, Ring>; SHARDS],
+}
+
+pub(super) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _orphans: ORPHANS.lock().unwrap_or_else(|e| e.into_inner()),
+        // `from_fn` calls the closure in increasing index order.
+        _rings: std::array::from_fn(|i| QUARANTINE[i].lock().unwrap_or_else(|e| e.into_inner())),
+    }
 }

@@ -21,7 +21,7 @@
 use std::alloc::Layout;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::block::{Block, PAGE_MASK, PAGE_SHIFT};
 
@@ -162,6 +162,20 @@ const HUGE: usize = 256 << 20;
 /// The `(start, end)` of every record larger than [`HUGE`].
 static HUGE_LIST: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 pub(super) static HUGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The directory's and the huge list's locks, held across `fork` (see
+/// `crate::fork`): taken after every shard's, as a writer takes them.
+pub(super) struct ForkLocks {
+    _directory: MutexGuard<'static, ()>,
+    _huge: MutexGuard<'static, Vec<(usize, usize)>>,
+}
+
+pub(super) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _directory: DIRECTORY.lock().unwrap_or_else(|e| e.into_inner()),
+        _huge: HUGE_LIST.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}
 
 /// Writes (or clears) the covers of a region: the pages after its start
 /// page that it reaches. Called inside a write of the region's shard.

@@ -38,7 +38,11 @@
 //! even sequence number).
 //!
 //! Lock order: a shard's mutex, then the directory's, the huge list's or the
-//! site table's (never the other way round); no two shard mutexes at once.
+//! site table's (never the other way round); no two shard mutexes at once
+//! (only `fork`'s prepare handler holds them all, taken in index order). Under
+//! a shard's mutex the thread does bookkeeping, so no free made there takes
+//! the tracking allocator's locks. Where these stand among the crate's other
+//! locks: `crate::fork`.
 
 mod block;
 mod bounds;
@@ -256,6 +260,10 @@ pub(crate) fn update_containing<R>(
 /// Calls `f` on every region, one shard at a time (each shard is locked
 /// only while it is visited). `f` must not call back into the registry.
 pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
+    // What `f` allocates and frees under the shard's lock is bookkeeping: a
+    // free there must not take the allocator's quarantine locks, which come
+    // before the shards'.
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     // A leak check visits every record, the quarantined ones included (a
     // million in mode 2): each record's words are read once, and the site
     // of the record before is reused (neighbours mostly share one).
@@ -337,6 +345,7 @@ impl RegionDetail {
 /// The details of the region starting at `start`.
 #[cold]
 pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
+    let _bookkeeping = crate::bookkeeping::bookkeeping();
     let mut inner = shard_of(start).lock();
     let (b, i) = ShardInner::find_exact(start)?;
     let view = inner.view(b, i);
@@ -346,4 +355,24 @@ pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
         inner.extras[ix as usize - 1] = view.extra;
     }
     Some(detail)
+}
+
+// ---- fork -------------------------------------------------------------------
+
+/// The registry's locks, held across `fork` (see `crate::fork`): every
+/// shard's mutex (in index order), then the directory's, the huge list's
+/// and the site table's. Dropping the value releases them.
+pub(crate) struct ForkLocks {
+    _shards: [std::sync::MutexGuard<'static, ShardInner>; shard::NSHARDS],
+    _directory: directory::ForkLocks,
+    _sites: sites::ForkLock,
+}
+
+/// Takes the registry's locks for `fork`'s prepare handler.
+pub(crate) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        _shards: shard::lock_all_for_fork(),
+        _directory: directory::lock_for_fork(),
+        _sites: sites::lock_for_fork(),
+    }
 }

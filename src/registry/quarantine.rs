@@ -17,8 +17,6 @@
 use std::alloc::Layout;
 use std::ffi::c_void;
 
-use backtrace::Backtrace;
-
 use crate::site::Site;
 
 use super::lookup::probe_exact;
@@ -94,7 +92,7 @@ pub(crate) fn mark_freed(
     release: Release,
 ) -> Option<RegionInfo> {
     let _bookkeeping = crate::bookkeeping::bookkeeping();
-    let trace = crate::mode::event_backtraces().then(Backtrace::new_unresolved);
+    let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
     let mut w = shard_of(start).write();
     let Some((b, i)) = ShardInner::find_exact(start) else {
         drop(w);

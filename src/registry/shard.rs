@@ -40,7 +40,7 @@ use super::{Extra, Region};
 
 const CHUNK_SHIFT: u32 = 20;
 const SHARD_BITS: u32 = 6;
-const NSHARDS: usize = 1 << SHARD_BITS;
+pub(super) const NSHARDS: usize = 1 << SHARD_BITS;
 
 /// How many times a reader retries while writes keep changing its shard,
 /// before it waits on the shard's mutex.
@@ -142,6 +142,16 @@ pub(super) static SHARDS: [Shard; NSHARDS] = [const { Shard::new() }; NSHARDS];
 pub(super) fn shard_of(addr: usize) -> &'static Shard {
     let chunk = (addr >> CHUNK_SHIFT) as u64;
     &SHARDS[(chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize]
+}
+
+/// Every shard's mutex, in index order, held across `fork` (see
+/// `crate::fork`): nothing else ever holds two, so the order is free of
+/// cycles. A writer makes its shard's sequence number odd only while it
+/// holds the mutex, and even again before it lets go, so while these are
+/// held every sequence number is even, and so it is in the child.
+pub(super) fn lock_all_for_fork() -> [MutexGuard<'static, ShardInner>; NSHARDS] {
+    // `from_fn` calls the closure in increasing index order.
+    std::array::from_fn(|i| SHARDS[i].lock())
 }
 
 /// Runs the read `f` until it saw one consistent state of `shard`, and

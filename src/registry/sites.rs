@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::site::Site;
 
@@ -25,8 +25,8 @@ const SITE_CHUNKS: usize = 4096;
 static SITES: [OnceLock<Box<[OnceLock<Site>; SITE_CHUNK]>>; SITE_CHUNKS] =
     [const { OnceLock::new() }; SITE_CHUNKS];
 /// Site → index, for interning.
-static SITE_INDEX: Mutex<Option<HashMap<Site, u32, BuildHasherDefault<WordHasher>>>> =
-    Mutex::new(None);
+static SITE_INDEX: Mutex<SiteIndex> = Mutex::new(None);
+type SiteIndex = Option<HashMap<Site, u32, BuildHasherDefault<WordHasher>>>;
 
 /// A multiplicative hash of the words a key writes (sites are one word).
 #[derive(Default)]
@@ -54,6 +54,19 @@ thread_local! {
     /// allocates from few lines, many times.
     static SITE_CACHE: [Cell<(Option<Site>, u32)>; 64] =
         const { [const { Cell::new((None, 0)) }; 64] };
+}
+
+/// The site table's lock, held across `fork` (see `crate::fork`). No
+/// thread is then inside a chunk's `get_or_init` either (it runs only under
+/// this lock), so the child never waits on a half-made chunk.
+pub(super) struct ForkLock {
+    _index: MutexGuard<'static, SiteIndex>,
+}
+
+pub(super) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        _index: SITE_INDEX.lock().unwrap_or_else(|e| e.into_inner()),
+    }
 }
 
 /// The index of `site` (0 for none).

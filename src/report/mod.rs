@@ -367,7 +367,7 @@ impl Violation {
             site: None,
             thread: current_thread_name(),
             notes: Vec::new(),
-            backtrace: Some(Backtrace::new_unresolved()),
+            backtrace: Some(crate::bookkeeping::capture_backtrace()),
         }))
     }
     pub(crate) fn region(mut self, r: ReportRegion) -> Violation {

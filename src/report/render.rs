@@ -77,7 +77,7 @@ pub(super) fn render_region(out: &mut String, r: &ReportRegion) {
 /// the user's code: the checker's own frames and the runtime's are skipped.
 pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
     let mut bt = bt.clone();
-    bt.resolve();
+    crate::bookkeeping::resolve_backtrace(&mut bt);
     // Paths under the working directory print relative to it, as the sites
     // do; others (the standard library, dependencies) print in full.
     let cwd = std::env::current_dir().ok();
