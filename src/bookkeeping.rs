@@ -135,6 +135,13 @@ pub(crate) fn resolve_backtrace(bt: &mut Backtrace) {
     bt.resolve();
 }
 
+/// Walks the caller's stack, frame by frame, until `f` returns false.
+pub(crate) fn walk_stack(f: impl FnMut(&backtrace::Frame) -> bool) {
+    let _g = bookkeeping();
+    let _lock = backtraces();
+    backtrace::trace(f);
+}
+
 /// The backtrace lock, held across `fork` (see `crate::fork`).
 pub(crate) struct ForkLocks {
     _backtraces: MutexGuard<'static, ()>,

@@ -250,7 +250,8 @@
 // - ground: `site` (call sites), `mode` (configuration), `stderr`,
 //   `bookkeeping` (the checker's own allocations and re-entrancy guard),
 //   `stats` (counters), `family` (allocator families), `frame` (the call a
-//   thread is in);
+//   thread is in), `probe` (safe reads of memory the checker has no record
+//   of);
 // - the memory model: `heap` (the tracking allocator's block headers, page
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a

@@ -122,9 +122,8 @@ fn act(v: Violation) {
 /// to ask; this runs only when a violation is about to panic.
 #[cold]
 fn in_thread_local_destructor() -> bool {
-    let _g = crate::bookkeeping::bookkeeping();
     let mut found = false;
-    backtrace::trace(|frame| {
+    crate::bookkeeping::walk_stack(|frame| {
         // SAFETY: dladdr only reads the loader's tables; `info` is plain
         // data it fills in.
         let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
