@@ -54,27 +54,42 @@ fn main() {
         },
     );
 
-    list.section("P1: an argv of CString pointers lends pointers to other blocks");
+    list.section("P1, P3: Rust heap memory never moves; freeing what C holds is the hazard");
     let args: Vec<CString> = ["-v", "input"]
         .iter()
         .map(|s| CString::new(*s).unwrap())
         .collect();
     let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    list.mistake(
-        "argv of unpinned strings",
-        &[ViolationKind::UnpinnedNested],
-        || {
-            // SAFETY: fx_sum_nested reads nothing when n is 0.
-            unsafe { call!(fx_sum_nested(argv.as_ptr().cast::<*const c_int>(), 0)) }
-        },
-    );
-    list.ok("the same argv with its strings pinned", || {
-        let mut pinner = Pinner::new();
-        for a in &args {
-            pinner.pin_ptr(a.as_ptr());
-        }
-        // SAFETY: as above, with every string pinned.
+    let lend_argv = || {
+        // SAFETY: fx_sum_nested reads nothing when n is 0.
         unsafe { call!(fx_sum_nested(argv.as_ptr().cast::<*const c_int>(), 0)) }
+    };
+    list.ok("an argv of CString pointers lent for one call", lend_argv);
+    let kept = CString::new("kept by C").unwrap();
+    // SAFETY: fx_keep keeps the pointer in C's slot (and says so); the slot
+    // is emptied below.
+    unsafe { call!(fx_keep(kept.as_ptr().cast::<c_void>())) };
+    list.mistake(
+        "a string dropped while C still keeps it",
+        &[ViolationKind::FreedWhileRetained],
+        // Reported, and the block kept (leaked) so C's pointer stays valid.
+        || drop(kept),
+    );
+    // SAFETY: empties C's slot.
+    unsafe { call!(fx_forget()) };
+    list.mistake(
+        "with strict rules (FFI_CHECK_STRICT=1), an argv of unpinned strings",
+        &[ViolationKind::UnpinnedNested],
+        || ffi_check::strictly(true, lend_argv),
+    );
+    list.ok("strict, the same argv with its strings pinned", || {
+        ffi_check::strictly(true, || {
+            let mut pinner = Pinner::new();
+            for a in &args {
+                pinner.pin_ptr(a.as_ptr());
+            }
+            lend_argv()
+        })
     });
 
     list.section("C1: each side frees its own memory");

@@ -57,6 +57,12 @@
 //!
 //! ## The rules
 //!
+//! "Managed memory" in P1, P2, P4 and P5 is memory declared [`Managed`] or
+//! [`Pinned`]: Go's discipline, since it is what you asked to be held to it.
+//! A plain heap block of the [`TrackingAllocator`] never moves, so C holding
+//! it is harmless until Rust frees it: for it the rule is P3 (freed while C
+//! holds it) and C2, unless the rules are [`strict`].
+//!
 //! | id | rule | violation |
 //! |----|------|-----------|
 //! | P1 | Memory lent to C for a call holds no pointer to *unpinned* managed memory. | [`UnpinnedNested`](ViolationKind::UnpinnedNested) |
@@ -237,6 +243,7 @@
 //! | `FFI_CHECK_BACKTRACE` | `0`, `1` | backtraces at every allocation, pin and free (default: on in mode 2; mode 1 records `file:line:col` sites and a backtrace of each violation) |
 //! | `FFI_CHECK_LEAKS` | `1` | print the leak report at exit |
 //! | `FFI_CHECK_LOG` | a path | append every violation as one JSON line |
+//! | `FFI_CHECK_STRICT` | `1` | Go's discipline for plain heap blocks too ([`strict`]) |
 //!
 //! A malformed value is reported once on stderr and the default is used.
 
