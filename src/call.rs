@@ -23,9 +23,10 @@ use crate::mode::{checks_on, COMPILED_IN};
 use crate::pin::Pinned;
 use crate::registry::{self, flags, RegionKind, RegionState};
 use crate::report::{emit, msg, Violation, ViolationKind};
-use crate::scan::find_unpinned;
+use crate::scan::{find_unpinned, may_hold_pointers};
 use crate::site::Site;
 use crate::stderr::write_stderr;
+use std::mem::{align_of, size_of};
 
 /// True when `call!` takes its checked path: one relaxed load.
 #[doc(hidden)]
@@ -244,6 +245,10 @@ impl Drop for Call {
 /// element type, for C's `void *`), a `CBox` by value (handed to C, as
 /// `into_raw` does), `Option<&T>`, `&CStr`, `&CString`, `Option` of a
 /// function pointer, `extern "C"` function pointers, and [`Unchecked`].
+/// Besides `CArg`, `call!` takes a plain `&T` or `&mut T` for a `*const T` /
+/// `*mut T` parameter (an out-parameter `&mut len`, a struct `&cfg`): lent
+/// for the call and scanned by its type for pointers to unpinned managed
+/// memory.
 ///
 /// ```
 /// use ffi_check::{call, Managed};
@@ -498,6 +503,105 @@ fn_ptr_arg!(A, B, C);
 fn_ptr_arg!(A, B, C, D);
 fn_ptr_arg!(A, B, C, D, E);
 fn_ptr_arg!(A, B, C, D, E, F);
+
+// ---- plain references ------------------------------------------------------------
+//
+// `call!` hands each argument to `ArgWrap(arg).lower_arg(call)`. Method
+// resolution tries the by-value `ViaCArg` first, which exists whenever the
+// argument implements `CArg`; only an argument with no `CArg` at all falls
+// back, by auto-reference, to `ViaRef`: a plain `&T` or `&mut T` (an
+// out-parameter `&mut len`, a config struct `&cfg`). Wrapper references
+// (`&Managed<T>`, `&CBox<T>`) keep their own `CArg` impls, which a blanket
+// `CArg for &T` would overlap.
+
+/// A `call!` argument on its way to [`CArg`] or to the plain-reference path.
+#[doc(hidden)]
+pub struct ArgWrap<A>(pub A);
+
+/// The path of every argument that implements [`CArg`].
+#[doc(hidden)]
+pub trait ViaCArg<R> {
+    /// Converts and checks.
+    #[track_caller]
+    fn lower_arg(self, call: &mut Call) -> R;
+    /// Converts without a check.
+    fn pass_arg(self) -> R;
+}
+
+impl<A: CArg<R>, R> ViaCArg<R> for ArgWrap<A> {
+    #[inline(always)]
+    fn lower_arg(self, call: &mut Call) -> R {
+        self.0.lower(call)
+    }
+    #[inline(always)]
+    fn pass_arg(self) -> R {
+        self.0.pass()
+    }
+}
+
+/// The path of a plain `&T` / `&mut T`: lent for the call, the value's
+/// bytes looked through by its type (a type that can hold pointers is
+/// scanned for pointers to unpinned managed memory, rule P1), wherever it
+/// lives (stack, static, heap).
+#[doc(hidden)]
+pub trait ViaRef<R> {
+    /// Converts and checks.
+    #[track_caller]
+    fn lower_arg(self, call: &mut Call) -> R;
+    /// Converts without a check.
+    fn pass_arg(self) -> R;
+}
+
+impl<'a, T> ViaRef<*const T> for &mut ArgWrap<&'a T> {
+    #[inline(always)]
+    fn lower_arg(self, call: &mut Call) -> *const T {
+        let p: *const T = self.0;
+        call.lend(
+            p as usize,
+            size_of::<T>(),
+            may_hold_pointers(align_of::<T>(), size_of::<T>()),
+        );
+        p
+    }
+    #[inline(always)]
+    fn pass_arg(self) -> *const T {
+        self.0
+    }
+}
+
+impl<'a, T> ViaRef<*mut T> for &mut ArgWrap<&'a mut T> {
+    #[inline(always)]
+    fn lower_arg(self, call: &mut Call) -> *mut T {
+        let p: *mut T = &mut *self.0;
+        call.lend(
+            p as usize,
+            size_of::<T>(),
+            may_hold_pointers(align_of::<T>(), size_of::<T>()),
+        );
+        p
+    }
+    #[inline(always)]
+    fn pass_arg(self) -> *mut T {
+        &mut *self.0
+    }
+}
+
+impl<'a, T> ViaRef<*const T> for &mut ArgWrap<&'a mut T> {
+    #[inline(always)]
+    fn lower_arg(self, call: &mut Call) -> *const T {
+        let p: *const T = &*self.0;
+        call.lend(
+            p as usize,
+            size_of::<T>(),
+            may_hold_pointers(align_of::<T>(), size_of::<T>()),
+        );
+        p
+    }
+    #[inline(always)]
+    fn pass_arg(self) -> *const T {
+        &*self.0
+    }
+}
 
 /// A `call!` argument passed as it is, without a check: structs by value,
 /// or anything `CArg` does not cover. Made by [`unchecked`].

@@ -323,7 +323,7 @@ pub use site::Site;
 /// Implementation details of the macros. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{checking, enclosing_fn, run_callback, Call};
+    pub use crate::call::{checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaRef};
 
     /// For the registry benchmarks: whether a tracked region contains `addr`.
     pub fn registry_contains(addr: usize) -> bool {
@@ -362,12 +362,16 @@ macro_rules! call {
         // One relaxed load decides; compiled out, the test is a constant and
         // only the plain call remains.
         if $crate::__private::checking() {
+            #[allow(unused_imports)]
+            use $crate::__private::{ViaCArg as _, ViaRef as _};
             let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
             let __ffi_check_call = &mut __ffi_check_call;
             __ffi_check_call.enter();
-            $($f)::+( $( $crate::CArg::lower($arg, __ffi_check_call) ),* )
+            $($f)::+( $( $crate::__private::ArgWrap($arg).lower_arg(__ffi_check_call) ),* )
         } else {
-            $($f)::+( $( $crate::CArg::pass($arg) ),* )
+            #[allow(unused_imports)]
+            use $crate::__private::{ViaCArg as _, ViaRef as _};
+            $($f)::+( $( $crate::__private::ArgWrap($arg).pass_arg() ),* )
         }
     };
 }

@@ -1,0 +1,101 @@
+//! The argument shapes `call!` takes beyond the wrappers: a plain `&T` or
+//! `&mut T` (an out-parameter, a struct on the stack), lent for the call and
+//! looked through by its type, and the shapes the wrappers already had.
+#![cfg(any(debug_assertions, feature = "always"))]
+
+mod common;
+
+use std::os::raw::c_int;
+
+use common::fixtures::{self, FxView};
+use common::{assert_report_line, only};
+use ffi_check::{assert_clean, call, capture, Managed, Pinner, ViolationKind};
+
+#[test]
+fn a_mut_reference_is_an_out_parameter() {
+    let mut len = 0usize;
+    assert_clean(|| {
+        // SAFETY: fx_unterminated writes the length through the pointer.
+        let p = unsafe { call!(fixtures::fx_unterminated(&mut len)) };
+        // SAFETY: p came from the fixture's tracked malloc; freed once.
+        unsafe { ffi_check::c_free(p.cast()) };
+    });
+    assert_eq!(len, 4, "C wrote through the reference");
+}
+
+#[test]
+fn a_reference_to_a_struct_on_the_stack_is_lent_and_looked_through() {
+    let values = Managed::from_vec(vec![1 as c_int, 2, 3]);
+    let view = FxView {
+        data: values.as_ptr(),
+        len: values.len(),
+    };
+    // The struct lives on the stack; its pointer is to unpinned memory
+    // declared `Managed`: rule P1, found by the struct's type.
+    let (sum, v) = capture(|| {
+        // SAFETY: the view names three live ints.
+        unsafe { call!(fixtures::fx_sum_view(&view)) }
+    });
+    assert_eq!(sum, 6);
+    let v = only(&v);
+    assert_report_line(
+        v,
+        ViolationKind::UnpinnedNested,
+        "P1",
+        "ffi-check: argument 1 of `fx_sum_view` has managed pointer to unpinned managed pointer",
+    );
+    // Pinned, the same call is clean.
+    let sum = assert_clean(|| {
+        let mut pinner = Pinner::new();
+        pinner.pin(&values);
+        // SAFETY: as above.
+        unsafe { call!(fixtures::fx_sum_view(&view)) }
+    });
+    assert_eq!(sum, 6);
+}
+
+#[test]
+fn a_mut_reference_passes_where_c_takes_a_const_pointer() {
+    let values = Managed::from_vec(vec![4 as c_int, 5]);
+    let mut view = FxView {
+        data: values.as_ptr(),
+        len: values.len(),
+    };
+    let sum = assert_clean(|| {
+        let mut pinner = Pinner::new();
+        pinner.pin(&values);
+        // SAFETY: the view names two live, pinned ints.
+        unsafe { call!(fixtures::fx_sum_view(&mut view)) }
+    });
+    assert_eq!(sum, 9);
+}
+
+#[test]
+fn a_mut_reference_to_a_number_is_written_by_c() {
+    extern "C" fn set(p: *mut u64) -> c_int {
+        // SAFETY: the caller lends one writable u64.
+        unsafe { *p = 42 };
+        0
+    }
+    let mut n = 0u64;
+    // Lent as a value that could hold a pointer (its word is read by the
+    // scan: zero points nowhere), then written by C.
+    let r = assert_clean(|| call!(set(&mut n)));
+    assert_eq!((r, n), (0, 42));
+}
+
+#[test]
+fn checks_off_a_reference_is_passed_as_it_is() {
+    const NAME: &str = "checks_off_a_reference_is_passed_as_it_is";
+    if !common::is_child(NAME) {
+        common::child_passes(NAME, &[("FFI_CHECK", "0")]);
+        return;
+    }
+    assert_eq!(ffi_check::mode(), ffi_check::Mode::Off);
+    let mut len = 0usize;
+    // SAFETY: as in the out-parameter test.
+    let p = unsafe { call!(fixtures::fx_unterminated(&mut len)) };
+    assert_eq!(len, 4);
+    // SAFETY: p came from the fixture's malloc; freed once.
+    unsafe { ffi_check::c_free(p.cast()) };
+}
