@@ -552,7 +552,7 @@ pub trait ViaRef<R> {
     fn pass_arg(self) -> R;
 }
 
-impl<'a, T> ViaRef<*const T> for &mut ArgWrap<&'a T> {
+impl<T> ViaRef<*const T> for &mut ArgWrap<&T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *const T {
         let p: *const T = self.0;
@@ -569,7 +569,7 @@ impl<'a, T> ViaRef<*const T> for &mut ArgWrap<&'a T> {
     }
 }
 
-impl<'a, T> ViaRef<*mut T> for &mut ArgWrap<&'a mut T> {
+impl<T> ViaRef<*mut T> for &mut ArgWrap<&mut T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *mut T {
         let p: *mut T = &mut *self.0;
@@ -586,7 +586,7 @@ impl<'a, T> ViaRef<*mut T> for &mut ArgWrap<&'a mut T> {
     }
 }
 
-impl<'a, T> ViaRef<*const T> for &mut ArgWrap<&'a mut T> {
+impl<T> ViaRef<*const T> for &mut ArgWrap<&mut T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *const T {
         let p: *const T = &*self.0;
