@@ -106,9 +106,12 @@ fn a_pointer_into_freed_memory_is_reported_at_the_calling_line() {
     let items: Vec<c_int> = vec![1, 2, 3];
     let p = items.as_ptr();
     drop(items);
-    // SAFETY: none: `p` dangles (the block waits in the tracking
-    // allocator's quarantine), which is the mistake under test.
-    let (line, (_, v)) = (line!(), capture(|| unsafe { shapes::shape_sum(p, 3) }));
+    let line = line!() + 4;
+    let (_, v) = capture(|| {
+        // SAFETY: none: `p` dangles (the block waits in the tracking
+        // allocator's quarantine), which is the mistake under test.
+        unsafe { shapes::shape_sum(p, 3) }
+    });
     assert_eq!(v.len(), 1, "{v:#?}");
     assert_eq!(v[0].kind(), ViolationKind::UseAfterFree);
     assert_eq!(v[0].callee(), Some("shape_sum"));

@@ -178,11 +178,11 @@ fn a_freed_string_and_a_double_free_are_reported_at_the_calling_line() {
     let p = sql.as_ptr();
     drop(sql);
     let mut stmt = null_mut();
-    // SAFETY: none: `p` dangles, which is the mistake under test.
-    let (line, (_, v)) = (
-        line!(),
-        capture(|| unsafe { checked::sqlite3_prepare_v2(db, p, 9, &mut stmt, null_mut()) }),
-    );
+    let line = line!() + 3;
+    let (_, v) = capture(|| {
+        // SAFETY: none: `p` dangles, which is the mistake under test.
+        unsafe { checked::sqlite3_prepare_v2(db, p, 9, &mut stmt, null_mut()) }
+    });
     assert_eq!(v.len(), 1, "{v:#?}");
     assert_eq!(v[0].kind(), ViolationKind::UseAfterFree);
     assert_eq!(v[0].callee(), Some("sqlite3_prepare_v2"));
@@ -200,8 +200,11 @@ fn a_freed_string_and_a_double_free_are_reported_at_the_calling_line() {
     let block = unsafe { checked::sqlite3_malloc(16) };
     // SAFETY: as above.
     unsafe { checked::sqlite3_free(block) };
-    // SAFETY: none: the second free is the mistake under test.
-    let (line, (_, v)) = (line!(), capture(|| unsafe { checked::sqlite3_free(block) }));
+    let line = line!() + 3;
+    let (_, v) = capture(|| {
+        // SAFETY: none: the second free is the mistake under test.
+        unsafe { checked::sqlite3_free(block) }
+    });
     let kinds: Vec<ViolationKind> = v.iter().map(|v| v.kind()).collect();
     assert_eq!(kinds[0], ViolationKind::UseAfterFree, "{v:#?}");
     let site = v[0].call_site().expect("a site");
