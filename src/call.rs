@@ -133,12 +133,37 @@ impl Call {
         }
     }
 
-    #[inline(never)]
+    #[inline(always)]
     #[track_caller]
     fn check_raw(&self, addr: usize, mutable: bool) {
+        self.check_raw_typed(addr, mutable, 0);
+    }
+
+    /// As [`raw`](Call::raw), for a pointer to a `T` that can hold pointers
+    /// (`pointee` is its size): a pointer into this thread's live stack (a
+    /// struct passed as `&cfg as *const _`) is looked through by that type.
+    #[inline(always)]
+    #[track_caller]
+    pub fn raw_typed(&mut self, addr: usize, mutable: bool, pointee: usize) {
+        self.arg += 1;
+        if addr != 0 {
+            self.check_raw_typed(addr, mutable, pointee);
+        }
+    }
+
+    #[inline(never)]
+    #[track_caller]
+    fn check_raw_typed(&self, addr: usize, mutable: bool, pointee: usize) {
         let Some(r) = registry::lookup(addr) else {
             if let Some(block) = crate::heap::block_at(addr) {
                 self.check_heap_block(block, mutable);
+            } else if pointee > 0 && crate::probe::on_live_stack(addr, pointee) {
+                // SAFETY: the bytes lie between this frame and the top of
+                // the thread's stack, in the frames of the callers: mapped,
+                // and lent for the call by the caller that owns them.
+                if let Some((offset, target)) = unsafe { find_unpinned(addr, pointee) } {
+                    self.report_nested(addr, offset, target);
+                }
             }
             return;
         };
@@ -302,10 +327,21 @@ plain_arg!(
     ()
 );
 
+/// The size of a `T` worth looking through, or 0 for a type that cannot hold
+/// a pointer (known at compile time: the check vanishes for byte pointers).
+#[inline(always)]
+const fn pointee_size<T>() -> usize {
+    if may_hold_pointers(align_of::<T>(), size_of::<T>()) {
+        size_of::<T>()
+    } else {
+        0
+    }
+}
+
 impl<T> CArg<*const T> for *const T {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *const T {
-        call.raw(self as usize);
+        call.raw_typed(self as usize, false, pointee_size::<T>());
         self
     }
     #[inline(always)]
@@ -316,7 +352,7 @@ impl<T> CArg<*const T> for *const T {
 impl<T> CArg<*mut T> for *mut T {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *mut T {
-        call.raw_mut(self as usize);
+        call.raw_typed(self as usize, true, pointee_size::<T>());
         self
     }
     #[inline(always)]
@@ -327,7 +363,7 @@ impl<T> CArg<*mut T> for *mut T {
 impl<T> CArg<*const T> for *mut T {
     #[inline(always)]
     fn lower(self, call: &mut Call) -> *const T {
-        call.raw_mut(self as usize);
+        call.raw_typed(self as usize, true, pointee_size::<T>());
         self
     }
     #[inline(always)]

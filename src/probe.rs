@@ -109,6 +109,55 @@ pub(crate) fn not_a_malloc_block(ptr: usize) -> Option<&'static str> {
     }
 }
 
+thread_local! {
+    /// The top (highest address) of this thread's stack, once asked.
+    static STACK_TOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `[addr, addr + len)` lies in the live part of this thread's
+/// stack: above the caller's frame and below the stack's top. Those bytes
+/// belong to the frames of the callers and are mapped; below the current
+/// frame the stack may not be (it grows on demand), so nothing there is
+/// read.
+#[inline(never)]
+pub(crate) fn on_live_stack(addr: usize, len: usize) -> bool {
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    if addr < sp {
+        return false;
+    }
+    let top = STACK_TOP.try_with(|t| {
+        if t.get() == 0 {
+            t.set(stack_top());
+        }
+        t.get()
+    });
+    matches!(top, Ok(top) if addr.checked_add(len).is_some_and(|end| end <= top))
+}
+
+/// The highest address of this thread's stack (0 when it cannot be told).
+#[cold]
+fn stack_top() -> usize {
+    let _g = bookkeeping();
+    // SAFETY: pthread_getattr_np fills `attr` for the calling thread;
+    // pthread_attr_getstack reads it; the attribute is destroyed once.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return 0;
+        }
+        let mut base: *mut c_void = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut base, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        if ok {
+            base as usize + size
+        } else {
+            0
+        }
+    }
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -73,7 +73,7 @@ unsafe impl<T: PointerFree, const N: usize> PointerFree for [T; N] {}
 /// True when a value with this alignment and size could hold an aligned
 /// pointer, i.e. when lending it must scan it.
 #[inline]
-pub(crate) fn may_hold_pointers(align: usize, size: usize) -> bool {
+pub(crate) const fn may_hold_pointers(align: usize, size: usize) -> bool {
     align >= std::mem::align_of::<usize>() && size >= std::mem::size_of::<usize>()
 }
 

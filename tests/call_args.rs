@@ -99,3 +99,47 @@ fn checks_off_a_reference_is_passed_as_it_is() {
     // SAFETY: p came from the fixture's malloc; freed once.
     unsafe { ffi_check::c_free(p.cast()) };
 }
+
+#[test]
+fn a_raw_pointer_to_a_struct_on_the_stack_is_looked_through_by_its_type() {
+    let values = Managed::from_vec(vec![1 as c_int, 2]);
+    let view = FxView {
+        data: values.as_ptr(),
+        len: values.len(),
+    };
+    let p: *const FxView = &view;
+    let (sum, v) = capture(|| {
+        // SAFETY: the view names two live ints.
+        unsafe { call!(fixtures::fx_sum_view(p)) }
+    });
+    assert_eq!(sum, 3);
+    assert_eq!(only(&v).kind(), ViolationKind::UnpinnedNested);
+    let sum = assert_clean(|| {
+        let mut pinner = Pinner::new();
+        pinner.pin(&values);
+        // SAFETY: as above, pinned.
+        unsafe { call!(fixtures::fx_sum_view(p)) }
+    });
+    assert_eq!(sum, 3);
+}
+
+#[test]
+fn a_raw_pointer_to_a_dead_value_or_a_wild_address_does_not_crash_the_check() {
+    // A pointer to a value whose scope ended, and a wild one: the check
+    // reads only the live part of this thread's stack, so neither crashes
+    // it, and C (which ignores them here) gets them as they are.
+    extern "C" fn ignore(_p: *const FxView) -> c_int {
+        0
+    }
+    let dangling: *const FxView = {
+        let view = FxView {
+            data: std::ptr::null(),
+            len: 0,
+        };
+        &view as *const FxView
+    };
+    let r = assert_clean(|| call!(ignore(dangling)));
+    assert_eq!(r, 0);
+    let wild = 0x10 as *const FxView;
+    assert_eq!(assert_clean(|| call!(ignore(wild))), 0);
+}
