@@ -558,6 +558,7 @@ fn full_scan(moment: Moment, own_calls: usize) {
     if !checks_on() {
         return;
     }
+    let mut held_blocks = Vec::new();
     let (new, overruns) = {
         let mut seen = seen();
         // Another thread's C may hold its call's loans right now.
@@ -567,6 +568,9 @@ fn full_scan(moment: Moment, own_calls: usize) {
         let overruns = crate::guard::check_all();
         let snapshot = Snapshot::take(true);
         let found = find(&snapshot, &snapshot.targets);
+        if matches!(moment, Moment::AfterCall(..)) {
+            held_blocks = find_held_heap_blocks(&snapshot);
+        }
         let previous = seen.take().unwrap_or_default();
         let new: Vec<Finding> = found
             .iter()
@@ -601,6 +605,65 @@ fn full_scan(moment: Moment, own_calls: usize) {
     }
     for f in &new {
         report_finding(f, moment);
+    }
+    if let Moment::AfterCall(_, site) = moment {
+        remember_held(&held_blocks, site);
+    }
+}
+
+/// The plain heap blocks of the tracking allocator (not yet known to the
+/// registry) that a word of the snapshot's C memory points to, by start.
+///
+/// Rust heap memory never moves, so C keeping such a pointer is no
+/// violation by itself: the block is remembered instead (made known to the
+/// registry), and its free while C memory still points into it is
+/// `FreedWhileRetained`, found by the scan at the free.
+fn find_held_heap_blocks(snapshot: &Snapshot) -> Vec<usize> {
+    let (lo, hi) = crate::heap::heap_bounds();
+    if lo >= hi {
+        return Vec::new();
+    }
+    let mut held = Vec::new();
+    for span in &snapshot.spans {
+        // SAFETY: as in `find`: live tracked C memory and registered roots
+        // are readable while the scan runs.
+        unsafe {
+            scan_words(span.start, span.len, lo, hi, |_, w| {
+                if crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted) {
+                    held.push(w);
+                }
+            })
+        };
+    }
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
+/// Makes each held heap block known to the registry, naming the call during
+/// which C was found holding it, so that its free is checked against the C
+/// memory that still points into it.
+#[cold]
+fn remember_held(blocks: &[usize], site: Site) {
+    for &start in blocks {
+        let Some(block) = crate::heap::try_promote(start) else {
+            continue;
+        };
+        let _g = crate::bookkeeping::bookkeeping();
+        registry::insert(registry::NewRegion {
+            start,
+            size: block.size,
+            kind: RegionKind::Managed,
+            family: 0,
+            flags: if crate::scan::may_hold_pointers(block.align, block.size) {
+                registry::flags::HOLDS_POINTERS
+            } else {
+                0
+            },
+            site: None,
+            type_name: None,
+        });
+        registry::update(start, |r| r.extra_mut().retain_site = Some(site));
     }
 }
 

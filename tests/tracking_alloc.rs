@@ -709,3 +709,55 @@ fn threads_freeing_each_others_blocks_stay_clean() {
     }
     assert!(consumer.join().unwrap() > 3 * 200 * 20 * 5);
 }
+
+/// Mode 2: a plain `Vec` buffer that C keeps in its own memory after the
+/// call is remembered, and dropping it while C still points to it is
+/// `FreedWhileRetained`, naming the call; emptied first, the drop is clean.
+#[test]
+fn mode_2_a_buffer_c_keeps_and_rust_then_drops_is_freed_while_retained() {
+    const NAME: &str = "mode_2_a_buffer_c_keeps_and_rust_then_drops_is_freed_while_retained";
+    if !common::is_child(NAME) {
+        let out = common::run_child(NAME, &[("FFI_CHECK", "2")]);
+        let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        return;
+    }
+    // SAFETY: a two-slot C table, emptied and freed below.
+    let table = unsafe { call!(fx_table_new(2)) };
+    let kept = vec![7u8; 32];
+    let (_, v) = capture(|| {
+        // SAFETY: slot 0 is inside the table.
+        unsafe { call!(fx_table_put(table, 0, kept.as_ptr().cast::<c_void>())) };
+    });
+    assert!(
+        v.is_empty(),
+        "keeping a plain buffer is no violation: {v:?}"
+    );
+    let (_, v) = capture(|| drop(kept));
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::FreedWhileRetained,
+        "managed memory freed while C still holds a pointer to it",
+    );
+    let text = v.to_string();
+    eprintln!("{text}");
+    assert!(text.contains("found by the mode-2 scan"), "{text}");
+    assert!(text.contains(file!()), "the report names the call: {text}");
+    // Emptied before the drop: clean.
+    let let_go = vec![9u8; 32];
+    assert_clean(|| {
+        // SAFETY: slot 1 is inside the table; emptied before the drop.
+        unsafe {
+            call!(fx_table_put(table, 1, let_go.as_ptr().cast::<c_void>()));
+            call!(fx_table_put(table, 1, std::ptr::null::<c_void>()));
+        }
+        drop(let_go);
+    });
+    // SAFETY: empties slot 0 (its buffer was kept, leaked) and frees the table.
+    unsafe {
+        call!(fx_table_put(table, 0, std::ptr::null::<c_void>()));
+        call!(fx_table_free(table));
+    }
+}
