@@ -191,9 +191,12 @@ pub(crate) fn release(start: usize) -> bool {
         );
     }
     // Mode 2: C memory that still points into it is P3 too, unless C itself
-    // is giving a plain heap block back (a destructor callback C invoked
-    // frees what C held: C's pointer is its own to forget).
-    let given_back = family != crate::family::FAMILY_RUST && crate::report::in_callback();
+    // is giving a plain heap block back: a free made while this thread is
+    // inside a checked call (or a `callback!` body) is made by Rust code C
+    // called, a destructor freeing what C held, whose pointer is C's own to
+    // forget.
+    let given_back = family != crate::family::FAMILY_RUST
+        && (crate::report::in_callback() || crate::frame::current_call().is_some());
     let keep = retains > 0
         || pins > 0
         || (crate::mode::full() && !given_back && crate::roots::check_release(start, size, false));

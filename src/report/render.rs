@@ -95,7 +95,9 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                 // std/core adapters they call through.
                 if name.contains("backtrace::")
                     || name.contains("ffi_check::")
-                    || name.starts_with("ffi_check_")
+                    // The C API's symbols (`ffi_check_free_at`), not
+                    // Rust crates whose name starts the same way.
+                    || (name.starts_with("ffi_check_") && !name.contains("::"))
                     || name.contains("catch_unwind")
                     || name.contains("__rust_try")
                     || name.contains("__rust_dealloc")
