@@ -4,6 +4,12 @@
 //! crate with its `ffi-check` feature, so every call below is checked, and
 //! a report names the line of this crate that made the call.
 //!
+//! Besides strings in and out, the wrapper shows three ways C holds on to
+//! Rust memory: a boxed closure handed to C as a destructor's user data
+//! ([`TagSet::on_drop`]), an array of descriptors of Rust buffers read for
+//! one call ([`TagSet::add_all`]), and a string C keeps the pointer of,
+//! kept alive by the wrapper ([`TagSet::set_label`]).
+//!
 //! ```
 //! let mut tags = ffi_check_fixture_safe::TagSet::new();
 //! assert_eq!(tags.add("red"), Ok(true));
