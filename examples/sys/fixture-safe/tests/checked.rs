@@ -180,7 +180,15 @@ fn in_mode_2(name: &str) -> bool {
         return true;
     }
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    // `--include-ignored`: the child runs the test when the parent does,
+    // ignored or not.
+    cmd.args([
+        "--exact",
+        name,
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for var in FFI_CHECK_VARS {
         cmd.env_remove(var);
     }
