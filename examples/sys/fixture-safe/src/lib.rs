@@ -4,6 +4,12 @@
 //! crate with its `ffi-check` feature, so every call below is checked, and
 //! a report names the line of this crate that made the call.
 //!
+//! Besides strings in and out, the wrapper shows three ways C holds on to
+//! Rust memory: a boxed closure handed to C as a destructor's user data
+//! ([`TagSet::on_drop`]), an array of descriptors of Rust buffers read for
+//! one call ([`TagSet::add_all`]), and a string C keeps the pointer of,
+//! kept alive by the wrapper ([`TagSet::set_label`]).
+//!
 //! ```
 //! let mut tags = ffi_check_fixture_safe::TagSet::new();
 //! assert_eq!(tags.add("red"), Ok(true));
@@ -41,10 +47,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// A set of text tags, in the order they were added.
+/// A set of text tags, in the order they were added, with an optional
+/// label and a closure to run when it drops.
 pub struct TagSet {
     raw: NonNull<sys::tagset>,
+    /// The label C points to (`tagset_set_label` keeps the pointer, not a
+    /// copy): kept alive here until it is replaced or the set is freed.
+    /// Dropped after `Drop::drop` has freed the set.
+    label: Option<CString>,
 }
+
+/// What [`TagSet::on_drop`] hands to C as user data: a thin pointer to a
+/// boxed closure.
+type OnDrop = Box<dyn FnOnce() + Send>;
 
 impl TagSet {
     /// An empty set without limits.
@@ -53,6 +68,7 @@ impl TagSet {
         let raw = unsafe { sys::tagset_new() };
         TagSet {
             raw: NonNull::new(raw).expect("tagset_new: out of memory"),
+            label: None,
         }
     }
 
@@ -83,6 +99,63 @@ impl TagSet {
         // SAFETY: a live set and `len` readable bytes.
         let rc = unsafe { sys::tagset_add_bytes(self.raw.as_ptr(), tag.as_ptr().cast(), len) };
         result(rc)
+    }
+
+    /// Adds each of `tags` in one call; returns how many were added (a tag
+    /// already there, refused by the limits, or holding a NUL is skipped).
+    pub fn add_all(&mut self, tags: &[&str]) -> usize {
+        let items: Vec<sys::tagset_bytes> = tags
+            .iter()
+            .map(|t| sys::tagset_bytes {
+                bytes: t.as_ptr().cast(),
+                len: t.len(),
+            })
+            .collect();
+        // SAFETY: a live set and `items.len()` descriptors, each of `len`
+        // readable bytes, all alive for the call (C copies what it adds).
+        let added = unsafe { sys::tagset_add_all(self.raw.as_ptr(), items.as_ptr(), items.len()) };
+        usize::try_from(added).unwrap_or(0)
+    }
+
+    /// Sets the set's label. C keeps the pointer, so the string is kept in
+    /// the `TagSet` until it is replaced or the set is freed.
+    pub fn set_label(&mut self, label: &str) -> Result<(), Error> {
+        let label = CString::new(label).map_err(|_| Error::Nul)?;
+        // SAFETY: a live set and a C string that stays alive (in
+        // `self.label`) until it is replaced or the set is freed.
+        unsafe { sys::tagset_set_label(self.raw.as_ptr(), label.as_ptr()) };
+        // The earlier label, which C no longer points to, drops here.
+        self.label = Some(label);
+        Ok(())
+    }
+
+    /// The set's label, copied.
+    pub fn label(&self) -> Option<String> {
+        // SAFETY: a live set; the label it returns is valid until it is
+        // replaced, and it is copied at once.
+        unsafe {
+            let p = sys::tagset_label(self.raw.as_ptr());
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    }
+
+    /// Runs `f` when the set is freed (C calls it from `tagset_free`, as a
+    /// destructor). A later `on_drop` replaces `f`, which then runs at once.
+    pub fn on_drop(&mut self, f: impl FnOnce() + Send + 'static) {
+        unsafe extern "C" fn run(user: *mut c_void) {
+            // SAFETY: `user` is the `Box<OnDrop>` of `on_drop`, given back
+            // by C once.
+            let f = unsafe { Box::from_raw(user.cast::<OnDrop>()) };
+            // A panic may not unwind into C.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                std::process::abort();
+            }
+        }
+        let f: Box<OnDrop> = Box::new(Box::new(f));
+        let user = Box::into_raw(f).cast::<c_void>();
+        // SAFETY: a live set, and a callback that takes back the user data
+        // it is given, which C calls once.
+        unsafe { sys::tagset_on_free(self.raw.as_ptr(), Some(run), user) };
     }
 
     /// Whether `tag` is in the set.

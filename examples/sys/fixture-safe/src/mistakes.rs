@@ -21,6 +21,16 @@ impl TagSet {
         result(rc)
     }
 
+    /// [`set_label`](TagSet::set_label), letting the `CString` drop at the
+    /// end of the method while C keeps its pointer (`tagset_set_label` keeps
+    /// it, not a copy).
+    pub fn set_label_dropping_it(&mut self, label: &str) {
+        let label = CString::new(label).unwrap();
+        // SAFETY: none: C keeps the pointer after `label` drops, which is
+        // the mistake.
+        unsafe { sys::tagset_set_label(self.raw.as_ptr(), label.as_ptr()) }; // mistake: kept
+    } // mistake: `label` drops here while C keeps it
+
     /// [`join`](TagSet::join), also freeing the C string by hand: its owner
     /// frees it again when it drops.
     pub fn join_freeing_twice(&self, sep: &str) -> String {

@@ -3,6 +3,7 @@
  * <stdlib.h>.  (Built with ffi-check, the -sys crate's build script
  * force-includes ffi_check_redirect.h, which routes them through ffi-check.)
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,9 @@ struct tagset {
     size_t len;
     size_t cap;
     struct tagset_limits limits;
+    tagset_free_fn on_free;
+    void *on_free_user;
+    const char *label;
 };
 
 tagset *tagset_new(void)
@@ -26,6 +30,9 @@ tagset *tagset_new(void)
     set->cap = 0;
     set->limits.max_tags = 0;
     set->limits.max_len = 0;
+    set->on_free = NULL;
+    set->on_free_user = NULL;
+    set->label = NULL;
     return set;
 }
 
@@ -35,11 +42,25 @@ void tagset_free(tagset *set)
     if (set == NULL) {
         return;
     }
+    if (set->on_free != NULL) {
+        set->on_free(set->on_free_user);
+    }
     for (i = 0; i < set->len; i++) {
         free(set->tags[i]);
     }
     free(set->tags);
     free(set);
+}
+
+void tagset_on_free(tagset *set, tagset_free_fn cb, void *user)
+{
+    tagset_free_fn old = set->on_free;
+    void *old_user = set->on_free_user;
+    set->on_free = cb;
+    set->on_free_user = cb != NULL ? user : NULL;
+    if (old != NULL) {
+        old(old_user);
+    }
 }
 
 void tagset_set_limits(tagset *set, struct tagset_limits limits)
@@ -99,6 +120,29 @@ int tagset_add(tagset *set, const char *tag)
         return -1;
     }
     return tagset_add_bytes(set, tag, (int)n);
+}
+
+int tagset_add_all(tagset *set, const struct tagset_bytes *items, size_t n)
+{
+    size_t i;
+    int added = 0;
+    for (i = 0; i < n; i++) {
+        if (items[i].len <= INT_MAX &&
+            tagset_add_bytes(set, items[i].bytes, (int)items[i].len) == 1) {
+            added++;
+        }
+    }
+    return added;
+}
+
+void tagset_set_label(tagset *set, const char *label)
+{
+    set->label = label;
+}
+
+const char *tagset_label(const tagset *set)
+{
+    return set->label;
 }
 
 int tagset_contains(const tagset *set, const char *tag)

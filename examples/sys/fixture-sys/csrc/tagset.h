@@ -29,11 +29,32 @@ struct tagset_limits {
 /** Called for each tag with the user data; a nonzero result stops the walk. */
 typedef int (*tagset_visit_fn)(void *user, const char *tag);
 
+/** Called with its user data when the set is freed (a destructor). */
+typedef void (*tagset_free_fn)(void *user);
+
+/** `len` bytes at `bytes`, not NUL-terminated: one tag of tagset_add_all. */
+struct tagset_bytes {
+    /** The first byte. */
+    const char *bytes;
+    /** The number of bytes. */
+    size_t len;
+};
+
 /** A new, empty set without limits, or NULL when out of memory. */
 tagset *tagset_new(void);
 
-/** Frees the set and its tags. NULL is allowed. */
+/**
+ * Frees the set and its tags, first calling the destructor registered with
+ * tagset_on_free, if any. NULL is allowed.
+ */
 void tagset_free(tagset *set);
+
+/**
+ * Registers `cb(user)` to be called by tagset_free; the set keeps `user`
+ * until then. A later call replaces both, and the earlier `cb` is called
+ * with its `user` at once. A NULL `cb` registers nothing.
+ */
+void tagset_on_free(tagset *set, tagset_free_fn cb, void *user);
 
 /** Sets the limits that later additions must keep. */
 void tagset_set_limits(tagset *set, struct tagset_limits limits);
@@ -49,6 +70,23 @@ int tagset_add(tagset *set, const char *tag);
  * as a tag; returns as tagset_add, and -1 for a negative `len`.
  */
 int tagset_add_bytes(tagset *set, const char *bytes, int len);
+
+/**
+ * Adds a copy of each of the `n` tags at `items`, as tagset_add_bytes;
+ * returns how many were added (a tag already there, refused, or too long
+ * for an int is skipped).
+ */
+int tagset_add_all(tagset *set, const struct tagset_bytes *items, size_t n);
+
+/**
+ * Sets the set's label to the NUL-terminated `label` (NULL: none). The set
+ * keeps the pointer, not a copy: the string must stay valid until the set
+ * is freed or the label replaced.
+ */
+void tagset_set_label(tagset *set, const char *label);
+
+/** The label last set with tagset_set_label, or NULL. */
+const char *tagset_label(const tagset *set);
 
 /** 1 if the NUL-terminated `tag` is in the set, else 0. */
 int tagset_contains(const tagset *set, const char *tag);

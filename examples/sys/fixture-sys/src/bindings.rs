@@ -31,13 +31,36 @@ pub type tagset_visit_fn = ::std::option::Option<
         tag: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int,
 >;
+#[doc = " Called with its user data when the set is freed (a destructor)."]
+pub type tagset_free_fn =
+    ::std::option::Option<unsafe extern "C" fn(user: *mut ::std::os::raw::c_void)>;
+#[doc = " `len` bytes at `bytes`, not NUL-terminated: one tag of tagset_add_all."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct tagset_bytes {
+    #[doc = " The first byte."]
+    pub bytes: *const ::std::os::raw::c_char,
+    #[doc = " The number of bytes."]
+    pub len: usize,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tagset_bytes"][::std::mem::size_of::<tagset_bytes>() - 16usize];
+    ["Alignment of tagset_bytes"][::std::mem::align_of::<tagset_bytes>() - 8usize];
+    ["Offset of field: tagset_bytes::bytes"][::std::mem::offset_of!(tagset_bytes, bytes) - 0usize];
+    ["Offset of field: tagset_bytes::len"][::std::mem::offset_of!(tagset_bytes, len) - 8usize];
+};
 extern "C" {
     #[doc = " A new, empty set without limits, or NULL when out of memory."]
     pub fn tagset_new() -> *mut tagset;
 }
 extern "C" {
-    #[doc = " Frees the set and its tags. NULL is allowed."]
+    #[doc = " Frees the set and its tags, first calling the destructor registered with\n tagset_on_free, if any. NULL is allowed."]
     pub fn tagset_free(set: *mut tagset);
+}
+extern "C" {
+    #[doc = " Registers `cb(user)` to be called by tagset_free; the set keeps `user`\n until then. A later call replaces both, and the earlier `cb` is called\n with its `user` at once. A NULL `cb` registers nothing."]
+    pub fn tagset_on_free(set: *mut tagset, cb: tagset_free_fn, user: *mut ::std::os::raw::c_void);
 }
 extern "C" {
     #[doc = " Sets the limits that later additions must keep."]
@@ -57,6 +80,22 @@ extern "C" {
         bytes: *const ::std::os::raw::c_char,
         len: ::std::os::raw::c_int,
     ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    #[doc = " Adds a copy of each of the `n` tags at `items`, as tagset_add_bytes;\n returns how many were added (a tag already there, refused, or too long\n for an int is skipped)."]
+    pub fn tagset_add_all(
+        set: *mut tagset,
+        items: *const tagset_bytes,
+        n: usize,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    #[doc = " Sets the set's label to the NUL-terminated `label` (NULL: none). The set\n keeps the pointer, not a copy: the string must stay valid until the set\n is freed or the label replaced."]
+    pub fn tagset_set_label(set: *mut tagset, label: *const ::std::os::raw::c_char);
+}
+extern "C" {
+    #[doc = " The label last set with tagset_set_label, or NULL."]
+    pub fn tagset_label(set: *const tagset) -> *const ::std::os::raw::c_char;
 }
 extern "C" {
     #[doc = " 1 if the NUL-terminated `tag` is in the set, else 0."]
