@@ -246,15 +246,11 @@ fn a_destructor_c_calls_gets_its_closure_back_cleanly() {
     destructor_hand_over();
 }
 
-/// Not yet clean in mode 2: the box C holds was remembered after
-/// `tagset_on_free`, and its free inside the trampoline, while the set still
-/// points to it, is reported `FreedWhileRetained`. The checker lets C give a
-/// plain heap block back only inside a `callback!` body, and this wrapper's
-/// trampoline is a plain `extern "C" fn` (the wrapper never names
-/// ffi-check; the checked bindings do not wrap callbacks). Run with
-/// `--ignored` to see the report.
+/// Clean in mode 2 too: the box C holds was remembered after
+/// `tagset_on_free`, and it is freed inside the trampoline C calls from
+/// `tagset_free`, while the set still points to it: a free made by Rust code
+/// C called during a checked call is C giving the block back.
 #[test]
-#[ignore = "mode 2 reports the free inside a plain extern \"C\" destructor as FreedWhileRetained"]
 fn mode_2_a_destructor_c_calls_gets_its_closure_back_cleanly() {
     if in_mode_2("mode_2_a_destructor_c_calls_gets_its_closure_back_cleanly") {
         destructor_hand_over();
