@@ -663,7 +663,13 @@ fn remember_held(blocks: &[usize], site: Site) {
             site: None,
             type_name: None,
         });
-        registry::update(start, |r| r.extra_mut().retain_site = Some(site));
+        registry::update(start, |r| {
+            let e = r.extra_mut();
+            // Where C was found holding it, not where it was allocated (the
+            // registry's backtrace of this moment would read as the latter).
+            e.retain_site = Some(site);
+            e.alloc_trace = None;
+        });
     }
 }
 
