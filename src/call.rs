@@ -588,15 +588,19 @@ pub trait ViaRef<R> {
     fn pass_arg(self) -> R;
 }
 
+/// Lends the `T` at `p` for the call, scanned when its type can hold
+/// pointers (known at compile time).
+#[inline(always)]
+#[track_caller]
+fn lend_value<T>(call: &mut Call, p: *const T) {
+    call.lend(p as usize, size_of::<T>(), pointee_size::<T>() > 0);
+}
+
 impl<T> ViaRef<*const T> for &mut ArgWrap<&T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *const T {
         let p: *const T = self.0;
-        call.lend(
-            p as usize,
-            size_of::<T>(),
-            may_hold_pointers(align_of::<T>(), size_of::<T>()),
-        );
+        lend_value(call, p);
         p
     }
     #[inline(always)]
@@ -609,11 +613,7 @@ impl<T> ViaRef<*mut T> for &mut ArgWrap<&mut T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *mut T {
         let p: *mut T = &mut *self.0;
-        call.lend(
-            p as usize,
-            size_of::<T>(),
-            may_hold_pointers(align_of::<T>(), size_of::<T>()),
-        );
+        lend_value(call, p);
         p
     }
     #[inline(always)]
@@ -626,11 +626,7 @@ impl<T> ViaRef<*const T> for &mut ArgWrap<&mut T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *const T {
         let p: *const T = &*self.0;
-        call.lend(
-            p as usize,
-            size_of::<T>(),
-            may_hold_pointers(align_of::<T>(), size_of::<T>()),
-        );
+        lend_value(call, p);
         p
     }
     #[inline(always)]

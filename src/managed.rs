@@ -195,11 +195,15 @@ pub(crate) fn release(start: usize) -> bool {
     // inside a checked call (or a `callback!` body) is made by Rust code C
     // called, a destructor freeing what C held, whose pointer is C's own to
     // forget.
-    let given_back = family != crate::family::FAMILY_RUST
-        && (crate::report::in_callback() || crate::frame::current_call().is_some());
+    let given_back = || {
+        family != crate::family::FAMILY_RUST
+            && (crate::report::in_callback() || crate::frame::current_call().is_some())
+    };
     let keep = retains > 0
         || pins > 0
-        || (crate::mode::full() && !given_back && crate::roots::check_release(start, size, false));
+        || (crate::mode::full()
+            && !given_back()
+            && crate::roots::check_release(start, size, false));
     if keep {
         registry::mark_freed(start, None, None, Release::Nothing);
     }

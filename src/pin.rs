@@ -129,7 +129,7 @@ impl Pinner {
         let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
         // A heap block of the tracking allocator becomes known to the
         // registry the first time it is pinned.
-        promote(addr, Some(site));
+        registry::promote_heap_block(addr, Some(site));
         let pinned = registry::update_containing(addr, |start, r| {
             if r.kind != RegionKind::Managed || r.state != RegionState::Live {
                 return None;
@@ -380,7 +380,7 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     {
         return report_retained_freed(block.start, site);
     }
-    promote(addr, site);
+    registry::promote_heap_block(addr, site);
     let outcome = registry::update_containing(addr, |start, r| {
         if r.state != RegionState::Live {
             return (start, r.state, r.kind, true, r.family);
@@ -486,28 +486,4 @@ pub fn retain<T: ?Sized>(ptr: *const T) {
 /// ```
 pub fn release<T: ?Sized>(ptr: *const T) {
     release_at(ptr.cast::<u8>() as usize);
-}
-
-/// Makes the live heap block at `addr` known to the registry (the first time
-/// it is pinned or retained), so pins, retains, interior pointers and rule P3
-/// apply to it. Without the tracking allocator this is one load; a block
-/// already known costs a header read, no locked instruction.
-fn promote(addr: usize, site: Option<Site>) {
-    let Some(block) = crate::heap::try_promote(addr) else {
-        return;
-    };
-    let _g = crate::bookkeeping::bookkeeping();
-    registry::insert(registry::NewRegion {
-        start: addr,
-        size: block.size,
-        kind: RegionKind::Managed,
-        family: 0,
-        flags: if crate::scan::may_hold_pointers(block.align, block.size) {
-            registry::flags::HOLDS_POINTERS
-        } else {
-            0
-        },
-        site,
-        type_name: None,
-    });
 }

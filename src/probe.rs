@@ -18,6 +18,8 @@ use crate::bookkeeping::bookkeeping;
 
 /// glibc's malloc aligns every block to 16 bytes on x86_64.
 const MALLOC_ALIGN: usize = 16;
+/// What a pointer into no readable memory is, in reports.
+pub(crate) const UNREADABLE: &str = "not in readable memory (no heap block can start there)";
 /// A malloc chunk's header: `prev_size`, then `size` with three flag bits.
 const CHUNK_HEADER: usize = 16;
 /// The smallest chunk glibc makes (header plus two links).
@@ -69,7 +71,7 @@ pub(crate) fn readable(addr: usize) -> bool {
 /// the heap or crash.
 pub(crate) fn not_a_malloc_block(ptr: usize) -> Option<&'static str> {
     if !readable(ptr) {
-        return Some("not in readable memory (no heap block can start there)");
+        return Some(UNREADABLE);
     }
     if ptr % MALLOC_ALIGN != 0 || ptr < CHUNK_HEADER {
         return Some("not aligned as `malloc` aligns its blocks");
@@ -110,8 +112,23 @@ pub(crate) fn not_a_malloc_block(ptr: usize) -> Option<&'static str> {
 }
 
 thread_local! {
-    /// The top (highest address) of this thread's stack, once asked.
-    static STACK_TOP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// This thread's stack, `(lowest, highest)` address, once asked (`(0, 0)`
+    /// until then, or when it cannot be told).
+    static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// This thread's stack as `(lowest, highest)` address, asked of the thread
+/// library once per thread (for the main thread that reads
+/// `/proc/self/maps`); `(0, 0)` when it cannot be told.
+pub(crate) fn stack_bounds() -> (usize, usize) {
+    STACK
+        .try_with(|s| {
+            if s.get() == (0, 0) {
+                s.set(ask_stack_bounds());
+            }
+            s.get()
+        })
+        .unwrap_or((0, 0))
 }
 
 /// Whether `[addr, addr + len)` lies in the live part of this thread's
@@ -123,37 +140,28 @@ thread_local! {
 pub(crate) fn on_live_stack(addr: usize, len: usize) -> bool {
     let here = 0u8;
     let sp = std::ptr::addr_of!(here) as usize;
-    if addr < sp {
-        return false;
-    }
-    let top = STACK_TOP.try_with(|t| {
-        if t.get() == 0 {
-            t.set(stack_top());
-        }
-        t.get()
-    });
-    matches!(top, Ok(top) if addr.checked_add(len).is_some_and(|end| end <= top))
+    let (_, top) = stack_bounds();
+    addr >= sp && addr.checked_add(len).is_some_and(|end| end <= top)
 }
 
-/// The highest address of this thread's stack (0 when it cannot be told).
 #[cold]
-fn stack_top() -> usize {
+fn ask_stack_bounds() -> (usize, usize) {
     let _g = bookkeeping();
     // SAFETY: pthread_getattr_np fills `attr` for the calling thread;
     // pthread_attr_getstack reads it; the attribute is destroyed once.
     unsafe {
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
         if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return 0;
+            return (0, 0);
         }
         let mut base: *mut c_void = std::ptr::null_mut();
         let mut size: usize = 0;
         let ok = libc::pthread_attr_getstack(&attr, &mut base, &mut size) == 0;
         libc::pthread_attr_destroy(&mut attr);
         if ok {
-            base as usize + size
+            (base as usize, base as usize + size)
         } else {
-            0
+            (0, 0)
         }
     }
 }

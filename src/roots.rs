@@ -646,23 +646,9 @@ fn find_held_heap_blocks(snapshot: &Snapshot) -> Vec<usize> {
 #[cold]
 fn remember_held(blocks: &[usize], site: Site) {
     for &start in blocks {
-        let Some(block) = crate::heap::try_promote(start) else {
+        if !registry::promote_heap_block(start, None) {
             continue;
-        };
-        let _g = crate::bookkeeping::bookkeeping();
-        registry::insert(registry::NewRegion {
-            start,
-            size: block.size,
-            kind: RegionKind::Managed,
-            family: 0,
-            flags: if crate::scan::may_hold_pointers(block.align, block.size) {
-                registry::flags::HOLDS_POINTERS
-            } else {
-                0
-            },
-            site: None,
-            type_name: None,
-        });
+        }
         registry::update(start, |r| {
             let e = r.extra_mut();
             // Where C was found holding it, not where it was allocated (the

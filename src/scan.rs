@@ -71,11 +71,9 @@ unsafe impl<T: PointerFree> PointerFree for [T] {}
 unsafe impl<T: PointerFree, const N: usize> PointerFree for [T; N] {}
 
 /// True when a value with this alignment and size could hold an aligned
-/// pointer, i.e. when lending it must scan it.
-#[inline]
-pub(crate) const fn may_hold_pointers(align: usize, size: usize) -> bool {
-    align >= std::mem::align_of::<usize>() && size >= std::mem::size_of::<usize>()
-}
+/// pointer, i.e. when lending it must scan it (a layout fact, kept with the
+/// heap blocks it also describes).
+pub(crate) use crate::heap::may_hold_pointers;
 
 /// The first aligned word in `[start, start + len)` that points into live
 /// unpinned managed memory: its offset, and the start of the region it

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int};
 
-use common::{assert_report, is_child, only, run_child, text};
+use common::{assert_report, child_passes, is_child, only, run_child, text};
 use ffi_check::{
     add_root, c_adopt, c_free, c_malloc, call, capture, release, retain, scan_c_memory,
     slice_from_c, stats, to_c, CBox, Managed, Pinned, TrackingAllocator, ViolationKind,
@@ -41,18 +41,7 @@ fn attack(name: &str, env: &[(&str, &str)], expect: &[&str]) {
     for mode in ["1", "2"] {
         let mut vars = vec![("FFI_CHECK", mode)];
         vars.extend_from_slice(env);
-        let out = run_child(name, &vars);
-        let stdout = text(&out.stdout);
-        let stderr = text(&out.stderr);
-        assert!(
-            out.status.success(),
-            "mode {mode}: child {name} did not exit cleanly ({:?}):\n{stdout}\n{stderr}",
-            out.status
-        );
-        assert!(
-            stdout.contains("1 passed"),
-            "mode {mode}: child {name} did not run:\n{stdout}\n{stderr}"
-        );
+        let stderr = child_passes(name, &vars);
         for e in expect {
             assert!(
                 stderr.contains(e),

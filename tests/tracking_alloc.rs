@@ -306,10 +306,7 @@ fn a_boxed_closure_handed_to_c_with_a_destructor_is_clean() {
 fn the_hand_overs_are_clean_in_mode_2_too() {
     const NAME: &str = "the_hand_overs_are_clean_in_mode_2_too";
     if !common::is_child(NAME) {
-        let out = common::run_child(NAME, &[("FFI_CHECK", "2")]);
-        let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
-        assert!(out.status.success(), "{stdout}\n{stderr}");
-        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        common::child_passes(NAME, &[("FFI_CHECK", "2")]);
         return;
     }
     assert_eq!(ffi_check::mode(), ffi_check::Mode::Full);
@@ -717,10 +714,7 @@ fn threads_freeing_each_others_blocks_stay_clean() {
 fn mode_2_a_buffer_c_keeps_and_rust_then_drops_is_freed_while_retained() {
     const NAME: &str = "mode_2_a_buffer_c_keeps_and_rust_then_drops_is_freed_while_retained";
     if !common::is_child(NAME) {
-        let out = common::run_child(NAME, &[("FFI_CHECK", "2")]);
-        let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
-        assert!(out.status.success(), "{stdout}\n{stderr}");
-        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        common::child_passes(NAME, &[("FFI_CHECK", "2")]);
         return;
     }
     // SAFETY: a two-slot C table, emptied and freed below.

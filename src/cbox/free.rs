@@ -255,23 +255,11 @@ fn not_allocated_by(ptr: usize, family: u8) -> Option<&'static str> {
     }
     // A library's allocator has a layout of its own: at least the block
     // must be memory.
-    (!crate::probe::readable(ptr))
-        .then_some("not in readable memory (no heap block can start there)")
+    (!crate::probe::readable(ptr)).then_some(crate::probe::UNREADABLE)
 }
 
 /// Whether `ptr` lies in the current thread's stack.
 fn on_this_stack(ptr: usize) -> bool {
-    // SAFETY: pthread_getattr_np fills `attr` for the calling thread;
-    // pthread_attr_getstack reads it; the attribute is destroyed once.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return false;
-        }
-        let mut base: *mut c_void = std::ptr::null_mut();
-        let mut size: usize = 0;
-        let ok = libc::pthread_attr_getstack(&attr, &mut base, &mut size) == 0;
-        libc::pthread_attr_destroy(&mut attr);
-        ok && ptr >= base as usize && ptr < base as usize + size
-    }
+    let (lo, hi) = crate::probe::stack_bounds();
+    lo <= ptr && ptr < hi
 }

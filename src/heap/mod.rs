@@ -328,6 +328,13 @@ pub(crate) fn unpinned_block_at(addr: usize) -> bool {
     }
 }
 
+/// True when a value with this alignment and size could hold an aligned
+/// pointer: a block whose layout says otherwise is never scanned.
+#[inline]
+pub(crate) const fn may_hold_pointers(align: usize, size: usize) -> bool {
+    align >= std::mem::align_of::<usize>() && size >= std::mem::size_of::<usize>()
+}
+
 /// Marks the live heap block at `addr` as known to the registry, the first
 /// time it is pinned or retained, and returns it if this call did so (the
 /// caller then registers it). Without the allocator this is one load; a

@@ -77,7 +77,7 @@ pub(crate) use lookup::{lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
 pub(crate) use recent::unpinned_managed_start;
 pub use record::REGION_RECORD_BYTES;
-pub(crate) use register::{insert, remove, NewRegion};
+pub(crate) use register::{insert, promote_heap_block, remove, NewRegion};
 pub(crate) use unpinned::ScanReader;
 
 /// What kind of memory a region is.

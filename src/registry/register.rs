@@ -33,6 +33,32 @@ pub(crate) struct NewRegion {
     pub type_name: Option<fn() -> &'static str>,
 }
 
+/// Makes the live heap block of the tracking allocator at `addr` known to
+/// the registry (the first time it is pinned or retained, or found held by
+/// C), so pins, retains, interior pointers and rule P3 apply to it. Returns
+/// false when there was nothing to do: not such a block, or known already.
+/// Without the tracking allocator this is one load.
+pub(crate) fn promote_heap_block(addr: usize, site: Option<Site>) -> bool {
+    let Some(block) = crate::heap::try_promote(addr) else {
+        return false;
+    };
+    let _g = crate::bookkeeping::bookkeeping();
+    insert(NewRegion {
+        start: addr,
+        size: block.size,
+        kind: RegionKind::Managed,
+        family: 0,
+        flags: if crate::heap::may_hold_pointers(block.align, block.size) {
+            super::flags::HOLDS_POINTERS
+        } else {
+            0
+        },
+        site,
+        type_name: None,
+    });
+    true
+}
+
 /// Registers a live region and returns its id. Stale records it overlaps
 /// (freed regions whose memory was reused, or live records of memory that was
 /// freed behind the checker's back) are dropped.
