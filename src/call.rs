@@ -21,9 +21,10 @@ use crate::frame::{self, callee_name, Frame};
 use crate::managed::Managed;
 use crate::mode::{checks_on, COMPILED_IN};
 use crate::pin::Pinned;
+use crate::pointer_map::LentMap;
 use crate::registry::{self, flags, RegionKind, RegionState};
 use crate::report::{emit, msg, Violation, ViolationKind};
-use crate::scan::{find_unpinned, may_hold_pointers};
+use crate::scan::{find_unpinned, find_unpinned_mapped, may_hold_pointers};
 use crate::site::Site;
 use crate::stderr::write_stderr;
 use std::mem::{align_of, size_of};
@@ -46,6 +47,9 @@ pub struct Call {
     /// Mode 2, outermost call: C memory is scanned before and after it.
     scans: bool,
     prev: *const Frame,
+    /// The pointer map of the argument being lowered, when its type
+    /// declares one (set by `call!` before each argument).
+    map: Option<LentMap>,
 }
 
 impl Call {
@@ -63,7 +67,15 @@ impl Call {
             entered: false,
             scans: false,
             prev: std::ptr::null(),
+            map: None,
         }
+    }
+
+    /// Sets the pointer map of the next argument (`None`: its type declares
+    /// none, and lending it keeps the conservative scan).
+    #[inline(always)]
+    pub fn map_next(&mut self, map: Option<LentMap>) {
+        self.map = map;
     }
 
     /// Makes this the thread's current call, until it drops. Called once the
@@ -96,8 +108,20 @@ impl Call {
     #[track_caller]
     pub fn lend(&mut self, addr: usize, size: usize, scan: bool) {
         self.arg += 1;
-        if scan {
-            self.scan_lent(addr, size);
+        match self.map.take() {
+            // The type says where its pointers are: only those words are
+            // read, and a type with none is not read at all (known at
+            // compile time, so the branch vanishes).
+            Some(lent) => {
+                if !lent.map.is_empty() {
+                    self.scan_mapped(addr, size, lent);
+                }
+            }
+            None => {
+                if scan {
+                    self.scan_lent(addr, size);
+                }
+            }
         }
     }
 
@@ -129,6 +153,18 @@ impl Call {
     fn scan_lent(&self, addr: usize, size: usize) {
         // SAFETY: the caller lends memory it owns and borrows for the call.
         if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
+            self.report_nested(addr, offset, target);
+        }
+    }
+
+    #[inline(never)]
+    #[track_caller]
+    fn scan_mapped(&self, addr: usize, size: usize, lent: LentMap) {
+        // SAFETY: the caller lends memory it owns and borrows for the call;
+        // the map is its type's.
+        if let Some((offset, target)) =
+            unsafe { find_unpinned_mapped(addr, size, lent.map, lent.stride) }
+        {
             self.report_nested(addr, offset, target);
         }
     }

@@ -263,7 +263,8 @@
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
 //   region by asking the memory model;
-// - `scan` (pointer scans), `guard` (mode-2 guard bytes), `convert` (X1, X2);
+// - `scan` (pointer scans), `pointer_map` (where a type's pointers are),
+//   `guard` (mode-2 guard bytes), `convert` (X1, X2);
 // - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
 //   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
 // - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
@@ -288,6 +289,7 @@ mod leak;
 mod managed;
 mod mode;
 mod pin;
+mod pointer_map;
 mod probe;
 #[cfg(feature = "proptest")]
 #[path = "proptest_support.rs"]
@@ -314,6 +316,7 @@ pub use mode::{
     Mode, COMPILED_IN,
 };
 pub use pin::{release, retain, Pinned, Pinner};
+pub use pointer_map::{PointerMap, PointerWords};
 pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};
 pub use report::{capture, stats, ReportRegion, Stats, Violation, ViolationKind};
 pub use roots::{add_root, remove_root, scan_c_memory, watch_library};
@@ -324,6 +327,10 @@ pub use site::Site;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaRef};
+    pub use crate::pointer_map::{
+        FreeMut, FreeRef, FreeWrapped, FreeWrappedMut, MapMut, MapRef, MapWrapped, MapWrappedMut,
+        NoMap, Probe,
+    };
 
     /// For the registry benchmarks: whether a tracked region contains `addr`.
     pub fn registry_contains(addr: usize) -> bool {
@@ -364,10 +371,29 @@ macro_rules! call {
         if $crate::__private::checking() {
             #[allow(unused_imports)]
             use $crate::__private::{ViaCArg as _, ViaRef as _};
+            #[allow(unused_imports)]
+            use $crate::__private::{
+                FreeMut as _, FreeRef as _, FreeWrapped as _, FreeWrappedMut as _, MapMut as _,
+                MapRef as _, MapWrapped as _, MapWrappedMut as _, NoMap as _,
+            };
             let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
             let __ffi_check_call = &mut __ffi_check_call;
             __ffi_check_call.enter();
-            $($f)::+( $( $crate::__private::ArgWrap($arg).lower_arg(__ffi_check_call) ),* )
+            // Each argument: its type's pointer map, if it declares one
+            // (chosen at compile time), then its conversion and check. A
+            // `match` rather than a `let` keeps the argument's temporaries
+            // alive until the call returns, as in the plain call.
+            $($f)::+( $(
+                match $crate::__private::ArgWrap($arg) {
+                    #[allow(unused_mut)]
+                    mut __ffi_check_arg => {
+                        __ffi_check_call.map_next(
+                            (&&&$crate::__private::Probe::of(&__ffi_check_arg.0)).lent_map(),
+                        );
+                        __ffi_check_arg.lower_arg(__ffi_check_call)
+                    }
+                }
+            ),* )
         } else {
             #[allow(unused_imports)]
             use $crate::__private::{ViaCArg as _, ViaRef as _};

@@ -107,6 +107,11 @@ impl<T: ?Sized> Managed<T> {
     }
 }
 
+/// `call!` lends a `Managed<T>`'s contents: their pointer map is `T`'s.
+impl<T: ?Sized> crate::pointer_map::Wrapper for Managed<T> {
+    type Inner = T;
+}
+
 impl<T> Managed<T> {
     /// Moves `value` to the heap.
     #[track_caller]
