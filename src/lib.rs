@@ -258,7 +258,7 @@
 //   `bookkeeping` (the checker's own allocations and re-entrancy guard),
 //   `stats` (counters), `family` (allocator families), `frame` (the call a
 //   thread is in), `probe` (safe reads of memory the checker has no record
-//   of);
+//   of), `segments` (the loaded objects' segments: where statics live);
 // - the memory model: `heap` (the tracking allocator's block headers, page
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
@@ -298,6 +298,7 @@ mod registry;
 mod report;
 mod roots;
 mod scan;
+mod segments;
 mod site;
 mod stats;
 mod stderr;
@@ -326,7 +327,9 @@ pub use site::Site;
 /// Implementation details of the macros. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaRef};
+    pub use crate::call::{
+        checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaFnItem, ViaRef,
+    };
     pub use crate::pointer_map::{
         FreeMut, FreeRef, FreeWrapped, FreeWrappedMut, MapMut, MapRef, MapWrapped, MapWrappedMut,
         NoMap, Probe,
@@ -363,14 +366,41 @@ pub mod __private {
 /// let v = Managed::from_vec(vec![1u32, 2, 3]);
 /// assert_eq!(call!(sum(&v, v.len())), 6);
 /// ```
+///
+/// Arguments can also be plain references (`&cfg`, `&mut out_len`), raw
+/// pointers (looked through by their pointee's type when they point into the
+/// live stack or a static), and function items, bare or in `Some(..)`, where
+/// C takes a callback:
+///
+/// ```
+/// use std::os::raw::c_int;
+/// type Visit = unsafe extern "C" fn(c_int) -> c_int;
+/// unsafe extern "C" fn double(x: c_int) -> c_int {
+///     ffi_check::callback!({ 2 * x })
+/// }
+/// extern "C" fn apply(f: Option<Visit>, g: Visit, x: c_int) -> c_int {
+///     // SAFETY: both are callbacks of the right type.
+///     unsafe { f.map_or(x, |f| f(x)) + g(x) }
+/// }
+/// assert_eq!(ffi_check::call!(apply(Some(double), double, 3)), 12);
+/// ```
+///
+/// An argument with no conversion to the parameter's type does not compile
+/// (a struct by value goes through [`unchecked`]):
+///
+/// ```compile_fail
+/// #[repr(C)] #[derive(Clone, Copy)] struct Point { x: i32, y: i32 }
+/// extern "C" fn norm1(p: Point) -> i32 { p.x.abs() + p.y.abs() }
+/// ffi_check::call!(norm1(Point { x: 3, y: -4 }));
+/// ```
 #[macro_export]
 macro_rules! call {
-    ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {
+    ($($f:ident)::+ ( $($args:tt)* )) => {
         // One relaxed load decides; compiled out, the test is a constant and
         // only the plain call remains.
         if $crate::__private::checking() {
             #[allow(unused_imports)]
-            use $crate::__private::{ViaCArg as _, ViaRef as _};
+            use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
             #[allow(unused_imports)]
             use $crate::__private::{
                 FreeMut as _, FreeRef as _, FreeWrapped as _, FreeWrappedMut as _, MapMut as _,
@@ -379,26 +409,55 @@ macro_rules! call {
             let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
             let __ffi_check_call = &mut __ffi_check_call;
             __ffi_check_call.enter();
-            // Each argument: its type's pointer map, if it declares one
-            // (chosen at compile time), then its conversion and check. A
-            // `match` rather than a `let` keeps the argument's temporaries
-            // alive until the call returns, as in the plain call.
-            $($f)::+( $(
-                match $crate::__private::ArgWrap($arg) {
-                    #[allow(unused_mut)]
-                    mut __ffi_check_arg => {
-                        __ffi_check_call.map_next(
-                            (&&&$crate::__private::Probe::of(&__ffi_check_arg.0)).lent_map(),
-                        );
-                        __ffi_check_arg.lower_arg(__ffi_check_call)
-                    }
-                }
-            ),* )
+            $crate::__call_args!(@lower ($($f)::+) __ffi_check_call [] $($args)*)
         } else {
             #[allow(unused_imports)]
-            use $crate::__private::{ViaCArg as _, ViaRef as _};
-            $($f)::+( $( $crate::__private::ArgWrap($arg).pass_arg() ),* )
+            use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
+            $crate::__call_args!(@pass ($($f)::+) [] $($args)*)
         }
+    };
+}
+
+/// The arguments of [`call!`], one at a time. `Some(f)` with a path inside
+/// is passed as it is written, so that the callee's parameter type turns a
+/// function item into the function pointer C takes; every other argument
+/// goes through [`CArg`] (or the plain-reference or function-item paths).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __call_args {
+    (@lower ($($f:tt)*) $c:ident [$($done:tt)*]) => {
+        $($f)*( $($done)* )
+    };
+    (@lower $f:tt $c:ident [$($done:tt)*] Some($g:path) $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@lower $f $c
+            [$($done)* { $c.plain(); ::core::option::Option::Some($g) },] $($($rest)*)?)
+    };
+    (@lower $f:tt $c:ident [$($done:tt)*] $a:expr $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@lower $f $c
+            [$($done)*
+                // The argument's pointer map, if its type declares one
+                // (chosen at compile time), then its conversion and check.
+                // A `match` rather than a `let` keeps the argument's
+                // temporaries alive until the call returns, as in the plain
+                // call.
+                match $crate::__private::ArgWrap($a) {
+                    #[allow(unused_mut)]
+                    mut __ffi_check_arg => {
+                        $c.map_next((&&&$crate::__private::Probe::of(&__ffi_check_arg.0)).lent_map());
+                        __ffi_check_arg.lower_arg($c)
+                    }
+                },
+            ] $($($rest)*)?)
+    };
+    (@pass ($($f:tt)*) [$($done:tt)*]) => {
+        $($f)*( $($done)* )
+    };
+    (@pass $f:tt [$($done:tt)*] Some($g:path) $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@pass $f [$($done)* ::core::option::Option::Some($g),] $($($rest)*)?)
+    };
+    (@pass $f:tt [$($done:tt)*] $a:expr $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@pass $f
+            [$($done)* $crate::__private::ArgWrap($a).pass_arg(),] $($($rest)*)?)
     };
 }
 
