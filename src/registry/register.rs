@@ -19,7 +19,7 @@ use super::directory::{leaf_exists, page_slot, PageSlot, FANOUT};
 use super::ids::{new_id, thread_serial, THREAD_BITS};
 use super::lookup::{find, probe_exact};
 use super::shard::{read_stable, shard_of, ShardInner};
-use super::sites::intern;
+use super::sites::{intern, Provenance};
 use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
 
 /// What to register.
@@ -69,16 +69,20 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let end = new.start.saturating_add(size);
     let mut stale = purge(new.start, end);
     let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
-    let extra = (trace.is_some() || new.type_name.is_some()).then(|| {
+    // The type name goes with the interned site, not into a boxed `Extra`:
+    // most regions then need no allocation of the checker's own.
+    let extra = trace.map(|trace| {
         Box::new(Extra {
-            type_name: new.type_name,
-            alloc_trace: trace,
+            alloc_trace: Some(trace),
             ..Extra::default()
         })
     });
+    let type_name = new.type_name.map(|f| f());
     let region = Region {
         size: new.size,
         site: new.site,
+        type_name,
+        free_site: None,
         extra,
         tag: (id << THREAD_BITS) | u64::from(thread_serial()),
         pins: 0,
@@ -94,7 +98,11 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
     // Interned before the shard lock: the site table has its own.
-    intern(new.site);
+    intern(Provenance {
+        site: new.site,
+        type_name,
+        free_site: None,
+    });
     let replaced = shard_of(new.start).write().insert(new.start, region);
     stale.extend(replaced);
     if !EVER_TRACKED.load(Ordering::Relaxed) {
