@@ -36,6 +36,10 @@ pub fn checking() -> bool {
     checks_on()
 }
 
+/// The tag of [`Call::prev`] for a mode-2 outermost call (frames are
+/// word-aligned: bit 0 of their address is free).
+const SCANS: usize = 1;
+
 /// One checked Rust→C call in progress: made by [`call!`](crate::call!),
 /// not by hand. It carries the callee's name, the call site and the argument
 /// counter for reports.
@@ -43,13 +47,14 @@ pub fn checking() -> bool {
 pub struct Call {
     frame: Frame,
     arg: u32,
-    entered: bool,
-    /// Mode 2, outermost call: C memory is scanned before and after it.
-    scans: bool,
-    prev: *const Frame,
+    /// The frame this call hides (the thread's current call before it), as
+    /// an address, with [`SCANS`] set for a mode-2 outermost call (C memory
+    /// is scanned before and after it). One word, so that entering and
+    /// leaving a call costs a load and a store each.
+    prev: usize,
     /// The pointer map of the argument being lowered, when its type
     /// declares one (set by `call!` before each argument).
-    map: Option<LentMap>,
+    map: Option<&'static LentMap>,
 }
 
 impl Call {
@@ -64,18 +69,18 @@ impl Call {
                 site: Site::caller(),
             },
             arg: 0,
-            entered: false,
-            scans: false,
-            prev: std::ptr::null(),
+            prev: 0,
             map: None,
         }
     }
 
-    /// Sets the pointer map of the next argument (`None`: its type declares
-    /// none, and lending it keeps the conservative scan).
+    /// Sets the pointer map of the next argument, whose type declares one
+    /// (an argument without one leaves it unset, and lending it keeps the
+    /// conservative scan). Every argument that gets a map is lent
+    /// ([`lend`](Call::lend)), which consumes it.
     #[inline(always)]
-    pub fn map_next(&mut self, map: Option<LentMap>) {
-        self.map = map;
+    pub fn map_next(&mut self, map: &'static LentMap) {
+        self.map = Some(map);
     }
 
     /// Makes this the thread's current call, until it drops. Called once the
@@ -83,16 +88,25 @@ impl Call {
     #[inline(always)]
     pub fn enter(&mut self) {
         let me: *const Frame = &self.frame;
+        // The thread's locals are never gone for this one (a constant
+        // without a destructor): `None` is folded away. Were they gone,
+        // `leave` would do nothing either.
         if let Some(prev) = frame::enter(me) {
-            self.prev = prev;
-            self.entered = true;
+            self.prev = prev as usize;
             // Mode 2 scans around the outermost call only: during it, C may
-            // hold what the outer call lent it.
-            if prev.is_null() && crate::mode::full() {
-                self.scans = true;
-                crate::roots::before_call(self.frame.callee, self.frame.site);
+            // hold what the outer call lent it. (`call!` has read the mode:
+            // it is initialised.)
+            if prev.is_null() && crate::mode::raw_mode() == crate::mode::Mode::Full as u8 {
+                self.enter_scanned();
             }
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn enter_scanned(&mut self) {
+        self.prev |= SCANS;
+        crate::roots::before_call(self.frame.callee, self.frame.site);
     }
 
     /// Counts an argument that needs no check.
@@ -159,7 +173,7 @@ impl Call {
 
     #[inline(never)]
     #[track_caller]
-    fn scan_mapped(&self, addr: usize, size: usize, lent: LentMap) {
+    fn scan_mapped(&self, addr: usize, size: usize, lent: &LentMap) {
         // SAFETY: the caller lends memory it owns and borrows for the call;
         // the map is its type's.
         if let Some((offset, target)) =
@@ -296,12 +310,10 @@ impl Call {
 impl Drop for Call {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.entered {
-            let prev = self.prev;
-            frame::leave(prev);
-            if self.scans {
-                crate::roots::after_call(self.frame.callee, self.frame.site);
-            }
+        let prev = self.prev;
+        frame::leave((prev & !SCANS) as *const Frame);
+        if prev & SCANS != 0 {
+            crate::roots::after_call(self.frame.callee, self.frame.site);
         }
     }
 }

@@ -443,7 +443,13 @@ macro_rules! __call_args {
                 match $crate::__private::ArgWrap($a) {
                     #[allow(unused_mut)]
                     mut __ffi_check_arg => {
-                        $c.map_next((&&&$crate::__private::Probe::of(&__ffi_check_arg.0)).lent_map());
+                        // Stored only when there is one (known at compile
+                        // time): lending consumes it.
+                        if let ::core::option::Option::Some(__ffi_check_map) =
+                            (&&&$crate::__private::Probe::of(&__ffi_check_arg.0)).lent_map()
+                        {
+                            $c.map_next(__ffi_check_map);
+                        }
                         __ffi_check_arg.lower_arg($c)
                     }
                 },

@@ -465,17 +465,37 @@ pub trait Wrapper {
     type Inner: ?Sized;
 }
 
+/// The map `call!` uses for a value of the type (`None`: the conservative
+/// scan), as a static, so that the choice costs a call one word.
+#[doc(hidden)]
+pub trait Lent {
+    /// The map by value.
+    const VALUE: Option<LentMap>;
+    /// The same, in static memory.
+    const LENT: Option<&'static LentMap> = match &Self::VALUE {
+        Some(lent) => Some(lent),
+        None => None,
+    };
+}
+
+/// The map of a `T` lent on its own.
+#[doc(hidden)]
+pub struct Own<T>(std::marker::PhantomData<T>);
+impl<T: PointerMap> Lent for Own<T> {
+    const VALUE: Option<LentMap> = own::<T>();
+}
+
 /// The map of what a wrapper holds: a declared `T`, or a slice of them.
 #[doc(hidden)]
 pub trait ContentsMap {
     /// The map, and the stride for a slice (`None`: numbers lent bare).
-    const LENT: Option<LentMap>;
+    const VALUE: Option<LentMap>;
 }
 impl<T: PointerMap> ContentsMap for T {
-    const LENT: Option<LentMap> = own::<T>();
+    const VALUE: Option<LentMap> = own::<T>();
 }
 impl<T: PointerMap> ContentsMap for [T] {
-    const LENT: Option<LentMap> = match own::<T>() {
+    const VALUE: Option<LentMap> = match own::<T>() {
         Some(lent) => Some(LentMap {
             map: lent.map,
             stride: size_of::<T>(),
@@ -484,52 +504,64 @@ impl<T: PointerMap> ContentsMap for [T] {
     };
 }
 
+/// The contents map of a wrapper.
+#[doc(hidden)]
+pub struct Contents<T: ?Sized>(std::marker::PhantomData<T>);
+impl<T: ?Sized + ContentsMap> Lent for Contents<T> {
+    const VALUE: Option<LentMap> = T::VALUE;
+}
+
+/// An empty map (a `PointerFree` declaration).
+#[doc(hidden)]
+pub struct Free;
+impl Lent for Free {
+    const VALUE: Option<LentMap> = Some(LentMap {
+        map: &EMPTY,
+        stride: 0,
+    });
+}
+
 macro_rules! probe_tier {
-    ($tr:ident, $value:expr, for $for:ty where $($bound:tt)*) => {
+    ($tr:ident, $lent:ty, for $for:ty where $($bound:tt)*) => {
         #[doc(hidden)]
         pub trait $tr {
             /// The argument's map.
-            fn lent_map(&self) -> Option<LentMap>;
+            fn lent_map(&self) -> Option<&'static LentMap>;
         }
         impl<'a, T: ?Sized> $tr for $for where $($bound)* {
             #[inline(always)]
-            fn lent_map(&self) -> Option<LentMap> {
-                $value
+            fn lent_map(&self) -> Option<&'static LentMap> {
+                <$lent as Lent>::LENT
             }
         }
     };
 }
 
-const FREE: Option<LentMap> = Some(LentMap {
-    map: &EMPTY,
-    stride: 0,
-});
-
 // The first tier: a declared map of a `&T`, a `&mut T`, or of the contents
 // of a `&Managed<T>`, `&Pinned<T>` (`T` or `[T]`).
-probe_tier!(MapRef, own::<T>(), for &&Probe<&'a T> where T: PointerMap);
-probe_tier!(MapMut, own::<T>(), for &&Probe<&'a mut T> where T: PointerMap);
-probe_tier!(MapWrapped, <T::Inner as ContentsMap>::LENT,
+probe_tier!(MapRef, Own<T>, for &&Probe<&'a T> where T: PointerMap);
+probe_tier!(MapMut, Own<T>, for &&Probe<&'a mut T> where T: PointerMap);
+probe_tier!(MapWrapped, Contents<T::Inner>,
     for &&Probe<&'a T> where T: Wrapper, T::Inner: ContentsMap);
-probe_tier!(MapWrappedMut, <T::Inner as ContentsMap>::LENT,
+probe_tier!(MapWrappedMut, Contents<T::Inner>,
     for &&Probe<&'a mut T> where T: Wrapper, T::Inner: ContentsMap);
 // The second: a `PointerFree` declaration, an empty map.
-probe_tier!(FreeRef, FREE, for &Probe<&'a T> where T: crate::scan::PointerFree);
-probe_tier!(FreeMut, FREE, for &Probe<&'a mut T> where T: crate::scan::PointerFree);
-probe_tier!(FreeWrapped, FREE,
+probe_tier!(FreeRef, Free, for &Probe<&'a T> where T: crate::scan::PointerFree);
+probe_tier!(FreeMut, Free, for &Probe<&'a mut T> where T: crate::scan::PointerFree);
+probe_tier!(FreeWrapped, Free,
     for &Probe<&'a T> where T: Wrapper, T::Inner: crate::scan::PointerFree);
-probe_tier!(FreeWrappedMut, FREE,
+probe_tier!(FreeWrappedMut, Free,
     for &Probe<&'a mut T> where T: Wrapper, T::Inner: crate::scan::PointerFree);
 
 /// The fallback: no map, the conservative scan.
 #[doc(hidden)]
 pub trait NoMap {
     /// No map.
-    fn lent_map(&self) -> Option<LentMap>;
+    fn lent_map(&self) -> Option<&'static LentMap>;
 }
 impl<A> NoMap for Probe<A> {
     #[inline(always)]
-    fn lent_map(&self) -> Option<LentMap> {
+    fn lent_map(&self) -> Option<&'static LentMap> {
         None
     }
 }
