@@ -176,9 +176,8 @@ impl Call {
     fn scan_mapped(&self, addr: usize, size: usize, lent: &LentMap) {
         // SAFETY: the caller lends memory it owns and borrows for the call;
         // the map is its type's.
-        if let Some((offset, target)) =
-            unsafe { find_unpinned_mapped(addr, size, lent.map, lent.stride) }
-        {
+        let found = unsafe { find_unpinned_mapped(addr, size, lent.map, lent.stride) };
+        if let Some((offset, target)) = found {
             self.report_nested(addr, offset, target);
         }
     }

@@ -83,9 +83,9 @@ extern "C" fn take_iov(v: *const libc::iovec) -> usize {
     // SAFETY: the caller lends one iovec.
     unsafe { (*v).iov_len }
 }
-extern "C" fn take_timespec(t: *const libc::timespec) -> i64 {
+extern "C" fn take_timespec(t: *const libc::timespec) -> libc::c_long {
     // SAFETY: the caller lends one timespec.
-    unsafe { (*t).tv_nsec as i64 }
+    unsafe { (*t).tv_nsec }
 }
 
 fn assert_nested_at(v: &ffi_check::Violation, callee: &str, offset: usize, target: usize) {

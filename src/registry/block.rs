@@ -163,8 +163,8 @@ impl Block {
         let w = word.load(Ordering::Relaxed) & !(0xffff << shift);
         word.store(w | (off as u64) << shift, Ordering::Relaxed);
     }
-    /// Moves the offsets at `[from, len)` one place up, to `[from + 1, len
-    /// + 1)` (`len < cap`), a word of four offsets at a time: the place at
+    /// Moves the offsets at `[from, len)` one place up, to
+    /// `[from + 1, len + 1)` (`len < cap`), a word of four offsets at a time: the place at
     /// `from` is the caller's to set. Inserting into a full page moves some
     /// fifty offsets; one at a time, each read-modify-write of a packed
     /// word waits on the one before.
