@@ -223,6 +223,39 @@
 //! # ffi_check::set_mode(before);
 //! ```
 //!
+//! ## Pointer maps: lend a struct by its pointer words
+//!
+//! A type that implements [`PointerMap`] (derive it with the helper crate
+//! `ffi-check-derive`) says where its pointers are: `call!` then reads only
+//! those words when it lends the type, and never reads a type whose map is
+//! empty, as Go's check reads a type's pointer bitmap. Undeclared types are
+//! scanned word by word.
+//!
+//! ```
+//! use ffi_check::{call, capture, Managed, PointerMap, PointerWords, ViolationKind};
+//! #[repr(C)]
+//! struct Job { id: usize, data: *const u64 }
+//! // SAFETY: `data` is the one pointer (the derive writes this).
+//! unsafe impl PointerMap for Job {
+//!     const POINTERS: PointerWords =
+//!         PointerWords::NONE.field(std::mem::offset_of!(Job, data), PointerWords::WORD);
+//! }
+//! extern "C" fn run(job: *const Job) -> usize {
+//!     // SAFETY: the caller lends one Job.
+//!     unsafe { (*job).id }
+//! }
+//! let value = Managed::new(7u64);
+//! // `id` holds an address, but it is a number: not read.
+//! let job = Managed::new(Job { id: value.addr(), data: std::ptr::null() });
+//! assert_eq!(ffi_check::assert_clean(|| call!(run(&job))), value.addr());
+//! // `data` is a pointer: an unpinned target is reported.
+//! let job = Managed::new(Job { id: 1, data: value.as_ptr() });
+//! let (_, v) = capture(|| call!(run(&job)));
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::UnpinnedNested);
+//! # }
+//! ```
+//!
 //! ## Raw-pointer code, and libraries with their own allocator
 //!
 //! Code that passes `v.as_ptr()` or `CString::into_raw()` to C is checked
