@@ -73,7 +73,7 @@ use sites::provenance_at;
 
 pub(crate) use bounds::{managed_bounds, nothing_live};
 pub(crate) use ids::{new_id, next_id, thread_serial};
-pub(crate) use lookup::{lookup, lookup_for_free};
+pub(crate) use lookup::{exact_facts, lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
 pub(crate) use recent::unpinned_managed_start;
 pub use record::REGION_RECORD_BYTES;

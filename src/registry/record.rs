@@ -96,6 +96,12 @@ pub(super) fn info_of(r: &[AtomicU64; REC_WORDS], start: usize) -> RegionInfo {
     }
 }
 
+/// The retains C holds on the stored record `r` (saturating).
+#[inline(always)]
+pub(super) fn retains_of(r: &[AtomicU64; REC_WORDS]) -> u16 {
+    (r[W_FACTS].load(Ordering::Relaxed) >> RETAINS_SHIFT) as u16
+}
+
 /// Whether the stored record `words` is live, unpinned managed memory.
 #[inline(always)]
 fn words_unpinned(words: &[u64; REC_WORDS]) -> bool {
