@@ -233,3 +233,45 @@ fn libc_structures_have_maps() {
     };
     assert_eq!(assert_clean(|| call!(take_timespec(&t))), 5);
 }
+
+/// A type declared `PointerFree` by hand (no derive, no map).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Sample {
+    t: u64,
+    v: u64,
+}
+// SAFETY: two numbers.
+unsafe impl ffi_check::PointerFree for Sample {}
+
+extern "C" fn take_samples(s: *const Sample, n: usize) -> u64 {
+    // SAFETY: the caller lends n Samples.
+    unsafe { std::slice::from_raw_parts(s, n) }
+        .iter()
+        .map(|s| s.v)
+        .sum()
+}
+
+#[test]
+fn a_type_declared_pointer_free_by_hand_is_never_read() {
+    let target = Managed::new(7u64);
+    let one = Sample {
+        t: target.addr() as u64,
+        v: 1,
+    };
+    let samples = Managed::from_vec(vec![one; 8]);
+    let single = Managed::new(one);
+    assert_eq!(
+        assert_clean(|| call!(take_samples(&samples, 8)) + call!(take_samples(&single, 1))),
+        9
+    );
+    // Bare numbers are not a declaration: the same words as `u64`s are read.
+    let words = Managed::from_vec(vec![target.addr() as u64; 2]);
+    let (_, vs) = capture(|| call!(take_undeclared_words(&words)));
+    assert_eq!(only(&vs).kind(), ViolationKind::UnpinnedNested);
+}
+
+extern "C" fn take_undeclared_words(w: *const u64) -> u64 {
+    // SAFETY: the caller lends at least one u64.
+    unsafe { *w }
+}
