@@ -41,11 +41,14 @@ pub fn checking() -> bool {
 const SCANS: usize = 1;
 
 /// One checked Rust→C call in progress: made by [`call!`](crate::call!),
-/// not by hand. It carries the callee's name, the call site and the argument
-/// counter for reports.
+/// not by hand. It names the call's [`Frame`] (the callee's name and the
+/// call site, which the thread-local publishes during the call) and keeps
+/// the argument counter for reports. The frame lives beside it, so that the
+/// `Call` itself never has its address taken on the fast path and its
+/// words stay in registers.
 #[doc(hidden)]
-pub struct Call {
-    frame: Frame,
+pub struct Call<'f> {
+    frame: &'f Frame,
     arg: u32,
     /// The frame this call hides (the thread's current call before it), as
     /// an address, with [`SCANS`] set for a mode-2 outermost call (C memory
@@ -57,20 +60,31 @@ pub struct Call {
     map: Option<&'static LentMap>,
 }
 
-impl Call {
-    /// Starts a call to `callee` (the path as `call!` wrote it) from the
-    /// caller's site.
-    #[track_caller]
+/// What the slow paths of one argument need: the call's frame and the
+/// argument's number, by value (so the `Call` is not lent to them).
+#[derive(Clone, Copy)]
+struct At<'f> {
+    frame: &'f Frame,
+    arg: u32,
+}
+
+impl<'f> Call<'f> {
+    /// Starts a call whose frame (callee, call site) is `frame`.
     #[inline(always)]
-    pub fn new(callee: &'static str) -> Call {
+    pub fn new(frame: &'f Frame) -> Call<'f> {
         Call {
-            frame: Frame {
-                callee,
-                site: Site::caller(),
-            },
+            frame,
             arg: 0,
             prev: 0,
             map: None,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self) -> At<'f> {
+        At {
+            frame: self.frame,
+            arg: self.arg,
         }
     }
 
@@ -87,7 +101,7 @@ impl Call {
     /// `Call` is in its final place.
     #[inline(always)]
     pub fn enter(&mut self) {
-        let me: *const Frame = &self.frame;
+        let me: *const Frame = self.frame;
         // The thread's locals are never gone for this one (a constant
         // without a destructor): `None` is folded away. Were they gone,
         // `leave` would do nothing either.
@@ -97,16 +111,10 @@ impl Call {
             // hold what the outer call lent it. (`call!` has read the mode:
             // it is initialised.)
             if prev.is_null() && crate::mode::raw_mode() == crate::mode::Mode::Full as u8 {
-                self.enter_scanned();
+                self.prev |= SCANS;
+                enter_scanned(self.frame);
             }
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn enter_scanned(&mut self) {
-        self.prev |= SCANS;
-        crate::roots::before_call(self.frame.callee, self.frame.site);
     }
 
     /// Counts an argument that needs no check.
@@ -128,12 +136,12 @@ impl Call {
             // compile time, so the branch vanishes).
             Some(lent) => {
                 if !lent.map.is_empty() {
-                    self.scan_mapped(addr, size, lent);
+                    self.at().scan_mapped(addr, size, lent);
                 }
             }
             None => {
                 if scan {
-                    self.scan_lent(addr, size);
+                    self.at().scan_lent(addr, size);
                 }
             }
         }
@@ -146,7 +154,7 @@ impl Call {
     pub fn raw(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw(addr, false);
+            self.at().check_raw_typed(addr, false, 0);
         }
     }
 
@@ -158,34 +166,8 @@ impl Call {
     pub fn raw_mut(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw(addr, true);
+            self.at().check_raw_typed(addr, true, 0);
         }
-    }
-
-    #[inline(never)]
-    #[track_caller]
-    fn scan_lent(&self, addr: usize, size: usize) {
-        // SAFETY: the caller lends memory it owns and borrows for the call.
-        if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
-            self.report_nested(addr, offset, target);
-        }
-    }
-
-    #[inline(never)]
-    #[track_caller]
-    fn scan_mapped(&self, addr: usize, size: usize, lent: &LentMap) {
-        // SAFETY: the caller lends memory it owns and borrows for the call;
-        // the map is its type's.
-        let found = unsafe { find_unpinned_mapped(addr, size, lent.map, lent.stride) };
-        if let Some((offset, target)) = found {
-            self.report_nested(addr, offset, target);
-        }
-    }
-
-    #[inline(always)]
-    #[track_caller]
-    fn check_raw(&self, addr: usize, mutable: bool) {
-        self.check_raw_typed(addr, mutable, 0);
     }
 
     /// As [`raw`](Call::raw), for a pointer to a `T` that can hold pointers
@@ -197,13 +179,41 @@ impl Call {
     pub fn raw_typed(&mut self, addr: usize, mutable: bool, pointee: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw_typed(addr, mutable, pointee);
+            self.at().check_raw_typed(addr, mutable, pointee);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn enter_scanned(frame: &Frame) {
+    crate::roots::before_call(frame.callee, frame.site);
+}
+
+impl At<'_> {
+    #[inline(never)]
+    #[track_caller]
+    fn scan_lent(self, addr: usize, size: usize) {
+        // SAFETY: the caller lends memory it owns and borrows for the call.
+        if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
+            self.report_nested(addr, offset, target);
         }
     }
 
     #[inline(never)]
     #[track_caller]
-    fn check_raw_typed(&self, addr: usize, mutable: bool, pointee: usize) {
+    fn scan_mapped(self, addr: usize, size: usize, lent: &LentMap) {
+        // SAFETY: the caller lends memory it owns and borrows for the call;
+        // the map is its type's.
+        let found = unsafe { find_unpinned_mapped(addr, size, lent.map, lent.stride) };
+        if let Some((offset, target)) = found {
+            self.report_nested(addr, offset, target);
+        }
+    }
+
+    #[inline(never)]
+    #[track_caller]
+    fn check_raw_typed(self, addr: usize, mutable: bool, pointee: usize) {
         let Some(r) = registry::lookup(addr) else {
             if let Some(block) = crate::heap::block_at(addr) {
                 self.check_heap_block(block, mutable);
@@ -240,7 +250,7 @@ impl Call {
 
     /// A block of the tracking allocator that the registry does not know.
     #[track_caller]
-    fn check_heap_block(&self, block: crate::heap::Block, mutable: bool) {
+    fn check_heap_block(self, block: crate::heap::Block, mutable: bool) {
         if block.freed {
             return self.report_freed(block.start, block.start);
         }
@@ -261,7 +271,7 @@ impl Call {
 
     #[cold]
     #[track_caller]
-    fn report_nested(&self, lent: usize, offset: usize, target: usize) {
+    fn report_nested(self, lent: usize, offset: usize, target: usize) {
         emit(
             Violation::new(
                 ViolationKind::UnpinnedNested,
@@ -284,7 +294,7 @@ impl Call {
 
     #[cold]
     #[track_caller]
-    fn report_freed(&self, addr: usize, start: usize) {
+    fn report_freed(self, addr: usize, start: usize) {
         emit(
             Violation::new(
                 ViolationKind::UseAfterFree,
@@ -306,7 +316,7 @@ impl Call {
     }
 }
 
-impl Drop for Call {
+impl Drop for Call<'_> {
     #[inline(always)]
     fn drop(&mut self) {
         let prev = self.prev;

@@ -363,6 +363,7 @@ pub mod __private {
     pub use crate::call::{
         checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaFnItem, ViaRef,
     };
+    pub use crate::frame::Frame;
     pub use crate::pointer_map::{
         FreeMut, FreeRef, FreeWrapped, FreeWrappedMut, MapMut, MapRef, MapWrapped, MapWrappedMut,
         NoMap, Probe,
@@ -439,7 +440,8 @@ macro_rules! call {
                 FreeMut as _, FreeRef as _, FreeWrapped as _, FreeWrappedMut as _, MapMut as _,
                 MapRef as _, MapWrapped as _, MapWrappedMut as _, NoMap as _,
             };
-            let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
+            let __ffi_check_frame = $crate::__private::Frame::new(stringify!($($f)::+));
+            let mut __ffi_check_call = $crate::__private::Call::new(&__ffi_check_frame);
             let __ffi_check_call = &mut __ffi_check_call;
             __ffi_check_call.enter();
             $crate::__call_args!(@lower ($($f)::+) __ffi_check_call [] $($args)*)
