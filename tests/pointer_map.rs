@@ -55,6 +55,14 @@ struct Batch {
     more: [*const u64; 2],
 }
 
+/// A generic struct: its map is its fields' for each `T` that has one.
+#[derive(PointerMap)]
+#[repr(C)]
+struct Tagged<T> {
+    tag: u64,
+    value: T,
+}
+
 extern "C" fn take_job(job: *const Job) -> usize {
     // SAFETY: the caller lends one Job.
     unsafe { (*job).tag }
@@ -115,6 +123,9 @@ fn the_derived_map_names_the_pointer_fields() {
     // counts: 64 bytes, then the tuple (pointer at 72: after the u32 and
     // its padding), then the array at 80 and 88.
     assert_eq!(Batch::POINTERS.offsets(), Some(&[72, 80, 88][..]));
+    assert_eq!(Tagged::<*const u8>::POINTERS.offsets(), Some(&[8][..]));
+    assert!(Tagged::<u32>::POINTERS.is_empty());
+    assert_eq!(Tagged::<Job>::POINTERS.offsets(), Some(&[16][..]));
 }
 
 #[test]

@@ -136,13 +136,36 @@ fn expand(input: &DeriveInput, kind: Kind) -> syn::Result<TokenStream2> {
             .collect(),
         Fields::Unit => Vec::new(),
     };
+    // Each field's type must have a map (or be pointer-free): a generic
+    // struct says so in its impl's bounds; a plain one is checked without a
+    // bound on a concrete type (which would add a note about an unstable
+    // feature to the error), so the error is the trait's own message at the
+    // field.
+    let generic = !input.generics.params.is_empty();
+    let assert_fields = |tr: TokenStream2| -> TokenStream2 {
+        let checks = members.iter().map(|(_, ty)| {
+            quote_spanned! {ty.span()=> __ffi_check_field::<#ty>(); }
+        });
+        quote! {
+            const _: () = {
+                fn __ffi_check_field<T: ?Sized + #tr>() {}
+                #[allow(dead_code)]
+                fn __ffi_check_fields() { #(#checks)* }
+            };
+        }
+    };
     match kind {
         Kind::Map => {
-            // Each field's type must have a map: the bound carries the
-            // field's span, so the error points at the field.
-            for (_, ty) in &members {
-                predicates.push(quote_spanned!(ty.span()=> #ty: ::ffi_check::PointerMap));
+            // The bound carries the field's span, so the error points at the
+            // field.
+            let asserted = TokenStream2::new();
+            if generic {
+                for (_, ty) in &members {
+                    predicates.push(quote_spanned!(ty.span()=> #ty: ::ffi_check::PointerMap));
+                }
             }
+            // A plain struct needs no bound: the map's own use of each
+            // field's map is the check (one error, at the field).
             let adds = members.iter().map(|(member, ty)| {
                 quote_spanned! {ty.span()=>
                     .field(
@@ -152,6 +175,7 @@ fn expand(input: &DeriveInput, kind: Kind) -> syn::Result<TokenStream2> {
                 }
             });
             Ok(quote! {
+                #asserted
                 // SAFETY: the map is the fields' own maps at the fields'
                 // offsets, and every field's type has one.
                 unsafe impl #impl_generics ::ffi_check::PointerMap for #name #ty_generics
@@ -163,10 +187,16 @@ fn expand(input: &DeriveInput, kind: Kind) -> syn::Result<TokenStream2> {
             })
         }
         Kind::Free => {
-            for (_, ty) in &members {
-                predicates.push(quote_spanned!(ty.span()=> #ty: ::ffi_check::PointerFree));
+            let mut asserted = TokenStream2::new();
+            if generic {
+                for (_, ty) in &members {
+                    predicates.push(quote_spanned!(ty.span()=> #ty: ::ffi_check::PointerFree));
+                }
+            } else {
+                asserted = assert_fields(quote!(::ffi_check::PointerFree));
             }
             Ok(quote! {
+                #asserted
                 // SAFETY: every field's type is pointer-free.
                 unsafe impl #impl_generics ::ffi_check::PointerFree for #name #ty_generics
                 where #(#predicates,)*
