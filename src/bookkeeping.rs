@@ -25,6 +25,10 @@ thread_local! {
     static GUARD: Cell<bool> = const { Cell::new(false) };
     /// Set while the allocator reports: a panic may not unwind out of it.
     static IN_ALLOCATOR: Cell<bool> = const { Cell::new(false) };
+    /// Set while the tracking allocator asks its inner allocator for memory:
+    /// with the C allocator interposed (feature `interpose`), what `malloc`
+    /// hands out meanwhile is Rust's heap, not C memory.
+    static RUST_INNER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks the current thread as doing ffi-check's own bookkeeping until the
@@ -86,6 +90,35 @@ impl Drop for AllocatorReport {
         let was = self.was;
         IN_ALLOCATOR.with(|g| g.set(was));
     }
+}
+
+/// Marks the current thread as inside the tracking allocator's inner
+/// allocator until the value drops (see [`rust_inner`]).
+pub(crate) struct RustInner {
+    was: bool,
+}
+
+/// Starts a [`RustInner`] section.
+#[inline(always)]
+pub(crate) fn rust_inner_section() -> RustInner {
+    RustInner {
+        was: RUST_INNER.with(|g| g.replace(true)),
+    }
+}
+
+impl Drop for RustInner {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let was = self.was;
+        RUST_INNER.with(|g| g.set(was));
+    }
+}
+
+/// True while the tracking allocator's inner allocator runs on this thread:
+/// a C allocation made meanwhile is the memory of a Rust heap block.
+#[inline(always)]
+pub(crate) fn rust_inner() -> bool {
+    RUST_INNER.with(Cell::get)
 }
 
 /// Fresh zeroed memory straight from the kernel: no allocator is involved,

@@ -233,7 +233,37 @@ impl fmt::Display for LeakReport {
     }
 }
 
-fn collect(scope: Option<(u32, u64)>) -> LeakReport {
+/// With the C allocator interposed: the C blocks that nothing reachable
+/// points to (LeakSanitizer's method, `heap`'s leak scan), grouped by
+/// allocation site, for the blocks `owned` picks. Blocks the registry knows
+/// follow its own rules above.
+#[cfg(feature = "interpose")]
+fn unreachable_groups(owned: &dyn Fn(&crate::heap::CBlock) -> bool) -> Vec<LeakGroup> {
+    if !crate::mode::COMPILED_IN {
+        return Vec::new();
+    }
+    let blocks = crate::heap::unreachable_c_blocks(owned);
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut by_site: HashMap<Option<Site>, (usize, usize, crate::heap::CBlock)> = HashMap::new();
+    for b in blocks {
+        let e = by_site.entry(b.alloc_site).or_insert((0, 0, b));
+        e.0 += 1;
+        e.1 += b.size;
+    }
+    by_site
+        .into_iter()
+        .map(|(site, (count, bytes, example))| LeakGroup {
+            site,
+            count,
+            bytes,
+            example: crate::report::c_block_detail(example),
+        })
+        .collect()
+}
+
+fn collect(scope: Option<(u32, u64)>, c_scope: Option<(u32, u64)>) -> LeakReport {
+    #[cfg(not(feature = "interpose"))]
+    let _ = c_scope;
     // Group under the shard locks with plain numbers; build the details
     // (clones of backtraces) only for one example per group.
     let mut by_site: HashMap<Option<Site>, (usize, usize, usize)> = HashMap::new();
@@ -267,6 +297,14 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
             })
         })
         .collect();
+    #[cfg(feature = "interpose")]
+    groups.extend(unreachable_groups(&|b: &crate::heap::CBlock| match c_scope {
+        None => true,
+        Some((thread, first)) => {
+            let (t, seq) = b.clock();
+            t == thread && seq >= first
+        }
+    }));
     groups.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.count.cmp(&b.count)));
     let intended = intended_starts
         .into_iter()
@@ -297,7 +335,7 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
 /// println!("{} byte(s) of C memory outstanding", report.leaked_bytes());
 /// ```
 pub fn leak_report() -> LeakReport {
-    collect(None)
+    collect(None, None)
 }
 
 /// A leak scope: [`finish`](LeakCheck::finish) reports the C memory and pins
@@ -315,6 +353,9 @@ pub fn leak_report() -> LeakReport {
 pub struct LeakCheck {
     thread: u32,
     first_id: u64,
+    /// The thread's serial and next sequence number among C blocks of the
+    /// interposed allocator.
+    c_first: (u32, u64),
 }
 
 impl LeakCheck {
@@ -323,6 +364,7 @@ impl LeakCheck {
         LeakCheck {
             thread: registry::thread_serial(),
             first_id: registry::next_id(),
+            c_first: c_clock(),
         }
     }
 
@@ -331,7 +373,19 @@ impl LeakCheck {
         if !crate::mode::COMPILED_IN {
             return LeakReport::default();
         }
-        collect(Some((self.thread, self.first_id)))
+        collect(Some((self.thread, self.first_id)), Some(self.c_first))
+    }
+}
+
+/// This thread's clock among C blocks of the interposed allocator.
+fn c_clock() -> (u32, u64) {
+    #[cfg(feature = "interpose")]
+    {
+        crate::heap::c_clock()
+    }
+    #[cfg(not(feature = "interpose"))]
+    {
+        (0, 0)
     }
 }
 

@@ -267,7 +267,8 @@
 // - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
 //   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
 // - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
-//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`;
+//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`, `interpose`
+//   (the C allocator's entry points, feature `interpose`);
 // - `fork`: the `fork` handlers, which take every module's locks (each
 //   module lends its own) in the one order the crate's locks nest in.
 
@@ -283,6 +284,15 @@ mod fork;
 mod frame;
 mod guard;
 mod heap;
+// The C allocator's entry points (`malloc`, `free`, ...): defined only with
+// the feature and the checks compiled in, so a release build without
+// `always` leaves glibc's allocator untouched.
+#[cfg(all(
+    feature = "interpose",
+    target_os = "linux",
+    any(debug_assertions, feature = "always")
+))]
+mod interpose;
 pub mod hooks;
 mod leak;
 mod managed;

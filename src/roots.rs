@@ -264,6 +264,16 @@ impl Snapshot {
                 RegionKind::Managed => {}
             }
         });
+        // With the C allocator interposed, every live C heap block is C
+        // memory the scan reads (those the registry knows are in already).
+        #[cfg(feature = "interpose")]
+        crate::heap::for_each_live_c(|start, len| {
+            spans.push(Span {
+                start,
+                len,
+                root: None,
+            })
+        });
         targets.sort_unstable();
         Snapshot {
             spans,

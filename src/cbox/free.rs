@@ -46,6 +46,11 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         if c_free_of_rust_block(ptr, api, site) {
             return Verdict::Skip;
         }
+        // A C block of the interposed allocator: its `free` judges it.
+        #[cfg(feature = "interpose")]
+        if crate::heap::c_block_at(ptr).is_some() {
+            return Verdict::Untracked;
+        }
         // Memory the checker never saw: C's own allocations that were not
         // adopted pass unchecked, but a stack address or static data is
         // certainly not from a C allocator.

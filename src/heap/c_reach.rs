@@ -1,0 +1,293 @@
+//! Leaks of C heap blocks by reachability (feature `interpose`), the way
+//! LeakSanitizer finds them (`lsan_common`): a C block that no pointer in
+//! the roots, nor in a block reachable from them, points to (at its start or
+//! inside it) can never be freed again: it leaked.
+//!
+//! The roots:
+//! - the writable segments (`.data`, `.bss`, relro) of every loaded object:
+//!   what glibc and libraries keep on purpose hangs off their globals;
+//! - every thread's stack that allocated C memory (recorded at its first C
+//!   block: the mapping around its stack pointer), and its static TLS (the
+//!   block below its thread pointer, and the thread control block);
+//! - the calling thread's registers (the callee-saved ones are spilled here;
+//!   the others are saved by the calls that led here).
+//!
+//! Other threads' registers cannot be read without stopping them; a pointer
+//! only a running thread's register holds is a false leak LeakSanitizer
+//! avoids by stopping the world, and this scan does not. Dead frames and
+//! stale words keep blocks reachable: like every conservative scan, it can
+//! miss a leak, not invent one from a pointer that exists.
+//!
+//! Every read goes through `probe::read`, so memory unmapped meanwhile
+//! cannot fault the scan. The scan runs under the bookkeeping guard: what it
+//! allocates is the checker's own.
+
+// Without the checks compiled in the entry points that use this are not
+// either (see `crate::interpose`).
+#![cfg_attr(not(any(debug_assertions, feature = "always")), allow(dead_code))]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::c_block::{for_each_c_block, CBlock};
+use crate::bookkeeping::bookkeeping;
+
+// ---- threads -------------------------------------------------------------------
+
+const THREADS: usize = 1024;
+
+/// Each recorded thread's stack pointer and thread pointer at its first C
+/// block (0 for a free slot). Past 1024 threads the oldest slots are reused.
+static THREAD_SP: [AtomicUsize; THREADS] = [const { AtomicUsize::new(0) }; THREADS];
+static THREAD_TP: [AtomicUsize; THREADS] = [const { AtomicUsize::new(0) }; THREADS];
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+/// The thread pointer (on x86_64, `%fs:0` holds its own address).
+fn thread_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: usize;
+        // SAFETY: reads the TCB's self pointer, always mapped for a thread.
+        unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly)) };
+        tp
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Records the calling thread's stack and TLS as roots of the leak scan.
+/// Lock-free and allocation-free: called from inside `malloc`.
+#[inline(never)]
+pub(super) fn record_thread() {
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    let slot = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) % THREADS;
+    THREAD_SP[slot].store(sp, Ordering::Relaxed);
+    THREAD_TP[slot].store(thread_pointer(), Ordering::Relaxed);
+}
+
+// ---- the scan ------------------------------------------------------------------
+
+/// A node of the reachability graph: a block whose contents are scanned
+/// once it is reached.
+struct Node {
+    start: usize,
+    end: usize,
+    block: CBlock,
+    scan: bool,
+}
+
+struct Graph {
+    nodes: Vec<Node>,
+    marked: Vec<bool>,
+    work: Vec<usize>,
+    lo: usize,
+    hi: usize,
+}
+
+impl Graph {
+    /// Marks the node that `w` points into, if any.
+    #[inline]
+    fn visit_word(&mut self, w: usize) {
+        if w < self.lo || w >= self.hi {
+            return;
+        }
+        let i = self.nodes.partition_point(|n| n.start <= w);
+        if i == 0 {
+            return;
+        }
+        let n = &self.nodes[i - 1];
+        if w < n.end && !self.marked[i - 1] {
+            self.marked[i - 1] = true;
+            if n.scan {
+                self.work.push(i - 1);
+            }
+        }
+    }
+
+    /// Reads `[start, start + len)` through safe probes and visits every
+    /// aligned word in it.
+    fn visit_range(&mut self, start: usize, len: usize) {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = (start + 7) & !7;
+        let end = start.saturating_add(len);
+        while at < end {
+            let n = (end - at).min(buf.len()) & !7;
+            if n == 0 {
+                break;
+            }
+            if crate::probe::read(at, &mut buf[..n]) {
+                for c in buf[..n].chunks_exact(8) {
+                    self.visit_word(usize::from_ne_bytes(c.try_into().expect("8 bytes")));
+                }
+                at += n;
+            } else {
+                // Part of it is not readable: go on page by page.
+                let next = (at | 0xfff) + 1;
+                let m = (next.min(end) - at) & !7;
+                if m > 0 && crate::probe::read(at, &mut buf[..m]) {
+                    for c in buf[..m].chunks_exact(8) {
+                        self.visit_word(usize::from_ne_bytes(c.try_into().expect("8 bytes")));
+                    }
+                }
+                at = next;
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(i) = self.work.pop() {
+            let (s, e) = (self.nodes[i].start, self.nodes[i].end);
+            self.visit_range(s, e - s);
+        }
+    }
+}
+
+/// The mappings of this process from `/proc/self/maps`: `(lo, hi)`.
+fn mappings() -> Vec<(usize, usize)> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|l| {
+            let (lo, hi) = l.split_ascii_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// How far below the thread pointer the static TLS reaches (glibc's own
+/// figure when it tells, else a generous guess).
+fn static_tls_size() -> usize {
+    type Info = unsafe extern "C" fn(*mut usize, *mut usize);
+    // SAFETY: dlsym only reads the loader's tables.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info".as_ptr()) };
+    if f.is_null() {
+        return 64 << 10;
+    }
+    // SAFETY: glibc's `_dl_get_tls_static_info(size_t *, size_t *)`.
+    let f: Info = unsafe { std::mem::transmute::<*mut libc::c_void, Info>(f) };
+    let (mut size, mut align) = (0usize, 0usize);
+    // SAFETY: two writable words.
+    unsafe { f(&mut size, &mut align) };
+    size.clamp(4096, 1 << 20)
+}
+
+/// The C blocks (C domain, live, not known to the registry) that nothing
+/// reachable points to. `owned` picks the blocks a leak question is about
+/// (a scope's); all blocks take part in the graph regardless.
+#[inline(never)]
+pub(crate) fn unreachable_c_blocks(owned: &dyn Fn(&CBlock) -> bool) -> Vec<CBlock> {
+    // The callee-saved registers of this thread, spilled into this frame;
+    // the scan of this thread's stack starts here, above the frames of the
+    // scan itself (whose locals name blocks by address).
+    #[allow(unused_mut)]
+    let mut regs = [0usize; 6];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: stores six registers into the local array.
+    unsafe {
+        std::arch::asm!(
+            "mov [{r}], rbx", "mov [{r} + 8], rbp", "mov [{r} + 16], r12",
+            "mov [{r} + 24], r13", "mov [{r} + 32], r14", "mov [{r} + 40], r15",
+            r = in(reg) regs.as_mut_ptr(), options(nostack)
+        )
+    };
+    let regs = std::hint::black_box(regs);
+    let sp = std::ptr::addr_of!(regs) as usize;
+    scan(regs, sp, owned)
+}
+
+#[inline(never)]
+fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<CBlock> {
+    let _g = bookkeeping();
+    let mut nodes = Vec::new();
+    for_each_c_block(|b| {
+        if b.freed() {
+            return;
+        }
+        // The checker's own blocks are neither leaks nor roots: its
+        // records name C blocks by address on purpose.
+        if b.state & super::c_block::c_state::INTERNAL != 0 {
+            return;
+        }
+        let scan = if b.is_c() {
+            true
+        } else {
+            // Rust's heap: scanned unless the tracking allocator says the
+            // block inside is the checker's own, or freed.
+            let inner = b.start + b.align.max(super::HDR);
+            match super::header(inner) {
+                Some(meta) => super::meta_state(meta) & (super::state::INTERNAL | super::state::FREED) == 0,
+                None => true,
+            }
+        };
+        nodes.push(Node {
+            start: b.start,
+            end: b.start + b.size.max(1),
+            block: b,
+            scan,
+        });
+    });
+    nodes.sort_unstable_by_key(|n| n.start);
+    let lo = nodes.first().map_or(0, |n| n.start);
+    let hi = nodes.iter().map(|n| n.end).max().unwrap_or(0);
+    let mut g = Graph {
+        marked: vec![false; nodes.len()],
+        nodes,
+        work: Vec::new(),
+        lo,
+        hi,
+    };
+
+    for w in regs {
+        g.visit_word(w);
+    }
+    for s in crate::segments::writable() {
+        g.visit_range(s.start, s.len);
+    }
+    g.drain();
+
+    let maps = mappings();
+    let tls = static_tls_size();
+    let my_tp = thread_pointer();
+    let mut stacks: Vec<(usize, usize)> = Vec::new();
+    let mut scan_stack = |g: &mut Graph, sp: usize, from_sp: bool| {
+        if let Some(&(mlo, mhi)) = maps.iter().find(|(l, h)| *l <= sp && sp < *h) {
+            if stacks.contains(&(mlo, mhi)) {
+                return;
+            }
+            stacks.push((mlo, mhi));
+            let start = if from_sp { sp & !7 } else { mlo };
+            g.visit_range(start, mhi - start);
+        }
+    };
+    scan_stack(&mut g, my_sp, true);
+    if my_tp != 0 {
+        g.visit_range(my_tp.saturating_sub(tls), tls + 0x800);
+    }
+    g.drain();
+    for i in 0..THREADS {
+        let sp = THREAD_SP[i].load(Ordering::Relaxed);
+        if sp == 0 {
+            continue;
+        }
+        scan_stack(&mut g, sp, false);
+        let tp = THREAD_TP[i].load(Ordering::Relaxed);
+        if tp != 0 && tp != my_tp {
+            g.visit_range(tp.saturating_sub(tls), tls + 0x800);
+        }
+        g.drain();
+    }
+
+    g.nodes
+        .iter()
+        .zip(&g.marked)
+        .filter(|(n, marked)| !**marked && n.block.is_c() && !n.block.registered())
+        .map(|(n, _)| n.block)
+        .filter(|b| owned(b))
+        .collect()
+}

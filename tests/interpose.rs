@@ -1,0 +1,369 @@
+//! The interposed C allocator (feature `interpose`): plain C — no ffi-check
+//! header, no hooks — seen through `malloc`, `free` and `realloc`
+//! themselves. Each mistake is reported with its kind, its sites and its
+//! `help:` line; the correct shapes are clean.
+
+#![cfg(all(feature = "interpose", target_os = "linux"))]
+
+mod common;
+
+use std::ffi::{c_void, CStr};
+use std::os::raw::c_char;
+
+use common::fixtures::plainc as pc;
+use common::{assert_report, child_passes, is_child, only};
+use ffi_check::{call, capture, CBox, LeakCheck, TrackingAllocator, ViolationKind};
+
+#[global_allocator]
+static ALLOC: TrackingAllocator = TrackingAllocator::new();
+
+fn checks() -> bool {
+    ffi_check::COMPILED_IN && ffi_check::mode() != ffi_check::Mode::Off
+}
+
+// ---- C1: C's own frees ---------------------------------------------------------
+
+#[test]
+fn c_double_free_reports_both_sites() {
+    if !checks() {
+        return;
+    }
+    let name = c"you";
+    // SAFETY: a fresh string from C, freed by C; the second free is the
+    // mistake (and is not carried out).
+    let (_, v) = capture(|| unsafe {
+        let s = call!(pc::pc_greeting(name.as_ptr()));
+        call!(pc::pc_free_it(s.cast()));
+        call!(pc::pc_free_it(s.cast()))
+    });
+    let v = only(&v);
+    assert_report(v, ViolationKind::DoubleFree, "double free of C memory (`free`)");
+    let text = v.to_string();
+    let first = line_of("call!(pc::pc_free_it(s.cast()));");
+    let again = first + 1;
+    assert!(
+        text.contains(&format!("first freed during the call at tests/interpose.rs:{first}:")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("freed again during the call at tests/interpose.rs:{again}:")),
+        "{text}"
+    );
+    assert!(text.contains("allocated at tests/interpose.rs:"), "{text}");
+}
+
+#[test]
+fn c_double_free_inside_one_call_is_reported_not_carried_out() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: the fixture frees one block twice; the second is refused.
+    let (_, v) = capture(|| unsafe { call!(pc::pc_double_free()) });
+    assert_report(only(&v), ViolationKind::DoubleFree, "double free of C memory");
+}
+
+#[test]
+fn c_free_of_a_rust_box_is_invalid_free_and_not_carried_out() {
+    if !checks() {
+        return;
+    }
+    let b = Box::into_raw(Box::new([7u64; 4]));
+    // SAFETY: C frees what it was handed; the free is refused.
+    let (_, v) = capture(|| unsafe { call!(pc::pc_take(b.cast())) });
+    let v = only(&v);
+    assert_report(v, ViolationKind::InvalidFree, "C free of managed memory (`free`)");
+    let text = v.to_string();
+    assert!(
+        text.contains("allocated by Rust's allocator, freed with `free`"),
+        "{text}"
+    );
+    // Not freed: the box is intact and Rust frees it.
+    // SAFETY: the block was never freed; Rust takes it back once.
+    let back = unsafe { Box::from_raw(b) };
+    assert_eq!(*back, [7u64; 4]);
+}
+
+#[test]
+fn c_free_of_a_wild_pointer_is_reported_without_a_crash() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: the fixture frees 0x1234; the free is refused.
+    let (_, v) = capture(|| unsafe { call!(pc::pc_free_wild()) });
+    let v = only(&v);
+    assert_report(v, ViolationKind::InvalidFree, "free of a pointer no C allocator returned (`free`)");
+    let text = v.to_string();
+    assert!(text.contains("the pointer 0x1234 is not in readable memory"), "{text}");
+    assert!(text.contains("in call to `pc_free_wild`") || text.contains("tests/interpose.rs:"), "{text}");
+}
+
+#[test]
+fn c_free_of_an_interior_pointer_is_reported() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: the fixture frees p + 8 (refused), then p.
+    let (_, v) = capture(|| unsafe { call!(pc::pc_free_interior()) });
+    let v = only(&v);
+    assert_report(v, ViolationKind::InvalidFree, "free of a pointer into the middle of C memory (`free`)");
+    assert!(v.to_string().contains("the pointer is 8 bytes into a C block of 32 bytes"), "{v}");
+}
+
+#[test]
+fn c_free_of_stack_static_and_mapped_memory_is_reported() {
+    if !checks() {
+        return;
+    }
+    for (f, what) in [
+        (pc::pc_free_stack as unsafe extern "C" fn(), "on this thread's stack"),
+        (pc::pc_free_static, "in the static data or code of a loaded program or library"),
+        (pc::pc_free_mapping, "not a block of C's allocator"),
+    ] {
+        // SAFETY: each fixture frees memory no allocator returned; refused.
+        let (_, v) = capture(|| unsafe { call!(f()) });
+        let v = only(&v);
+        assert_report(v, ViolationKind::InvalidFree, "free of a pointer no C allocator returned");
+        assert!(v.to_string().contains(what), "{what}: {v}");
+    }
+}
+
+// ---- C2: use after C freed it ----------------------------------------------------
+
+#[test]
+fn handle_used_after_c_destroyed_it_is_use_after_free() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: create, destroy, then the mistake: the dead handle crosses.
+    let (_, v) = capture(|| unsafe {
+        let o = call!(pc::pc_obj_new(7));
+        assert_eq!(call!(pc::pc_obj_get(o)), 7);
+        call!(pc::pc_obj_destroy(o));
+        let _ = call!(pc::pc_obj_get(o));
+    });
+    let v = only(&v);
+    assert_report(v, ViolationKind::UseAfterFree, "argument 1 of `pc_obj_get` is a pointer into freed memory");
+    let text = v.to_string();
+    let destroy = line_of("call!(pc::pc_obj_destroy(o));");
+    assert!(text.contains(&format!("freed at tests/interpose.rs:{destroy}:")), "{text}");
+}
+
+// ---- C3: leaks by reachability -----------------------------------------------------
+
+#[inline(never)]
+fn lose_a_greeting() -> usize {
+    let name = c"leak";
+    // SAFETY: C returns a string the caller owns; it is never freed.
+    let s = unsafe { call!(pc::pc_greeting(name.as_ptr())) };
+    // SAFETY: a live C string.
+    let n = unsafe { CStr::from_ptr(s) }.to_bytes().len();
+    std::hint::black_box(s as usize ^ usize::MAX);
+    n
+}
+
+#[test]
+fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
+    if !checks() {
+        return;
+    }
+    let scope = LeakCheck::start();
+    assert_eq!(lose_a_greeting(), 10);
+    wipe_stack();
+    let report = scope.finish();
+    assert_eq!(report.leaked_allocations(), 1, "{report}");
+    assert_eq!(report.leaked_bytes(), 11, "{report}");
+    let line = line_of("let s = unsafe { call!(pc::pc_greeting(name.as_ptr())) };");
+    let site = report.groups()[0].site().expect("the call's site");
+    assert_eq!((site.file(), site.line()), ("tests/interpose.rs", line));
+    let text = report.to_string();
+    assert!(text.contains(&format!("Leak of 11 byte(s) in 1 allocation(s) of C memory allocated at tests/interpose.rs:{line}:")), "{text}");
+    let v = report.groups()[0].violation();
+    assert_report(&v, ViolationKind::Leak, "leak of C memory: 11 byte(s) in 1 allocation(s)");
+}
+
+#[test]
+fn a_block_c_loses_is_a_leak() {
+    if !checks() {
+        return;
+    }
+    let scope = LeakCheck::start();
+    // SAFETY: the fixture allocates and loses a block.
+    unsafe { call!(pc::pc_lose(40)) };
+    let report = scope.finish();
+    assert_eq!(report.leaked_bytes(), 40, "{report}");
+}
+
+#[test]
+fn a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped() {
+    if !checks() {
+        return;
+    }
+    let _lock = common::slot();
+    let scope = LeakCheck::start();
+    // SAFETY: the fixture fills its cache, kept in its globals.
+    assert_eq!(unsafe { call!(pc::pc_cache_fill()) }, 0);
+    let report = scope.finish();
+    assert!(report.is_empty(), "{report}");
+    // SAFETY: the cache is freed by the library.
+    unsafe { call!(pc::pc_cache_clear()) };
+
+    let scope = LeakCheck::start();
+    // SAFETY: the cache is filled, then dropped from the globals: leaked.
+    unsafe {
+        call!(pc::pc_cache_fill());
+        call!(pc::pc_cache_forget());
+    }
+    let report = scope.finish();
+    assert_eq!(report.leaked_allocations(), 4, "{report}");
+    assert_eq!(report.leaked_bytes(), 128 + 3 * 32, "{report}");
+}
+
+#[test]
+fn correct_c_code_that_frees_is_clean() {
+    if !checks() {
+        return;
+    }
+    ffi_check::assert_clean(|| {
+        // SAFETY: create, use and destroy, as the API says.
+        unsafe {
+            let o = call!(pc::pc_obj_new(3));
+            assert_eq!(call!(pc::pc_obj_get(o)), 3);
+            call!(pc::pc_obj_destroy(o));
+            let s = call!(pc::pc_greeting(c"me".as_ptr()));
+            assert_eq!(CStr::from_ptr(s).to_bytes(), b"hello me");
+            libc::free(s.cast());
+        }
+    });
+}
+
+// ---- realloc ---------------------------------------------------------------------------
+
+#[test]
+fn a_realloc_loop_is_clean() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: the fixture grows and frees its own buffer.
+    let sum = ffi_check::assert_clean(|| unsafe { call!(pc::pc_grow(200)) });
+    assert_eq!(sum, (0..200).sum::<i64>() as std::os::raw::c_long);
+}
+
+#[test]
+fn c_growing_a_c_malloc_block_moves_its_record() {
+    if !checks() {
+        return;
+    }
+    let scope = LeakCheck::start();
+    let p = ffi_check::c_malloc(16);
+    // SAFETY: C grows the block it was given and hands the new one back.
+    let q = unsafe { call!(pc::pc_regrow(p, 4096)) };
+    assert!(!q.is_null());
+    let report = scope.finish();
+    // Rust still owns it: one live block, of the new size; no stale record.
+    assert_eq!(report.leaked_allocations(), 1, "{report}");
+    assert_eq!(report.leaked_bytes(), 4096, "{report}");
+    let scope = LeakCheck::start();
+    // SAFETY: the grown block is freed once.
+    ffi_check::assert_clean(|| unsafe { ffi_check::c_free(q) });
+    assert!(scope.finish().is_empty());
+}
+
+// ---- CBox handed to C -------------------------------------------------------------------
+
+unsafe extern "C" fn make_string() -> *mut c_char {
+    ffi_check::callback!({ CBox::from_str("from Rust").into_raw() })
+}
+
+#[test]
+fn a_cbox_string_returned_to_c_and_freed_by_c_is_clean() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: C frees the string the callback hands it.
+    let n = ffi_check::assert_clean(|| unsafe { call!(pc::pc_take_string(Some(make_string))) });
+    assert_eq!(n, 9);
+}
+
+#[test]
+fn a_cbox_handed_over_with_into_raw_and_freed_by_c_is_clean() {
+    if !checks() {
+        return;
+    }
+    ffi_check::assert_clean(|| {
+        let b = CBox::new([1u32; 8]);
+        // SAFETY: C takes ownership and frees it.
+        unsafe { call!(pc::pc_take(b.into_raw().cast())) };
+    });
+}
+
+#[test]
+fn c_freeing_a_cbox_rust_still_owns_is_the_cbox_s_free() {
+    if !checks() {
+        return;
+    }
+    let mut b = CBox::new([0u8; 32]);
+    // SAFETY: C frees the box (the mistake); Rust's drop is then the second
+    // free, reported and not carried out.
+    let (_, v) = capture(|| unsafe {
+        call!(pc::pc_free_it(b.as_mut_ptr().cast::<c_void>()));
+        drop(b);
+    });
+    assert_report(only(&v), ViolationKind::DoubleFree, "double free of C memory");
+}
+
+#[test]
+fn mode_2_c_freeing_a_guarded_cbox_is_handled() {
+    if is_child("mode_2_c_freeing_a_guarded_cbox_is_handled") {
+        ffi_check::set_mode(ffi_check::Mode::Full);
+        let mut b = CBox::new([0u8; 32]);
+        // SAFETY: as above, with the block guarded.
+        let (_, v) = capture(|| unsafe {
+            call!(pc::pc_free_it(b.as_mut_ptr().cast::<c_void>()));
+            drop(b);
+        });
+        assert_report(only(&v), ViolationKind::DoubleFree, "double free of C memory");
+        return;
+    }
+    if !ffi_check::COMPILED_IN {
+        return;
+    }
+    child_passes("mode_2_c_freeing_a_guarded_cbox_is_handled", &[]);
+}
+
+// ---- the leak report at exit -------------------------------------------------------------
+
+#[test]
+fn exit_report_lists_unreachable_c_blocks() {
+    if is_child("exit_report_lists_unreachable_c_blocks") {
+        // SAFETY: the fixture allocates and loses a block.
+        unsafe { call!(pc::pc_lose(72)) };
+        return;
+    }
+    if !ffi_check::COMPILED_IN {
+        return;
+    }
+    let stderr = child_passes("exit_report_lists_unreachable_c_blocks", &[("FFI_CHECK_LEAKS", "1")]);
+    let line = line_of("unsafe { call!(pc::pc_lose(72)) };");
+    assert!(
+        stderr.contains(&format!("Leak of 72 byte(s) in 1 allocation(s) of C memory allocated at tests/interpose.rs:{line}:")),
+        "{stderr}"
+    );
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// The line of this file that holds `needle` (its first occurrence).
+fn line_of(needle: &str) -> u32 {
+    let src = include_str!("interpose.rs");
+    let i = src.lines().position(|l| l.contains(needle)).expect("the needle is in this file");
+    i as u32 + 1
+}
+
+/// Overwrites the dead part of the stack below this frame, so a stale copy
+/// of a pointer there cannot matter (the scan starts at the live frames
+/// anyway; this keeps registers spilled by deeper calls from holding one).
+#[inline(never)]
+fn wipe_stack() {
+    let mut junk = [0usize; 512];
+    std::hint::black_box(&mut junk);
+}
