@@ -238,11 +238,14 @@ impl fmt::Display for LeakReport {
 /// allocation site, for the blocks `owned` picks. Blocks the registry knows
 /// follow its own rules above.
 #[cfg(feature = "interpose")]
-fn unreachable_groups(owned: &dyn Fn(&crate::heap::CBlock) -> bool) -> Vec<LeakGroup> {
+fn unreachable_groups(
+    owned: &dyn Fn(&crate::heap::CBlock) -> bool,
+    stack_from: usize,
+) -> Vec<LeakGroup> {
     if !crate::mode::COMPILED_IN {
         return Vec::new();
     }
-    let blocks = crate::heap::unreachable_c_blocks(owned);
+    let blocks = crate::heap::unreachable_c_blocks(owned, stack_from);
     let _g = crate::bookkeeping::bookkeeping();
     let mut by_site: HashMap<Option<Site>, (usize, usize, crate::heap::CBlock)> = HashMap::new();
     for b in blocks {
@@ -261,9 +264,15 @@ fn unreachable_groups(owned: &dyn Fn(&crate::heap::CBlock) -> bool) -> Vec<LeakG
         .collect()
 }
 
-fn collect(scope: Option<(u32, u64)>, c_scope: Option<(u32, u64)>) -> LeakReport {
+/// `stack_from`: an address in the frame of the public function that asks
+/// (the leak scan of C blocks reads this thread's stack from there up).
+fn collect(
+    scope: Option<(u32, u64)>,
+    c_scope: Option<(u32, u64)>,
+    stack_from: usize,
+) -> LeakReport {
     #[cfg(not(feature = "interpose"))]
-    let _ = c_scope;
+    let _ = (c_scope, stack_from);
     // Group under the shard locks with plain numbers; build the details
     // (clones of backtraces) only for one example per group.
     let mut by_site: HashMap<Option<Site>, (usize, usize, usize)> = HashMap::new();
@@ -304,7 +313,7 @@ fn collect(scope: Option<(u32, u64)>, c_scope: Option<(u32, u64)>) -> LeakReport
             let (t, seq) = b.clock();
             t == thread && seq >= first
         }
-    }));
+    }, stack_from));
     groups.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.count.cmp(&b.count)));
     let intended = intended_starts
         .into_iter()
@@ -334,8 +343,10 @@ fn collect(scope: Option<(u32, u64)>, c_scope: Option<(u32, u64)>) -> LeakReport
 /// let report = ffi_check::leak_report();
 /// println!("{} byte(s) of C memory outstanding", report.leaked_bytes());
 /// ```
+#[inline(never)]
 pub fn leak_report() -> LeakReport {
-    collect(None, None)
+    let here = 0u8;
+    collect(None, None, std::ptr::addr_of!(here) as usize)
 }
 
 /// A leak scope: [`finish`](LeakCheck::finish) reports the C memory and pins
@@ -369,11 +380,17 @@ impl LeakCheck {
     }
 
     /// Ends the scope and reports what leaked in it.
+    #[inline(never)]
     pub fn finish(self) -> LeakReport {
+        let here = 0u8;
         if !crate::mode::COMPILED_IN {
             return LeakReport::default();
         }
-        collect(Some((self.thread, self.first_id)), Some(self.c_first))
+        collect(
+            Some((self.thread, self.first_id)),
+            Some(self.c_first),
+            std::ptr::addr_of!(here) as usize,
+        )
     }
 }
 

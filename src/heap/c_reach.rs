@@ -74,6 +74,11 @@ pub(super) fn record_thread() {
 struct Node {
     start: usize,
     end: usize,
+    /// The address of the glibc chunk that follows the block's own, which
+    /// can lie inside the block's last bytes: glibc's arena keeps it (its
+    /// `top`, a free chunk's links), and that word is not a pointer to the
+    /// block.
+    next_chunk: usize,
     block: CBlock,
     scan: bool,
 }
@@ -98,7 +103,7 @@ impl Graph {
             return;
         }
         let n = &self.nodes[i - 1];
-        if w < n.end && !self.marked[i - 1] {
+        if w < n.end && w != n.next_chunk && !self.marked[i - 1] {
             self.marked[i - 1] = true;
             if n.scan {
                 self.work.push(i - 1);
@@ -179,9 +184,15 @@ fn static_tls_size() -> usize {
 
 /// The C blocks (C domain, live, not known to the registry) that nothing
 /// reachable points to. `owned` picks the blocks a leak question is about
-/// (a scope's); all blocks take part in the graph regardless.
+/// (a scope's); all blocks take part in the graph regardless. This
+/// thread's stack is scanned from `stack_from` up (the frame of the public
+/// function that asked: the checker's frames below it hold stale words of
+/// the calls made before at the same depth).
 #[inline(never)]
-pub(crate) fn unreachable_c_blocks(owned: &dyn Fn(&CBlock) -> bool) -> Vec<CBlock> {
+pub(crate) fn unreachable_c_blocks(
+    owned: &dyn Fn(&CBlock) -> bool,
+    stack_from: usize,
+) -> Vec<CBlock> {
     // The callee-saved registers of this thread, spilled into this frame;
     // the scan of this thread's stack starts here, above the frames of the
     // scan itself (whose locals name blocks by address).
@@ -198,7 +209,7 @@ pub(crate) fn unreachable_c_blocks(owned: &dyn Fn(&CBlock) -> bool) -> Vec<CBloc
     };
     let regs = std::hint::black_box(regs);
     let sp = std::ptr::addr_of!(regs) as usize;
-    scan(regs, sp, owned)
+    scan(regs, stack_from.max(sp), owned)
 }
 
 #[inline(never)]
@@ -225,9 +236,19 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
                 None => true,
             }
         };
+        // glibc's chunk of the block: 16 bytes of its header before the
+        // base, the size rounded as `request2size` rounds it.
+        let next_chunk = if b.align <= 16 {
+            let base = b.start - super::c_block::C_HDR;
+            let chunk = (b.size + super::c_block::C_HDR + 8 + 15) & !15;
+            base - 16 + chunk.max(32)
+        } else {
+            0
+        };
         nodes.push(Node {
             start: b.start,
             end: b.start + b.size.max(1),
+            next_chunk,
             block: b,
             scan,
         });
@@ -255,7 +276,13 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
     let tls = static_tls_size();
     let my_tp = thread_pointer();
     let mut stacks: Vec<(usize, usize)> = Vec::new();
-    let mut scan_stack = |g: &mut Graph, sp: usize, from_sp: bool| {
+    fn scan_stack(
+        g: &mut Graph,
+        maps: &[(usize, usize)],
+        stacks: &mut Vec<(usize, usize)>,
+        sp: usize,
+        from_sp: bool,
+    ) {
         if let Some(&(mlo, mhi)) = maps.iter().find(|(l, h)| *l <= sp && sp < *h) {
             if stacks.contains(&(mlo, mhi)) {
                 return;
@@ -264,9 +291,15 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
             let start = if from_sp { sp & !7 } else { mlo };
             g.visit_range(start, mhi - start);
         }
-    };
-    scan_stack(&mut g, my_sp, true);
-    if my_tp != 0 {
+    }
+    scan_stack(&mut g, &maps, &mut stacks, my_sp, true);
+    // A thread that pthread created keeps its TLS at the top of its stack
+    // mapping (scanned with the stack, and for this thread only above its
+    // stack pointer: the dead frames below it hold stale words); the main
+    // thread's lies elsewhere.
+    let in_stacks =
+        |stacks: &[(usize, usize)], tp: usize| stacks.iter().any(|&(l, h)| l <= tp && tp < h);
+    if my_tp != 0 && !in_stacks(&stacks, my_tp) {
         g.visit_range(my_tp.saturating_sub(tls), tls + 0x800);
     }
     g.drain();
@@ -275,9 +308,9 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
         if sp == 0 {
             continue;
         }
-        scan_stack(&mut g, sp, false);
+        scan_stack(&mut g, &maps, &mut stacks, sp, false);
         let tp = THREAD_TP[i].load(Ordering::Relaxed);
-        if tp != 0 && tp != my_tp {
+        if tp != 0 && tp != my_tp && !in_stacks(&stacks, tp) {
             g.visit_range(tp.saturating_sub(tls), tls + 0x800);
         }
         g.drain();
