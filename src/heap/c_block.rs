@@ -574,12 +574,16 @@ pub(crate) fn for_each_c_block(mut f: impl FnMut(CBlock)) {
     }
 }
 
-/// Calls `f(start, len)` for every live C heap block (C domain, not freed):
-/// what the mode-2 scan reads besides the registry's regions. The blocks
-/// the registry knows are left out (the scan has them already).
+/// Calls `f(start, len)` for every live C heap block that C allocated
+/// during a checked call (C domain, not freed): what the mode-2 scan reads
+/// besides the registry's regions. The blocks the registry knows are left
+/// out (the scan has them already), and so are those allocated outside any
+/// call: Rust code reaches `malloc` too (the standard library allocates its
+/// thread handles with `System` directly), and what Rust keeps in them is
+/// no C pointer.
 pub(crate) fn for_each_live_c(mut f: impl FnMut(usize, usize)) {
     for_each_c_block(|b| {
-        if b.is_c() && !b.freed() && !b.registered() {
+        if b.is_c() && !b.freed() && !b.registered() && b.alloc_site.is_some() {
             f(b.start, b.size);
         }
     });
