@@ -439,6 +439,12 @@ pub(crate) fn c_mark_freed(p: usize, site: Option<Site>) -> Result<CBlock, CBloc
     Ok(before)
 }
 
+/// True once the tracking allocator is in use: Rust's heap is then told
+/// apart from C's (its blocks are `RUST`), and a C block is C memory.
+pub(crate) fn rust_heap_apart() -> bool {
+    super::INSTALLED.load(Ordering::Relaxed)
+}
+
 // ---- the quarantine -----------------------------------------------------------
 
 const SHARDS: usize = 16;
@@ -581,7 +587,14 @@ pub(crate) fn for_each_c_block(mut f: impl FnMut(CBlock)) {
 /// call: Rust code reaches `malloc` too (the standard library allocates its
 /// thread handles with `System` directly), and what Rust keeps in them is
 /// no C pointer.
+///
+/// Without the tracking allocator nothing is: Rust's whole heap is then
+/// `malloc`'s too, and a Rust block allocated during a call (a callback's,
+/// a report's) would pass for C memory.
 pub(crate) fn for_each_live_c(mut f: impl FnMut(usize, usize)) {
+    if !rust_heap_apart() {
+        return;
+    }
     for_each_c_block(|b| {
         if b.is_c() && !b.freed() && !b.registered() && b.alloc_site.is_some() {
             f(b.start, b.size);

@@ -182,8 +182,13 @@ fn static_tls_size() -> usize {
     size.clamp(4096, 1 << 20)
 }
 
-/// The C blocks (C domain, live, not known to the registry) that nothing
-/// reachable points to. `owned` picks the blocks a leak question is about
+/// The C blocks (C domain, live, not known to the registry, allocated
+/// during a checked call) that nothing reachable points to. A block
+/// allocated outside any call is never a candidate: Rust reaches `malloc`
+/// too (the standard library allocates with `System` directly, and without
+/// the tracking allocator all of Rust's heap is `malloc`'s), and such a
+/// block has no call to be attributed to. Without the tracking allocator
+/// (its Rust blocks are told apart from C's) there is no candidate at all. `owned` picks the blocks a leak question is about
 /// (a scope's); all blocks take part in the graph regardless. This
 /// thread's stack is scanned from `stack_from` up (the frame of the public
 /// function that asked: the checker's frames below it hold stale words of
@@ -214,6 +219,12 @@ pub(crate) fn unreachable_c_blocks(
 
 #[inline(never)]
 fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<CBlock> {
+    // Without the tracking allocator Rust's heap is `malloc`'s too: a Rust
+    // block nothing points to any more (one the registry's quarantine
+    // holds) would pass for a C leak.
+    if !super::c_block::rust_heap_apart() {
+        return Vec::new();
+    }
     let _g = bookkeeping();
     let mut nodes = Vec::new();
     for_each_c_block(|b| {
@@ -319,7 +330,9 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
     g.nodes
         .iter()
         .zip(&g.marked)
-        .filter(|(n, marked)| !**marked && n.block.is_c() && !n.block.registered())
+        .filter(|(n, marked)| {
+            !**marked && n.block.is_c() && !n.block.registered() && n.block.alloc_site.is_some()
+        })
         .map(|(n, _)| n.block)
         .filter(|b| owned(b))
         .collect()
