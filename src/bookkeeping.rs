@@ -29,6 +29,36 @@ thread_local! {
     /// with the C allocator interposed (feature `interpose`), what `malloc`
     /// hands out meanwhile is Rust's heap, not C memory.
     static RUST_INNER: Cell<bool> = const { Cell::new(false) };
+    /// The C block a library deallocator (a destroy function) is freeing
+    /// for the checker right now, or 0: its own `free` of that block is the
+    /// one the checker already judged.
+    static DEALLOCATING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks `ptr` as being freed by a library deallocator on this thread until
+/// the value drops (see [`deallocating`]).
+pub(crate) struct Deallocating {
+    was: usize,
+}
+
+/// Starts a [`Deallocating`] section for `ptr`.
+pub(crate) fn deallocating_section(ptr: usize) -> Deallocating {
+    Deallocating {
+        was: DEALLOCATING.with(|d| d.replace(ptr)),
+    }
+}
+
+impl Drop for Deallocating {
+    fn drop(&mut self) {
+        let was = self.was;
+        DEALLOCATING.with(|d| d.set(was));
+    }
+}
+
+/// True while a library deallocator the checker called frees `ptr` on this
+/// thread.
+pub(crate) fn deallocating(ptr: usize) -> bool {
+    ptr != 0 && DEALLOCATING.try_with(Cell::get).ok() == Some(ptr)
 }
 
 /// Marks the current thread as doing ffi-check's own bookkeeping until the

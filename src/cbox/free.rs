@@ -179,6 +179,9 @@ pub(crate) unsafe fn free_checked(
             // with effects of its own, and it may free through
             // `ffi_check_free` itself (which then records the free). If it
             // did not, the record is marked freed and released here.
+            // A destroy function that ends in C's `free` of this very block
+            // (the interposed one, feature `interpose`) is not judged again.
+            let _dealloc = crate::bookkeeping::deallocating_section(ptr as usize);
             // SAFETY: forwarded contract.
             unsafe { dealloc_fn(ptr) };
             registry::mark_freed(ptr as usize, Some(id), site, Release::Released);

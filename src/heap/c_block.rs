@@ -46,7 +46,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{meta_align, meta_of, meta_size, meta_state, page_count, page_count_or_create};
@@ -322,6 +322,9 @@ fn install(p: usize, size: usize, align: usize, st: usize, site: usize, tag: usi
     word(p, 16).store(meta_of(size, align, st), Ordering::Relaxed);
     word(p, 8).store(p ^ C_KEY, Ordering::Release);
     count.fetch_add(1, Ordering::Relaxed);
+    if site != 0 {
+        mark_c_page(p - HDR);
+    }
     if p < C_LO.load(Ordering::Relaxed) {
         C_LO.fetch_min(p, Ordering::Relaxed);
     }
@@ -543,40 +546,100 @@ pub(crate) fn for_each_c_block(mut f: impl FnMut(CBlock)) {
                 continue;
             }
             let base = ((root << super::LEAF_BITS) | i) << PAGE_SHIFT;
-            if !crate::probe::read(base, &mut page) {
-                continue;
-            }
-            // A meta word on this page at offset o is the header of the
-            // block at base + o + 16, whose identity follows it.
-            for o in (0..page.len()).step_by(HDR) {
-                let id = usize::from_ne_bytes(page[o + 8..o + 16].try_into().expect("8 bytes"));
-                let p = base + o + HDR;
-                if id != p ^ C_KEY {
-                    continue;
-                }
-                let meta = usize::from_ne_bytes(page[o..o + 8].try_into().expect("8 bytes"));
-                let (site, tag) = if o >= HDR {
-                    let w = |at: usize| {
-                        usize::from_ne_bytes(page[at..at + 8].try_into().expect("8 bytes"))
-                    };
-                    (w(o - 16), w(o - 8))
-                } else {
-                    (
-                        crate::probe::read_word(p - 32).unwrap_or(0),
-                        crate::probe::read_word(p - 24).unwrap_or(0),
-                    )
-                };
-                f(CBlock {
-                    start: p,
-                    size: meta_size(meta),
-                    align: meta_align(meta),
-                    state: meta_state(meta),
-                    // SAFETY: our header's site word is 0 or a site's word.
-                    alloc_site: unsafe { Site::from_word(site) },
-                    tag,
-                });
-            }
+            for_each_on_page(base, &mut page, &mut f);
         }
+    }
+}
+
+// ---- the pages of C blocks made during calls -----------------------------------
+
+/// For every page, a bit set once a header of a C block allocated during a
+/// checked call was installed on it (never cleared): the mode-2 scan, which
+/// runs at every outermost call, walks only these pages, not the whole heap.
+/// Leaves of 2^18 bits come straight from `mmap`.
+static C_PAGES: [AtomicPtr<AtomicU64>; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
+const C_LEAF_WORDS: usize = LEAF_LEN / 64;
+
+#[inline(always)]
+fn mark_c_page(addr: usize) {
+    let page = addr >> PAGE_SHIFT;
+    let root = page >> super::LEAF_BITS;
+    if root >= C_PAGES.len() {
+        return;
+    }
+    let mut leaf = C_PAGES[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        leaf = create_c_leaf(root);
+        if leaf.is_null() {
+            return;
+        }
+    }
+    let i = page & (LEAF_LEN - 1);
+    // SAFETY: a non-null leaf is a live, never-freed array of C_LEAF_WORDS
+    // words, and i / 64 < C_LEAF_WORDS.
+    let w = unsafe { &*leaf.add(i / 64) };
+    let bit = 1u64 << (i % 64);
+    if w.load(Ordering::Relaxed) & bit == 0 {
+        w.fetch_or(bit, Ordering::Relaxed);
+    }
+}
+
+#[cold]
+fn create_c_leaf(root: usize) -> *mut AtomicU64 {
+    let bytes = C_LEAF_WORDS * std::mem::size_of::<AtomicU64>();
+    // Zeroed pages are valid `AtomicU64`s.
+    let Some(fresh) = crate::bookkeeping::map_anonymous(bytes) else {
+        return std::ptr::null_mut();
+    };
+    match C_PAGES[root].compare_exchange(
+        std::ptr::null_mut(),
+        fresh.cast(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => fresh.cast(),
+        Err(other) => {
+            // SAFETY: the mapping was never published; another thread's won.
+            unsafe { libc::munmap(fresh, bytes) };
+            other
+        }
+    }
+}
+
+/// Calls `f` with every block of ours whose header is on `page` (copied
+/// through a safe probe first, so a block freed meanwhile cannot fault).
+fn for_each_on_page(base: usize, page: &mut [u8; 1 << PAGE_SHIFT], f: &mut impl FnMut(CBlock)) {
+    if !crate::probe::read(base, page) {
+        return;
+    }
+    // A meta word on this page at offset o is the header of the block at
+    // base + o + 16, whose identity follows it.
+    for o in (0..page.len()).step_by(HDR) {
+        let id = usize::from_ne_bytes(page[o + 8..o + 16].try_into().expect("8 bytes"));
+        let p = base + o + HDR;
+        if id != p ^ C_KEY {
+            continue;
+        }
+        let meta = usize::from_ne_bytes(page[o..o + 8].try_into().expect("8 bytes"));
+        let (site, tag) = if o >= HDR {
+            let w = |at: usize| usize::from_ne_bytes(page[at..at + 8].try_into().expect("8 bytes"));
+            (w(o - 16), w(o - 8))
+        } else {
+            (
+                crate::probe::read_word(p - 32).unwrap_or(0),
+                crate::probe::read_word(p - 24).unwrap_or(0),
+            )
+        };
+        f(CBlock {
+            start: p,
+            size: meta_size(meta),
+            align: meta_align(meta),
+            state: meta_state(meta),
+            // SAFETY: our header's site word is 0 or a site's word.
+            alloc_site: unsafe { Site::from_word(site) },
+            tag,
+        });
     }
 }
 
@@ -595,9 +658,37 @@ pub(crate) fn for_each_live_c(mut f: impl FnMut(usize, usize)) {
     if !rust_heap_apart() {
         return;
     }
-    for_each_c_block(|b| {
+    let mut visit = |b: CBlock| {
         if b.is_c() && !b.freed() && !b.registered() && b.alloc_site.is_some() {
             f(b.start, b.size);
         }
-    });
+    };
+    let (lo, hi) = c_bounds();
+    if lo >= hi {
+        return;
+    }
+    let leaf_shift = PAGE_SHIFT + super::LEAF_BITS;
+    let mut page = [0u8; 1 << PAGE_SHIFT];
+    let roots = (lo >> leaf_shift)..((hi - 1) >> leaf_shift).saturating_add(1).min(C_PAGES.len());
+    for root in roots {
+        let leaf = C_PAGES[root].load(Ordering::Acquire);
+        if leaf.is_null() {
+            continue;
+        }
+        for wi in 0..C_LEAF_WORDS {
+            // SAFETY: a non-null leaf is a live array of C_LEAF_WORDS words.
+            let mut bits = unsafe { &*leaf.add(wi) }.load(Ordering::Relaxed);
+            while bits != 0 {
+                let i = wi * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if page_count(((root << super::LEAF_BITS) | i) << PAGE_SHIFT)
+                    .map_or(true, |c| c.load(Ordering::Relaxed) == 0)
+                {
+                    continue;
+                }
+                let base = ((root << super::LEAF_BITS) | i) << PAGE_SHIFT;
+                for_each_on_page(base, &mut page, &mut visit);
+            }
+        }
+    }
 }

@@ -297,6 +297,14 @@ unsafe extern "C" fn release_registered(p: *mut c_void) {
 #[cold]
 #[inline(never)]
 fn free_slow(a: usize) {
+    if crate::bookkeeping::deallocating(a) {
+        // A destroy function the checker called, freeing the block whose
+        // free it just judged: given back now (the record says released).
+        if heap::c_header(a).is_some_and(|b| !b.freed()) {
+            // SAFETY: the block's owner is done with it; judged once.
+            return unsafe { heap::c_release(a) };
+        }
+    }
     if guarded() || !checks_on_raw() {
         return free_unchecked(a);
     }
