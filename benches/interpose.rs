@@ -62,9 +62,10 @@ fn pairs(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("interposed malloc/free, mode 1, 1000 pairs inside one call!", |b| {
-        b.iter(|| call!(c_pair(1000)))
-    });
+    g.bench_function(
+        "interposed malloc/free, mode 1, 1000 pairs inside one call!",
+        |b| b.iter(|| call!(c_pair(1000))),
+    );
     let layout = Layout::from_size_align(SIZE, 8).expect("a valid layout");
     g.bench_function("TrackingAllocator alloc/dealloc, mode 1", |b| {
         b.iter(|| {

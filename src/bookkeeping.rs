@@ -57,6 +57,10 @@ impl Drop for Deallocating {
 
 /// True while a library deallocator the checker called frees `ptr` on this
 /// thread.
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
 pub(crate) fn deallocating(ptr: usize) -> bool {
     ptr != 0 && DEALLOCATING.try_with(Cell::get).ok() == Some(ptr)
 }
@@ -124,12 +128,20 @@ impl Drop for AllocatorReport {
 
 /// Marks the current thread as inside the tracking allocator's inner
 /// allocator until the value drops (see [`rust_inner`]).
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
 pub(crate) struct RustInner {
     was: bool,
 }
 
 /// Starts a [`RustInner`] section.
 #[inline(always)]
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
 pub(crate) fn rust_inner_section() -> RustInner {
     RustInner {
         was: RUST_INNER.with(|g| g.replace(true)),
@@ -147,6 +159,10 @@ impl Drop for RustInner {
 /// True while the tracking allocator's inner allocator runs on this thread:
 /// a C allocation made meanwhile is the memory of a Rust heap block.
 #[inline(always)]
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
 pub(crate) fn rust_inner() -> bool {
     RUST_INNER.with(Cell::get)
 }

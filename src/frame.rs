@@ -60,6 +60,10 @@ pub(crate) fn current_call() -> Option<(&'static str, Site)> {
 /// allocation made during the call is attributed to (no name lookup: this
 /// is on the path of every interposed `malloc`).
 #[inline(always)]
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
 pub(crate) fn current_site() -> Option<Site> {
     let frame = CURRENT.try_with(|c| c.get()).ok()?;
     if frame.is_null() {

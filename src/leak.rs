@@ -307,13 +307,16 @@ fn collect(
         })
         .collect();
     #[cfg(feature = "interpose")]
-    groups.extend(unreachable_groups(&|b: &crate::heap::CBlock| match c_scope {
-        None => true,
-        Some((thread, first)) => {
-            let (t, seq) = b.clock();
-            t == thread && seq >= first
-        }
-    }, stack_from));
+    groups.extend(unreachable_groups(
+        &|b: &crate::heap::CBlock| match c_scope {
+            None => true,
+            Some((thread, first)) => {
+                let (t, seq) = b.clock();
+                t == thread && seq >= first
+            }
+        },
+        stack_from,
+    ));
     groups.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.count.cmp(&b.count)));
     let intended = intended_starts
         .into_iter()

@@ -287,13 +287,13 @@ mod heap;
 // The C allocator's entry points (`malloc`, `free`, ...): defined only with
 // the feature and the checks compiled in, so a release build without
 // `always` leaves glibc's allocator untouched.
+pub mod hooks;
 #[cfg(all(
     feature = "interpose",
     target_os = "linux",
     any(debug_assertions, feature = "always")
 ))]
 mod interpose;
-pub mod hooks;
 mod leak;
 mod managed;
 mod mode;

@@ -37,18 +37,29 @@ fn c_double_free_reports_both_sites() {
         call!(pc::pc_free_it(s.cast()))
     });
     // The dead pointer crossing the second call is C2; its free is C1.
-    assert_eq!(common::kinds(&v), [ViolationKind::UseAfterFree, ViolationKind::DoubleFree]);
+    assert_eq!(
+        common::kinds(&v),
+        [ViolationKind::UseAfterFree, ViolationKind::DoubleFree]
+    );
     let v = &v[1];
-    assert_report(v, ViolationKind::DoubleFree, "double free of C memory (`free`)");
+    assert_report(
+        v,
+        ViolationKind::DoubleFree,
+        "double free of C memory (`free`)",
+    );
     let text = v.to_string();
     let first = line_of("call!(pc::pc_free_it(s.cast()));");
     let again = first + 1;
     assert!(
-        text.contains(&format!("first freed during the call at tests/interpose.rs:{first}:")),
+        text.contains(&format!(
+            "first freed during the call at tests/interpose.rs:{first}:"
+        )),
         "{text}"
     );
     assert!(
-        text.contains(&format!("freed again during the call at tests/interpose.rs:{again}:")),
+        text.contains(&format!(
+            "freed again during the call at tests/interpose.rs:{again}:"
+        )),
         "{text}"
     );
     assert!(text.contains("allocated at tests/interpose.rs:"), "{text}");
@@ -61,7 +72,11 @@ fn c_double_free_inside_one_call_is_reported_not_carried_out() {
     }
     // SAFETY: the fixture frees one block twice; the second is refused.
     let (_, v) = capture(|| unsafe { call!(pc::pc_double_free()) });
-    assert_report(only(&v), ViolationKind::DoubleFree, "double free of C memory");
+    assert_report(
+        only(&v),
+        ViolationKind::DoubleFree,
+        "double free of C memory",
+    );
 }
 
 #[test]
@@ -73,7 +88,11 @@ fn c_free_of_a_rust_box_is_invalid_free_and_not_carried_out() {
     // SAFETY: C frees what it was handed; the free is refused.
     let (_, v) = capture(|| unsafe { call!(pc::pc_take(b.cast())) });
     let v = only(&v);
-    assert_report(v, ViolationKind::InvalidFree, "C free of managed memory (`free`)");
+    assert_report(
+        v,
+        ViolationKind::InvalidFree,
+        "C free of managed memory (`free`)",
+    );
     let text = v.to_string();
     assert!(
         text.contains("allocated by Rust's allocator, freed with `free`"),
@@ -93,10 +112,20 @@ fn c_free_of_a_wild_pointer_is_reported_without_a_crash() {
     // SAFETY: the fixture frees 0x1234; the free is refused.
     let (_, v) = capture(|| unsafe { call!(pc::pc_free_wild()) });
     let v = only(&v);
-    assert_report(v, ViolationKind::InvalidFree, "free of a pointer no C allocator returned (`free`)");
+    assert_report(
+        v,
+        ViolationKind::InvalidFree,
+        "free of a pointer no C allocator returned (`free`)",
+    );
     let text = v.to_string();
-    assert!(text.contains("the pointer 0x1234 is not in readable memory"), "{text}");
-    assert!(text.contains("in call to `pc_free_wild`") || text.contains("tests/interpose.rs:"), "{text}");
+    assert!(
+        text.contains("the pointer 0x1234 is not in readable memory"),
+        "{text}"
+    );
+    assert!(
+        text.contains("in call to `pc_free_wild`") || text.contains("tests/interpose.rs:"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -107,8 +136,16 @@ fn c_free_of_an_interior_pointer_is_reported() {
     // SAFETY: the fixture frees p + 8 (refused), then p.
     let (_, v) = capture(|| unsafe { call!(pc::pc_free_interior()) });
     let v = only(&v);
-    assert_report(v, ViolationKind::InvalidFree, "free of a pointer into the middle of C memory (`free`)");
-    assert!(v.to_string().contains("the pointer is 8 bytes into a C block of 32 bytes"), "{v}");
+    assert_report(
+        v,
+        ViolationKind::InvalidFree,
+        "free of a pointer into the middle of C memory (`free`)",
+    );
+    assert!(
+        v.to_string()
+            .contains("the pointer is 8 bytes into a C block of 32 bytes"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -117,14 +154,24 @@ fn c_free_of_stack_static_and_mapped_memory_is_reported() {
         return;
     }
     for (f, what) in [
-        (pc::pc_free_stack as unsafe extern "C" fn(), "on this thread's stack"),
-        (pc::pc_free_static, "in the static data or code of a loaded program or library"),
+        (
+            pc::pc_free_stack as unsafe extern "C" fn(),
+            "on this thread's stack",
+        ),
+        (
+            pc::pc_free_static,
+            "in the static data or code of a loaded program or library",
+        ),
         (pc::pc_free_mapping, "not a block of C's allocator"),
     ] {
         // SAFETY: each fixture frees memory no allocator returned; refused.
         let (_, v) = capture(|| unsafe { call!(f()) });
         let v = only(&v);
-        assert_report(v, ViolationKind::InvalidFree, "free of a pointer no C allocator returned");
+        assert_report(
+            v,
+            ViolationKind::InvalidFree,
+            "free of a pointer no C allocator returned",
+        );
         assert!(v.to_string().contains(what), "{what}: {v}");
     }
 }
@@ -144,10 +191,17 @@ fn handle_used_after_c_destroyed_it_is_use_after_free() {
         let _ = call!(pc::pc_obj_get(o));
     });
     let v = only(&v);
-    assert_report(v, ViolationKind::UseAfterFree, "argument 1 of `pc_obj_get` is a pointer into freed memory");
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `pc_obj_get` is a pointer into freed memory",
+    );
     let text = v.to_string();
     let destroy = line_of("call!(pc::pc_obj_destroy(o));");
-    assert!(text.contains(&format!("freed at tests/interpose.rs:{destroy}:")), "{text}");
+    assert!(
+        text.contains(&format!("freed at tests/interpose.rs:{destroy}:")),
+        "{text}"
+    );
 }
 
 // ---- C3: leaks by reachability -----------------------------------------------------
@@ -180,7 +234,11 @@ fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
     let text = report.to_string();
     assert!(text.contains(&format!("Leak of 11 byte(s) in 1 allocation(s) of C memory allocated at tests/interpose.rs:{line}:")), "{text}");
     let v = report.groups()[0].violation();
-    assert_report(&v, ViolationKind::Leak, "leak of C memory: 11 byte(s) in 1 allocation(s)");
+    assert_report(
+        &v,
+        ViolationKind::Leak,
+        "leak of C memory: 11 byte(s) in 1 allocation(s)",
+    );
 }
 
 #[test]
@@ -310,7 +368,11 @@ fn c_freeing_a_cbox_rust_still_owns_is_the_cbox_s_free() {
         call!(pc::pc_free_it(b.as_mut_ptr().cast::<c_void>()));
         drop(b);
     });
-    assert_report(only(&v), ViolationKind::DoubleFree, "double free of C memory");
+    assert_report(
+        only(&v),
+        ViolationKind::DoubleFree,
+        "double free of C memory",
+    );
 }
 
 #[test]
@@ -323,7 +385,11 @@ fn mode_2_c_freeing_a_guarded_cbox_is_handled() {
             call!(pc::pc_free_it(b.as_mut_ptr().cast::<c_void>()));
             drop(b);
         });
-        assert_report(only(&v), ViolationKind::DoubleFree, "double free of C memory");
+        assert_report(
+            only(&v),
+            ViolationKind::DoubleFree,
+            "double free of C memory",
+        );
         return;
     }
     if !ffi_check::COMPILED_IN {
@@ -344,7 +410,10 @@ fn exit_report_lists_unreachable_c_blocks() {
     if !ffi_check::COMPILED_IN {
         return;
     }
-    let stderr = child_passes("exit_report_lists_unreachable_c_blocks", &[("FFI_CHECK_LEAKS", "1")]);
+    let stderr = child_passes(
+        "exit_report_lists_unreachable_c_blocks",
+        &[("FFI_CHECK_LEAKS", "1")],
+    );
     let line = line_of("unsafe { call!(pc::pc_lose(72)) };");
     assert!(
         stderr.contains(&format!("Leak of 72 byte(s) in 1 allocation(s) of C memory allocated at tests/interpose.rs:{line}:")),
@@ -357,7 +426,10 @@ fn exit_report_lists_unreachable_c_blocks() {
 /// The line of this file that holds `needle` (its first occurrence).
 fn line_of(needle: &str) -> u32 {
     let src = include_str!("interpose.rs");
-    let i = src.lines().position(|l| l.contains(needle)).expect("the needle is in this file");
+    let i = src
+        .lines()
+        .position(|l| l.contains(needle))
+        .expect("the needle is in this file");
     i as u32 + 1
 }
 

@@ -530,11 +530,10 @@ pub(crate) fn for_each_c_block(mut f: impl FnMut(CBlock)) {
     }
     let leaf_shift = PAGE_SHIFT + super::LEAF_BITS;
     let mut page = [0u8; 1 << PAGE_SHIFT];
-    for root in (lo >> leaf_shift)..=((hi - 1) >> leaf_shift) {
-        if root >= ROOT.len() {
-            break;
-        }
-        let leaf = ROOT[root].load(Ordering::Acquire);
+    let first = lo >> leaf_shift;
+    let roots = ((hi - 1) >> leaf_shift) + 1 - first;
+    for (root, slot) in ROOT.iter().enumerate().skip(first).take(roots) {
+        let leaf = slot.load(Ordering::Acquire);
         if leaf.is_null() {
             continue;
         }
@@ -669,7 +668,10 @@ pub(crate) fn for_each_live_c(mut f: impl FnMut(usize, usize)) {
     }
     let leaf_shift = PAGE_SHIFT + super::LEAF_BITS;
     let mut page = [0u8; 1 << PAGE_SHIFT];
-    let roots = (lo >> leaf_shift)..((hi - 1) >> leaf_shift).saturating_add(1).min(C_PAGES.len());
+    let roots = (lo >> leaf_shift)
+        ..((hi - 1) >> leaf_shift)
+            .saturating_add(1)
+            .min(C_PAGES.len());
     for root in roots {
         let leaf = C_PAGES[root].load(Ordering::Acquire);
         if leaf.is_null() {

@@ -243,7 +243,9 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
             // block inside is the checker's own, or freed.
             let inner = b.start + b.align.max(super::HDR);
             match super::header(inner) {
-                Some(meta) => super::meta_state(meta) & (super::state::INTERNAL | super::state::FREED) == 0,
+                Some(meta) => {
+                    super::meta_state(meta) & (super::state::INTERNAL | super::state::FREED) == 0
+                }
                 None => true,
             }
         };

@@ -42,8 +42,8 @@ use crate::cbox::{check_free, Verdict};
 use crate::family::FAMILY_MALLOC;
 use crate::heap::{self, c_state, CBlock};
 use crate::registry::{self, NewRegion, RegionKind, Release};
-use crate::report::{c_block_detail, emit, enter_callback, msg, ReportRegion, Violation};
 use crate::report::ViolationKind;
+use crate::report::{c_block_detail, emit, enter_callback, msg, ReportRegion, Violation};
 use crate::site::Site;
 
 /// Checks on, without ever reading the environment (as the tracking
@@ -554,30 +554,4 @@ fn realloc_foreign(a: usize, size: usize) -> *mut c_void {
         }
     }
     q
-}
-
-/// For the benchmarks: whether the interposed allocator is in use (a block
-/// from `malloc` carries its header).
-pub(crate) fn in_use() -> bool {
-    // SAFETY: a plain malloc and free of a small block.
-    unsafe {
-        let p = libc::malloc(8);
-        let ours = heap::c_header(p as usize).is_some();
-        libc::free(p);
-        ours
-    }
-}
-
-/// For the benchmarks: glibc's own `malloc` and `free`, bypassing ours.
-pub(crate) fn glibc_pair(size: usize) {
-    extern "C" {
-        fn __libc_malloc(size: usize) -> *mut c_void;
-        fn __libc_free(p: *mut c_void);
-    }
-    // SAFETY: a plain glibc allocation, freed once.
-    unsafe {
-        let p = __libc_malloc(size);
-        std::hint::black_box(p);
-        __libc_free(p);
-    }
 }
