@@ -4,7 +4,8 @@
 //! (`__libc_malloc`/`__libc_free`) and the tracking allocator's
 //! (`TrackingAllocator::alloc`/`dealloc`), all in one run.
 //!
-//! Run: `cargo bench --features interpose --bench interpose`.
+//! Run: `cargo bench --features always,interpose --bench interpose` (the
+//! checks must be compiled into the optimised build).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;

@@ -234,6 +234,16 @@
 //! [`hooks`]' functions, so all their internal memory is tracked C memory
 //! attributed to the `call!` that allocated it.
 //!
+//! Libraries that do not (plain C: `malloc`, `free`, pointers in its own
+//! statics) are seen through the C allocator itself with the `interpose`
+//! feature: ffi-check then defines `malloc`, `free`, `realloc` and the rest
+//! in the final binary, forwarding to glibc's, so C's double frees, its
+//! `free()` of Rust blocks or of wild pointers (never carried out), handles
+//! used after C destroyed them, and C blocks no pointer reaches any more
+//! (leaks, found by reachability as LeakSanitizer finds them) are reported
+//! with the `call!` they happened in. Compiled out, the feature defines
+//! nothing.
+//!
 //! ## Modes and environment
 //!
 //! | variable | values | effect |
