@@ -441,3 +441,87 @@ fn wipe_stack() {
     let mut junk = [0usize; 512];
     std::hint::black_box(&mut junk);
 }
+
+// ---- a real C library, without the allocator hooks -------------------------------------
+
+mod zlib {
+    use super::*;
+    use libz_sys as z;
+
+    /// What a plain binding hands zlib: C's own `calloc` and `free`, no
+    /// ffi-check hook.
+    extern "C" fn plain_zalloc(_: z::voidpf, n: z::uInt, size: z::uInt) -> z::voidpf {
+        // SAFETY: calloc has no preconditions.
+        unsafe { libc::calloc(n as usize, size as usize) }
+    }
+    extern "C" fn plain_zfree(_: z::voidpf, p: z::voidpf) {
+        // SAFETY: zlib frees what plain_zalloc gave it, once.
+        unsafe { libc::free(p) }
+    }
+
+    fn stream() -> Box<z::z_stream> {
+        Box::new(z::z_stream {
+            next_in: std::ptr::null_mut(),
+            avail_in: 0,
+            total_in: 0,
+            next_out: std::ptr::null_mut(),
+            avail_out: 0,
+            total_out: 0,
+            msg: std::ptr::null_mut(),
+            state: std::ptr::null_mut(),
+            zalloc: plain_zalloc,
+            zfree: plain_zfree,
+            opaque: std::ptr::null_mut(),
+            data_type: 0,
+            adler: 0,
+            reserved: 0,
+        })
+    }
+
+    fn size() -> std::os::raw::c_int {
+        ffi_check::to_c(std::mem::size_of::<z::z_stream>())
+    }
+
+    /// Initialises a deflate stream, then drops it without `deflateEnd`.
+    #[inline(never)]
+    fn init_and_drop(end: bool) {
+        let mut s = stream();
+        // SAFETY: a fresh stream, zlib's own version string and struct size.
+        let rc = unsafe { call!(z::deflateInit_(&mut *s, 6, z::zlibVersion(), size())) };
+        assert_eq!(rc, z::Z_OK);
+        if end {
+            // SAFETY: the stream was initialised above and is ended once.
+            unsafe { call!(z::deflateEnd(&mut *s)) };
+        }
+        drop(s);
+    }
+
+    #[test]
+    fn zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line() {
+        if !checks() {
+            return;
+        }
+        let scope = LeakCheck::start();
+        init_and_drop(false);
+        wipe_stack();
+        let report = scope.finish();
+        let line = line_of("let rc = unsafe { call!(z::deflateInit_(&mut *s, 6, z::zlibVersion(), size())) };");
+        assert_eq!(report.groups().len(), 1, "{report}");
+        let g = &report.groups()[0];
+        let site = g.site().expect("the init call's site");
+        assert_eq!((site.file(), site.line()), ("tests/interpose.rs", line), "{report}");
+        // The state, the window, the hash chains and the pending buffer.
+        assert!(g.count() >= 4 && g.bytes() > 64 * 1024, "{report}");
+    }
+
+    #[test]
+    fn zlib_stream_ended_is_clean() {
+        if !checks() {
+            return;
+        }
+        let scope = LeakCheck::start();
+        init_and_drop(true);
+        let report = scope.finish();
+        assert!(report.is_empty(), "{report}");
+    }
+}
