@@ -505,11 +505,17 @@ mod zlib {
         init_and_drop(false);
         wipe_stack();
         let report = scope.finish();
-        let line = line_of("let rc = unsafe { call!(z::deflateInit_(&mut *s, 6, z::zlibVersion(), size())) };");
+        let line = line_of(
+            "let rc = unsafe { call!(z::deflateInit_(&mut *s, 6, z::zlibVersion(), size())) };",
+        );
         assert_eq!(report.groups().len(), 1, "{report}");
         let g = &report.groups()[0];
         let site = g.site().expect("the init call's site");
-        assert_eq!((site.file(), site.line()), ("tests/interpose.rs", line), "{report}");
+        assert_eq!(
+            (site.file(), site.line()),
+            ("tests/interpose.rs", line),
+            "{report}"
+        );
         // The state, the window, the hash chains and the pending buffer.
         assert!(g.count() >= 4 && g.bytes() > 64 * 1024, "{report}");
     }

@@ -384,17 +384,19 @@ fn free_unknown(a: usize, site: Option<Site>) {
 }
 
 fn report_double_free(b: CBlock, site: Option<Site>, api: &'static str) {
-    let first = b
-        .free_site()
-        .map_or_else(|| "outside any checked call".to_owned(), |s| s.to_string());
-    let again = site.map_or_else(|| "outside any checked call".to_owned(), |s| s.to_string());
+    let during = |s: Option<Site>| {
+        s.map_or_else(
+            || "outside any checked call".to_owned(),
+            |s| format!("during the call at {s}"),
+        )
+    };
     emit(
         Violation::new(
             ViolationKind::DoubleFree,
             format!("{} (`{api}`)", msg::DOUBLE_FREE),
         )
-        .note(format!("first freed during the call at {first}"))
-        .note(format!("freed again during the call at {again}"))
+        .note(format!("first freed {}", during(b.free_site())))
+        .note(format!("freed again {}", during(site)))
         .note("the second free is not carried out".into())
         .with_site(site)
         .region(ReportRegion::new("freed twice", c_block_detail(b))),
