@@ -169,7 +169,10 @@ mod sqlite {
             ffi::sqlite3_shutdown();
             let m = m.unwrap_or(default);
             assert_eq!(
-                ffi::sqlite3_config(ffi::SQLITE_CONFIG_MALLOC, m as *const ffi::sqlite3_mem_methods),
+                ffi::sqlite3_config(
+                    ffi::SQLITE_CONFIG_MALLOC,
+                    m as *const ffi::sqlite3_mem_methods
+                ),
                 ffi::SQLITE_OK
             );
             assert_eq!(ffi::sqlite3_initialize(), ffi::SQLITE_OK);
@@ -186,19 +189,43 @@ mod sqlite {
                 let mut db = std::ptr::null_mut();
                 assert_eq!($via!(ffi::sqlite3_open(c":memory:".as_ptr(), &mut db)), 0);
                 let sql = c"CREATE TABLE t(a INTEGER, b TEXT); BEGIN;";
-                $via!(ffi::sqlite3_exec(db, sql.as_ptr(), None, std::ptr::null_mut(), std::ptr::null_mut()));
+                $via!(ffi::sqlite3_exec(
+                    db,
+                    sql.as_ptr(),
+                    None,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut()
+                ));
                 let mut st = std::ptr::null_mut();
                 let ins = c"INSERT INTO t VALUES(?1, ?2)";
-                $via!(ffi::sqlite3_prepare_v2(db, ins.as_ptr(), -1, &mut st, std::ptr::null_mut()));
+                $via!(ffi::sqlite3_prepare_v2(
+                    db,
+                    ins.as_ptr(),
+                    -1,
+                    &mut st,
+                    std::ptr::null_mut()
+                ));
                 let text = c"some row text of a moderate length";
                 for i in 0..ROWS {
                     $via!(ffi::sqlite3_bind_int(st, 1, i));
-                    $via!(ffi::sqlite3_bind_text(st, 2, text.as_ptr(), -1, ffi::SQLITE_TRANSIENT()));
+                    $via!(ffi::sqlite3_bind_text(
+                        st,
+                        2,
+                        text.as_ptr(),
+                        -1,
+                        ffi::SQLITE_TRANSIENT()
+                    ));
                     $via!(ffi::sqlite3_step(st));
                     $via!(ffi::sqlite3_reset(st));
                 }
                 $via!(ffi::sqlite3_finalize(st));
-                $via!(ffi::sqlite3_exec(db, c"COMMIT".as_ptr(), None, std::ptr::null_mut(), std::ptr::null_mut()));
+                $via!(ffi::sqlite3_exec(
+                    db,
+                    c"COMMIT".as_ptr(),
+                    None,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut()
+                ));
                 $via!(ffi::sqlite3_close(db));
             }
         }};
@@ -213,7 +240,10 @@ mod sqlite {
         let mut default = GLIBC;
         // SAFETY: reads SQLite's current methods into `default`.
         unsafe {
-            ffi::sqlite3_config(ffi::SQLITE_CONFIG_GETMALLOC, &mut default as *mut ffi::sqlite3_mem_methods)
+            ffi::sqlite3_config(
+                ffi::SQLITE_CONFIG_GETMALLOC,
+                &mut default as *mut ffi::sqlite3_mem_methods,
+            )
         };
         let mut g = c.benchmark_group("sqlite_insert_100k_rows");
         g.measurement_time(Duration::from_secs(10))
@@ -221,9 +251,10 @@ mod sqlite {
             .sample_size(10);
         set_mode(Mode::Check);
         use_methods(Some(&GLIBC), &default);
-        g.bench_function("glibc's allocator (SQLITE_CONFIG_MALLOC), plain calls", |b| {
-            b.iter(|| insert_rows!(plain))
-        });
+        g.bench_function(
+            "glibc's allocator (SQLITE_CONFIG_MALLOC), plain calls",
+            |b| b.iter(|| insert_rows!(plain)),
+        );
         use_methods(None, &default);
         g.bench_function("interposed malloc, mode 1, plain calls", |b| {
             b.iter(|| insert_rows!(plain))

@@ -398,6 +398,36 @@ fn mode_2_c_freeing_a_guarded_cbox_is_handled() {
     child_passes("mode_2_c_freeing_a_guarded_cbox_is_handled", &[]);
 }
 
+// ---- mode 2: every C block is scanned -----------------------------------------------------
+
+#[test]
+fn mode_2_finds_a_lent_pointer_kept_in_a_block_c_allocated() {
+    if is_child("mode_2_finds_a_lent_pointer_kept_in_a_block_c_allocated") {
+        ffi_check::set_mode(ffi_check::Mode::Full);
+        let lent = ffi_check::Managed::new(5u64);
+        // SAFETY: C mallocs a holder of its own and keeps the pointer in it.
+        let (h, v) = capture(|| unsafe { call!(pc::pc_hold(&lent)) });
+        let v = only(&v);
+        assert_report(
+            v,
+            ViolationKind::Retained,
+            "C keeps a pointer to unpinned managed memory after the call (`pc_hold`)",
+        );
+        assert!(v.to_string().contains("held by: the C memory at"), "{v}");
+        // SAFETY: the holder is C's, freed once, before `lent` drops.
+        unsafe { call!(pc::pc_holder_free(h)) };
+        drop(lent);
+        return;
+    }
+    if !ffi_check::COMPILED_IN {
+        return;
+    }
+    child_passes(
+        "mode_2_finds_a_lent_pointer_kept_in_a_block_c_allocated",
+        &[],
+    );
+}
+
 // ---- the leak report at exit -------------------------------------------------------------
 
 #[test]
