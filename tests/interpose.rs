@@ -561,3 +561,65 @@ mod zlib {
         assert!(report.is_empty(), "{report}");
     }
 }
+
+mod sqlite {
+    use super::*;
+    use libsqlite3_sys as sql;
+
+    /// Opens an in-memory database and loses the handle without closing it.
+    #[inline(never)]
+    fn open(close: bool) {
+        let mut db = std::ptr::null_mut();
+        // SAFETY: SQLite's documented open; closed once when asked.
+        unsafe {
+            let rc = call!(sql::sqlite3_open(c":memory:".as_ptr(), &mut db));
+            assert_eq!(rc, sql::SQLITE_OK);
+            let create = c"CREATE TABLE t(a INTEGER, b TEXT); INSERT INTO t VALUES(1, 'one');";
+            let rc = call!(sql::sqlite3_exec(
+                db,
+                create.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut()
+            ));
+            assert_eq!(rc, sql::SQLITE_OK);
+            if close {
+                assert_eq!(call!(sql::sqlite3_close(db)), sql::SQLITE_OK);
+            }
+        }
+        std::hint::black_box(&mut db);
+        db = std::ptr::null_mut();
+        std::hint::black_box(&mut db);
+    }
+
+    #[test]
+    fn a_connection_never_closed_leaks_at_the_open_line() {
+        if !checks() {
+            return;
+        }
+        // SQLite's own one-time set-up (kept in its globals) happens first.
+        open(true);
+        let scope = LeakCheck::start();
+        open(false);
+        wipe_stack();
+        let report = scope.finish();
+        let line = line_of("let rc = call!(sql::sqlite3_open(c\":memory:\".as_ptr(), &mut db));");
+        let at_open = report.groups().iter().find(|g| {
+            g.site()
+                .is_some_and(|s| s.file() == "tests/interpose.rs" && s.line() == line)
+        });
+        assert!(at_open.is_some_and(|g| g.bytes() > 0), "{report}");
+    }
+
+    #[test]
+    fn a_closed_connection_is_clean() {
+        if !checks() {
+            return;
+        }
+        open(true);
+        let scope = LeakCheck::start();
+        open(true);
+        let report = scope.finish();
+        assert!(report.is_empty(), "{report}");
+    }
+}
