@@ -219,6 +219,18 @@ fn lose_a_greeting() -> usize {
 
 #[test]
 fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
+    // Alone in a child process: another thread walking the heap at the
+    // same moment (a leak scan, a mode-2 scan) holds every block's address
+    // on its stack, which the conservative scan reads.
+    if !is_child("leaked_c_string_is_reported_at_the_call_that_returned_it") {
+        if ffi_check::COMPILED_IN {
+            child_passes(
+                "leaked_c_string_is_reported_at_the_call_that_returned_it",
+                &[],
+            );
+        }
+        return;
+    }
     if !checks() {
         return;
     }
@@ -243,6 +255,15 @@ fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
 
 #[test]
 fn a_block_c_loses_is_a_leak() {
+    // Alone in a child process: another thread walking the heap at the
+    // same moment (a leak scan, a mode-2 scan) holds every block's address
+    // on its stack, which the conservative scan reads.
+    if !is_child("a_block_c_loses_is_a_leak") {
+        if ffi_check::COMPILED_IN {
+            child_passes("a_block_c_loses_is_a_leak", &[]);
+        }
+        return;
+    }
     if !checks() {
         return;
     }
@@ -255,6 +276,18 @@ fn a_block_c_loses_is_a_leak() {
 
 #[test]
 fn a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped() {
+    // Alone in a child process: another thread walking the heap at the
+    // same moment (a leak scan, a mode-2 scan) holds every block's address
+    // on its stack, which the conservative scan reads.
+    if !is_child("a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped") {
+        if ffi_check::COMPILED_IN {
+            child_passes(
+                "a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped",
+                &[],
+            );
+        }
+        return;
+    }
     if !checks() {
         return;
     }
@@ -528,7 +561,21 @@ mod zlib {
 
     #[test]
     fn zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line() {
-        if !checks() {
+        // Alone in a child process: another thread walking the heap at the
+        // same moment (a leak scan, a mode-2 scan) holds every block's address
+        // on its stack, which the conservative scan reads.
+        if !is_child("zlib::zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line") {
+            if ffi_check::COMPILED_IN {
+                child_passes(
+                    "zlib::zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line",
+                    &[],
+                );
+            }
+            return;
+        }
+        // In mode 2 dropping the stream is already P3: zlib's state points
+        // back to it (`FreedWhileRetained`, from inside the allocator).
+        if !checks() || ffi_check::mode() == ffi_check::Mode::Full {
             return;
         }
         let scope = LeakCheck::start();
@@ -594,6 +641,18 @@ mod sqlite {
 
     #[test]
     fn a_connection_never_closed_leaks_at_the_open_line() {
+        // Alone in a child process: another thread walking the heap at the
+        // same moment (a leak scan, a mode-2 scan) holds every block's address
+        // on its stack, which the conservative scan reads.
+        if !is_child("sqlite::a_connection_never_closed_leaks_at_the_open_line") {
+            if ffi_check::COMPILED_IN {
+                child_passes(
+                    "sqlite::a_connection_never_closed_leaks_at_the_open_line",
+                    &[],
+                );
+            }
+            return;
+        }
         if !checks() {
             return;
         }

@@ -173,26 +173,47 @@ pub(crate) fn c_block_at(p: usize) -> Option<CBlock> {
 }
 
 /// The C block that contains `addr` (its start or an interior byte), found
-/// by reading back from `addr` through safe probes. Cold: for reports of
-/// frees of interior pointers and pointers into freed blocks.
+/// by reading back from `addr`, a page at a time, through safe probes.
+/// Cold: for reports of frees of interior pointers and pointers into freed
+/// blocks.
 #[cold]
 pub(crate) fn c_block_containing(addr: usize) -> Option<CBlock> {
     if let Some(b) = c_block_at(addr) {
         return Some(b);
     }
-    const LOOK_BACK: usize = 1 << 20;
-    let lo = addr.saturating_sub(LOOK_BACK) & !(HDR - 1);
-    let mut q = addr & !(HDR - 1);
-    while q > lo && q >= C_HDR {
-        if let Some(id) = crate::probe::read_word(q - 8) {
-            if id == q ^ C_KEY {
-                let b = c_header(q)?;
-                return (b.is_c() && addr < q + b.size.max(1)).then_some(b);
-            }
-        } else {
+    let (lo, hi) = c_bounds();
+    if addr < lo || addr >= hi {
+        return None;
+    }
+    const LOOK_BACK_PAGES: usize = 256;
+    let mut page = [0u8; 1 << PAGE_SHIFT];
+    let mut base = addr & !((1 << PAGE_SHIFT) - 1);
+    for _ in 0..LOOK_BACK_PAGES {
+        if base < lo.saturating_sub(C_HDR) & !((1 << PAGE_SHIFT) - 1) {
             return None;
         }
-        q -= HDR;
+        if !crate::probe::read(base, &mut page) {
+            return None;
+        }
+        // The identity words on this page, from `addr` down: the first
+        // header found is the nearest block at or below `addr`.
+        let top = if base + page.len() > addr {
+            addr - base
+        } else {
+            page.len()
+        };
+        let mut o = top & !(HDR - 1);
+        while o >= HDR {
+            let at = o - 8;
+            let id = usize::from_ne_bytes(page[at..at + 8].try_into().expect("8 bytes"));
+            let p = base + o;
+            if id == p ^ C_KEY {
+                let b = c_header(p)?;
+                return (b.is_c() && addr < p + b.size.max(1)).then_some(b);
+            }
+            o -= HDR;
+        }
+        base = base.checked_sub(1 << PAGE_SHIFT)?;
     }
     None
 }
@@ -550,6 +571,16 @@ pub(crate) fn for_each_c_block(mut f: impl FnMut(CBlock)) {
     }
 }
 
+/// Overwrites the dead stack below the caller's frame, where a walk over the
+/// blocks just left their addresses: another thread's leak scan reads this
+/// thread's whole stack (it cannot know where its live part ends), and a
+/// stale address there would keep a leaked block reachable.
+#[inline(never)]
+pub(crate) fn wipe_dead_stack() {
+    let mut junk = [0usize; 2048];
+    std::hint::black_box(&mut junk);
+}
+
 // ---- the pages of C blocks made during calls -----------------------------------
 
 /// For every page, a bit set once a header of a C block allocated during a
@@ -693,4 +724,5 @@ pub(crate) fn for_each_live_c(mut f: impl FnMut(usize, usize)) {
             }
         }
     }
+    wipe_dead_stack();
 }

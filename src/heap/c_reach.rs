@@ -214,7 +214,9 @@ pub(crate) fn unreachable_c_blocks(
     };
     let regs = std::hint::black_box(regs);
     let sp = std::ptr::addr_of!(regs) as usize;
-    scan(regs, stack_from.max(sp), owned)
+    let leaked = scan(regs, stack_from.max(sp), owned);
+    super::c_block::wipe_dead_stack();
+    leaked
 }
 
 #[inline(never)]
