@@ -219,16 +219,7 @@ fn lose_a_greeting() -> usize {
 
 #[test]
 fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
-    // Alone in a child process: another thread walking the heap at the
-    // same moment (a leak scan, a mode-2 scan) holds every block's address
-    // on its stack, which the conservative scan reads.
-    if !is_child("leaked_c_string_is_reported_at_the_call_that_returned_it") {
-        if ffi_check::COMPILED_IN {
-            child_passes(
-                "leaked_c_string_is_reported_at_the_call_that_returned_it",
-                &[],
-            );
-        }
+    if !alone_in_a_child("leaked_c_string_is_reported_at_the_call_that_returned_it") {
         return;
     }
     if !checks() {
@@ -255,13 +246,7 @@ fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
 
 #[test]
 fn a_block_c_loses_is_a_leak() {
-    // Alone in a child process: another thread walking the heap at the
-    // same moment (a leak scan, a mode-2 scan) holds every block's address
-    // on its stack, which the conservative scan reads.
-    if !is_child("a_block_c_loses_is_a_leak") {
-        if ffi_check::COMPILED_IN {
-            child_passes("a_block_c_loses_is_a_leak", &[]);
-        }
+    if !alone_in_a_child("a_block_c_loses_is_a_leak") {
         return;
     }
     if !checks() {
@@ -276,16 +261,7 @@ fn a_block_c_loses_is_a_leak() {
 
 #[test]
 fn a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped() {
-    // Alone in a child process: another thread walking the heap at the
-    // same moment (a leak scan, a mode-2 scan) holds every block's address
-    // on its stack, which the conservative scan reads.
-    if !is_child("a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped") {
-        if ffi_check::COMPILED_IN {
-            child_passes(
-                "a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped",
-                &[],
-            );
-        }
+    if !alone_in_a_child("a_cache_kept_reachable_from_a_global_is_not_a_leak_until_dropped") {
         return;
     }
     if !checks() {
@@ -484,7 +460,22 @@ fn exit_report_lists_unreachable_c_blocks() {
     );
 }
 
-// ---- helpers ------------------------------------------------------------------------------
+// ---- helpers -----------------------------------------------------------------
+
+/// True in the child process that runs the test `name` alone; in the
+/// parent, runs that child and asserts it passed. Leak assertions are exact
+/// only there: another thread walking the heap at the same moment (a leak
+/// scan, a mode-2 scan) holds every block's address on its stack, which the
+/// conservative scan reads.
+fn alone_in_a_child(name: &str) -> bool {
+    if is_child(name) {
+        return true;
+    }
+    if ffi_check::COMPILED_IN {
+        child_passes(name, &[]);
+    }
+    false
+}
 
 /// The line of this file that holds `needle` (its first occurrence).
 fn line_of(needle: &str) -> u32 {
@@ -561,16 +552,9 @@ mod zlib {
 
     #[test]
     fn zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line() {
-        // Alone in a child process: another thread walking the heap at the
-        // same moment (a leak scan, a mode-2 scan) holds every block's address
-        // on its stack, which the conservative scan reads.
-        if !is_child("zlib::zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line") {
-            if ffi_check::COMPILED_IN {
-                child_passes(
-                    "zlib::zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line",
-                    &[],
-                );
-            }
+        if !alone_in_a_child(
+            "zlib::zlib_state_dropped_without_deflate_end_is_a_leak_at_the_init_line",
+        ) {
             return;
         }
         // In mode 2 dropping the stream is already P3: zlib's state points
@@ -641,16 +625,7 @@ mod sqlite {
 
     #[test]
     fn a_connection_never_closed_leaks_at_the_open_line() {
-        // Alone in a child process: another thread walking the heap at the
-        // same moment (a leak scan, a mode-2 scan) holds every block's address
-        // on its stack, which the conservative scan reads.
-        if !is_child("sqlite::a_connection_never_closed_leaks_at_the_open_line") {
-            if ffi_check::COMPILED_IN {
-                child_passes(
-                    "sqlite::a_connection_never_closed_leaks_at_the_open_line",
-                    &[],
-                );
-            }
+        if !alone_in_a_child("sqlite::a_connection_never_closed_leaks_at_the_open_line") {
             return;
         }
         if !checks() {
