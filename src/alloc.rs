@@ -144,6 +144,10 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let Some((inner, h)) = inner_layout(layout.size(), layout.align()) else {
             return ptr::null_mut();
         };
+        // With the C allocator interposed, the inner allocator's `malloc`
+        // must know this block is Rust's heap, not C memory.
+        #[cfg(feature = "interpose")]
+        let _rust = crate::bookkeeping::rust_inner_section();
         // SAFETY: `inner` has a non-zero size (it includes the header).
         let base = unsafe {
             if zeroed {

@@ -25,6 +25,44 @@ thread_local! {
     static GUARD: Cell<bool> = const { Cell::new(false) };
     /// Set while the allocator reports: a panic may not unwind out of it.
     static IN_ALLOCATOR: Cell<bool> = const { Cell::new(false) };
+    /// Set while the tracking allocator asks its inner allocator for memory:
+    /// with the C allocator interposed (feature `interpose`), what `malloc`
+    /// hands out meanwhile is Rust's heap, not C memory.
+    static RUST_INNER: Cell<bool> = const { Cell::new(false) };
+    /// The C block a library deallocator (a destroy function) is freeing
+    /// for the checker right now, or 0: its own `free` of that block is the
+    /// one the checker already judged.
+    static DEALLOCATING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks `ptr` as being freed by a library deallocator on this thread until
+/// the value drops (see [`deallocating`]).
+pub(crate) struct Deallocating {
+    was: usize,
+}
+
+/// Starts a [`Deallocating`] section for `ptr`.
+pub(crate) fn deallocating_section(ptr: usize) -> Deallocating {
+    Deallocating {
+        was: DEALLOCATING.with(|d| d.replace(ptr)),
+    }
+}
+
+impl Drop for Deallocating {
+    fn drop(&mut self) {
+        let was = self.was;
+        DEALLOCATING.with(|d| d.set(was));
+    }
+}
+
+/// True while a library deallocator the checker called frees `ptr` on this
+/// thread.
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
+pub(crate) fn deallocating(ptr: usize) -> bool {
+    ptr != 0 && DEALLOCATING.try_with(Cell::get).ok() == Some(ptr)
 }
 
 /// Marks the current thread as doing ffi-check's own bookkeeping until the
@@ -86,6 +124,47 @@ impl Drop for AllocatorReport {
         let was = self.was;
         IN_ALLOCATOR.with(|g| g.set(was));
     }
+}
+
+/// Marks the current thread as inside the tracking allocator's inner
+/// allocator until the value drops (see [`rust_inner`]).
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
+pub(crate) struct RustInner {
+    was: bool,
+}
+
+/// Starts a [`RustInner`] section.
+#[inline(always)]
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
+pub(crate) fn rust_inner_section() -> RustInner {
+    RustInner {
+        was: RUST_INNER.with(|g| g.replace(true)),
+    }
+}
+
+impl Drop for RustInner {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let was = self.was;
+        RUST_INNER.with(|g| g.set(was));
+    }
+}
+
+/// True while the tracking allocator's inner allocator runs on this thread:
+/// a C allocation made meanwhile is the memory of a Rust heap block.
+#[inline(always)]
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
+pub(crate) fn rust_inner() -> bool {
+    RUST_INNER.with(Cell::get)
 }
 
 /// Fresh zeroed memory straight from the kernel: no allocator is involved,

@@ -217,6 +217,8 @@ impl At<'_> {
         let Some(r) = registry::lookup(addr) else {
             if let Some(block) = crate::heap::block_at(addr) {
                 self.check_heap_block(block, mutable);
+            } else if c_block_freed(addr) {
+                self.report_freed(addr, addr);
             } else if pointee > 0 && crate::probe::on_live_stack(addr, pointee) {
                 // SAFETY: the bytes lie between this frame and the top of
                 // the thread's stack, in the frames of the callers: mapped,
@@ -903,6 +905,21 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
         v = v.region_at("points to", target);
     }
     emit(v);
+}
+
+/// A C block of the interposed allocator (feature `interpose`) starts at
+/// `addr` and was freed: an object handle used after C destroyed it.
+#[inline]
+fn c_block_freed(addr: usize) -> bool {
+    #[cfg(feature = "interpose")]
+    {
+        crate::heap::c_block_at(addr).is_some_and(|b| b.freed())
+    }
+    #[cfg(not(feature = "interpose"))]
+    {
+        let _ = addr;
+        false
+    }
 }
 
 /// A callback returned a heap block of the tracking allocator that the

@@ -24,7 +24,9 @@
 //!    the quarantine's orphans (`ORPHANS`), then its 16 rings in index
 //!    order. A free made under any of the locks above goes into the
 //!    quarantine; a push takes the orphans and lets go of them before it
-//!    takes its ring;
+//!    takes its ring. With the `interpose` feature, then the 16 rings of
+//!    the C blocks' quarantine (`RINGS`, leaves: their holder only gives
+//!    blocks back to glibc);
 //! 7. `registry`: the 64 shards in index order (a quarantine ring evicting a
 //!    block forgets it under its shard), then the directory, the huge list
 //!    and the site table (taken inside a shard's write);

@@ -71,6 +71,24 @@ pub(crate) fn current_call() -> Option<(&'static str, Site)> {
     Some((callee_name(frame.callee), frame.site))
 }
 
+/// The call site of the call this thread is in, if any: what a C
+/// allocation made during the call is attributed to (no name lookup: this
+/// is on the path of every interposed `malloc`).
+#[inline(always)]
+#[cfg_attr(
+    not(all(feature = "interpose", any(debug_assertions, feature = "always"))),
+    allow(dead_code)
+)]
+pub(crate) fn current_site() -> Option<Site> {
+    let frame = CURRENT.try_with(|c| c.get()).ok()?;
+    if frame.is_null() {
+        return None;
+    }
+    // SAFETY: as in `current_call`: a non-null CURRENT is a live frame of
+    // this thread.
+    Some(unsafe { (*frame).site })
+}
+
 /// The callee's own name from the path `call!` was given (`ffi :: png_write`
 /// gives `png_write`), as cgocheck names the C function. Done only when a
 /// report needs it: the call path carries the path as the macro wrote it.

@@ -70,8 +70,14 @@ pub(crate) fn alloc(size: usize) -> *mut c_void {
     let Some(total) = size.checked_add(2 * GUARD) else {
         return std::ptr::null_mut();
     };
-    // SAFETY: malloc has no preconditions.
-    let base = unsafe { libc::malloc(total) }.cast::<u8>();
+    // The registry tracks the user block; with the C allocator interposed,
+    // the guarded block around it is the checker's own (never a second C
+    // block to scan or to report as leaked).
+    let base = {
+        let _g = crate::bookkeeping::bookkeeping();
+        // SAFETY: malloc has no preconditions.
+        unsafe { libc::malloc(total) }.cast::<u8>()
+    };
     if base.is_null() {
         return std::ptr::null_mut();
     }

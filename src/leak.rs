@@ -233,7 +233,46 @@ impl fmt::Display for LeakReport {
     }
 }
 
-fn collect(scope: Option<(u32, u64)>) -> LeakReport {
+/// With the C allocator interposed: the C blocks that nothing reachable
+/// points to (LeakSanitizer's method, `heap`'s leak scan), grouped by
+/// allocation site, for the blocks `owned` picks. Blocks the registry knows
+/// follow its own rules above.
+#[cfg(feature = "interpose")]
+fn unreachable_groups(
+    owned: &dyn Fn(&crate::heap::CBlock) -> bool,
+    stack_from: usize,
+) -> Vec<LeakGroup> {
+    if !crate::mode::COMPILED_IN {
+        return Vec::new();
+    }
+    let blocks = crate::heap::unreachable_c_blocks(owned, stack_from);
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut by_site: HashMap<Option<Site>, (usize, usize, crate::heap::CBlock)> = HashMap::new();
+    for b in blocks {
+        let e = by_site.entry(b.alloc_site).or_insert((0, 0, b));
+        e.0 += 1;
+        e.1 += b.size;
+    }
+    by_site
+        .into_iter()
+        .map(|(site, (count, bytes, example))| LeakGroup {
+            site,
+            count,
+            bytes,
+            example: crate::report::c_block_detail(example),
+        })
+        .collect()
+}
+
+/// `stack_from`: an address in the frame of the public function that asks
+/// (the leak scan of C blocks reads this thread's stack from there up).
+fn collect(
+    scope: Option<(u32, u64)>,
+    c_scope: Option<(u32, u64)>,
+    stack_from: usize,
+) -> LeakReport {
+    #[cfg(not(feature = "interpose"))]
+    let _ = (c_scope, stack_from);
     // Group under the shard locks with plain numbers; build the details
     // (clones of backtraces) only for one example per group.
     let mut by_site: HashMap<Option<Site>, (usize, usize, usize)> = HashMap::new();
@@ -267,6 +306,17 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
             })
         })
         .collect();
+    #[cfg(feature = "interpose")]
+    groups.extend(unreachable_groups(
+        &|b: &crate::heap::CBlock| match c_scope {
+            None => true,
+            Some((thread, first)) => {
+                let (t, seq) = b.clock();
+                t == thread && seq >= first
+            }
+        },
+        stack_from,
+    ));
     groups.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.count.cmp(&b.count)));
     let intended = intended_starts
         .into_iter()
@@ -296,8 +346,44 @@ fn collect(scope: Option<(u32, u64)>) -> LeakReport {
 /// let report = ffi_check::leak_report();
 /// println!("{} byte(s) of C memory outstanding", report.leaked_bytes());
 /// ```
+#[inline(never)]
 pub fn leak_report() -> LeakReport {
-    collect(None)
+    let here = 0u8;
+    collect(
+        None,
+        None,
+        caller_stack(
+            std::ptr::addr_of!(here) as usize,
+            leak_report as *const () as usize,
+        ),
+    )
+}
+
+/// Where the leak scan reads this thread's stack from: the stack pointer of
+/// the caller of the public function `me` (its frame's canonical frame
+/// address), so that no word of that function's own frame counts. Its
+/// frame lies where the caller's previous callees' frames lay (`call!(lose())`
+/// then `finish()`), and a slot it leaves unwritten still holds a word of
+/// theirs: a pointer C just lost would pass for reachable. Falls back to
+/// `here`, an address in `me`'s frame, when the unwinder cannot tell.
+#[inline(never)]
+fn caller_stack(here: usize, me: usize) -> usize {
+    if !cfg!(feature = "interpose") {
+        return here;
+    }
+    // A frame's `sp` is its stack pointer while it runs: that of the frame
+    // after `me`'s is the caller's, just above `me`'s return address.
+    let mut from = here;
+    let mut found = false;
+    crate::bookkeeping::walk_stack(|frame| {
+        if found {
+            from = (frame.sp() as usize).max(here);
+            return false;
+        }
+        found = frame.symbol_address() as usize == me;
+        true
+    });
+    from
 }
 
 /// A leak scope: [`finish`](LeakCheck::finish) reports the C memory and pins
@@ -315,6 +401,9 @@ pub fn leak_report() -> LeakReport {
 pub struct LeakCheck {
     thread: u32,
     first_id: u64,
+    /// The thread's serial and next sequence number among C blocks of the
+    /// interposed allocator.
+    c_first: (u32, u64),
 }
 
 impl LeakCheck {
@@ -323,15 +412,37 @@ impl LeakCheck {
         LeakCheck {
             thread: registry::thread_serial(),
             first_id: registry::next_id(),
+            c_first: c_clock(),
         }
     }
 
     /// Ends the scope and reports what leaked in it.
+    #[inline(never)]
     pub fn finish(self) -> LeakReport {
+        let here = 0u8;
         if !crate::mode::COMPILED_IN {
             return LeakReport::default();
         }
-        collect(Some((self.thread, self.first_id)))
+        collect(
+            Some((self.thread, self.first_id)),
+            Some(self.c_first),
+            caller_stack(
+                std::ptr::addr_of!(here) as usize,
+                LeakCheck::finish as *const () as usize,
+            ),
+        )
+    }
+}
+
+/// This thread's clock among C blocks of the interposed allocator.
+fn c_clock() -> (u32, u64) {
+    #[cfg(feature = "interpose")]
+    {
+        crate::heap::c_clock()
+    }
+    #[cfg(not(feature = "interpose"))]
+    {
+        (0, 0)
     }
 }
 

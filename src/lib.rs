@@ -267,6 +267,16 @@
 //! [`hooks`]' functions, so all their internal memory is tracked C memory
 //! attributed to the `call!` that allocated it.
 //!
+//! Libraries that do not (plain C: `malloc`, `free`, pointers in its own
+//! statics) are seen through the C allocator itself with the `interpose`
+//! feature: ffi-check then defines `malloc`, `free`, `realloc` and the rest
+//! in the final binary, forwarding to glibc's, so C's double frees, its
+//! `free()` of Rust blocks or of wild pointers (never carried out), handles
+//! used after C destroyed them, and C blocks no pointer reaches any more
+//! (leaks, found by reachability as LeakSanitizer finds them) are reported
+//! with the `call!` they happened in. Compiled out, the feature defines
+//! nothing.
+//!
 //! ## Modes and environment
 //!
 //! | variable | values | effect |
@@ -301,7 +311,8 @@
 // - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
 //   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
 // - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
-//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`;
+//   (the `GlobalAlloc` front), `capi` (the C API), `hooks`, `interpose`
+//   (the C allocator's entry points, feature `interpose`);
 // - `fork`: the `fork` handlers, which take every module's locks (each
 //   module lends its own) in the one order the crate's locks nest in.
 
@@ -317,7 +328,16 @@ mod fork;
 mod frame;
 mod guard;
 mod heap;
+// The C allocator's entry points (`malloc`, `free`, ...): defined only with
+// the feature and the checks compiled in, so a release build without
+// `always` leaves glibc's allocator untouched.
 pub mod hooks;
+#[cfg(all(
+    feature = "interpose",
+    target_os = "linux",
+    any(debug_assertions, feature = "always")
+))]
+mod interpose;
 mod leak;
 mod managed;
 mod mode;

@@ -234,20 +234,27 @@ mod tests {
         assert!(!readable(0));
     }
 
+    extern "C" {
+        // glibc's own allocator, whatever `malloc` is bound to (the
+        // `interpose` feature defines one with a header of its own).
+        fn __libc_malloc(size: usize) -> *mut c_void;
+        fn __libc_free(p: *mut c_void);
+    }
+
     #[test]
     fn a_malloc_block_is_plausible_and_wild_pointers_are_not() {
         // SAFETY: plain malloc/free of a small block.
-        let p = unsafe { libc::malloc(40) } as usize;
+        let p = unsafe { __libc_malloc(40) } as usize;
         assert_eq!(not_a_malloc_block(p), None);
         // SAFETY: a large block gets a mapping of its own.
-        let big = unsafe { libc::malloc(1 << 20) } as usize;
+        let big = unsafe { __libc_malloc(1 << 20) } as usize;
         assert_eq!(not_a_malloc_block(big), None);
         assert!(not_a_malloc_block(0x1234).is_some());
         assert!(not_a_malloc_block(p + 8).is_some());
-        // SAFETY: both came from malloc above.
+        // SAFETY: both came from __libc_malloc above.
         unsafe {
-            libc::free(p as *mut c_void);
-            libc::free(big as *mut c_void);
+            __libc_free(p as *mut c_void);
+            __libc_free(big as *mut c_void);
         }
     }
 

@@ -264,6 +264,16 @@ impl Snapshot {
                 RegionKind::Managed => {}
             }
         });
+        // With the C allocator interposed, every live C heap block is C
+        // memory the scan reads (those the registry knows are in already).
+        #[cfg(feature = "interpose")]
+        crate::heap::for_each_live_c(|start, len| {
+            spans.push(Span {
+                start,
+                len,
+                root: None,
+            })
+        });
         targets.sort_unstable();
         Snapshot {
             spans,
@@ -515,10 +525,25 @@ pub fn scan_c_memory() {
 
 /// The scan for pointers into unpinned managed memory; `others` is how many
 /// calls in progress are this thread's own.
+/// Wipes the dead stack when dropped (see `heap::wipe_dead_stack`).
+#[cfg(feature = "interpose")]
+struct WipeOnDrop;
+
+#[cfg(feature = "interpose")]
+impl Drop for WipeOnDrop {
+    fn drop(&mut self) {
+        crate::heap::wipe_dead_stack();
+    }
+}
+
 fn full_scan(moment: Moment, own_calls: usize) {
     if !checks_on() {
         return;
     }
+    // What the scan leaves on the dead stack (addresses inside C blocks)
+    // must not keep a leaked block reachable for another thread's leak scan.
+    #[cfg(feature = "interpose")]
+    let _wipe = WipeOnDrop;
     let mut held_blocks = Vec::new();
     let (new, overruns) = {
         let mut seen = seen();

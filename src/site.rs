@@ -51,6 +51,24 @@ pub(crate) fn lock_for_fork() -> ForkLock {
 }
 
 impl Site {
+    /// The site as one word, for a block header (never 0).
+    #[inline(always)]
+    #[cfg_attr(not(feature = "interpose"), allow(dead_code))]
+    pub(crate) fn to_word(self) -> usize {
+        self.0.get()
+    }
+
+    /// The site a block header stored with [`to_word`](Site::to_word); `None`
+    /// for 0.
+    ///
+    /// # Safety
+    /// `word` is 0 or a value [`to_word`](Site::to_word) returned.
+    #[inline(always)]
+    #[cfg_attr(not(feature = "interpose"), allow(dead_code))]
+    pub(crate) unsafe fn from_word(word: usize) -> Option<Site> {
+        NonZeroUsize::new(word).map(Site)
+    }
+
     /// The site of the caller (through `#[track_caller]` frames).
     #[track_caller]
     #[inline]

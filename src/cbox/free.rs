@@ -46,6 +46,11 @@ pub(crate) fn check_free(ptr: usize, family: u8, api: &'static str, site: Option
         if c_free_of_rust_block(ptr, api, site) {
             return Verdict::Skip;
         }
+        // A C block of the interposed allocator: its `free` judges it.
+        #[cfg(feature = "interpose")]
+        if crate::heap::c_block_at(ptr).is_some() {
+            return Verdict::Untracked;
+        }
         // Memory the checker never saw: C's own allocations that were not
         // adopted pass unchecked, but a stack address or static data is
         // certainly not from a C allocator.
@@ -174,6 +179,9 @@ pub(crate) unsafe fn free_checked(
             // with effects of its own, and it may free through
             // `ffi_check_free` itself (which then records the free). If it
             // did not, the record is marked freed and released here.
+            // A destroy function that ends in C's `free` of this very block
+            // (the interposed one, feature `interpose`) is not judged again.
+            let _dealloc = crate::bookkeeping::deallocating_section(ptr as usize);
             // SAFETY: forwarded contract.
             unsafe { dealloc_fn(ptr) };
             registry::mark_freed(ptr as usize, Some(id), site, Release::Released);

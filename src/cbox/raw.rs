@@ -220,8 +220,25 @@ pub fn intended_leak<T: ?Sized>(ptr: *const T, reason: &str) {
     if !checks_on() {
         return;
     }
+    let addr = ptr.cast::<u8>() as usize;
+    // A C block of the interposed allocator that no record names yet: it
+    // gets one, so that the registry's leak rules (intended) apply to it.
+    #[cfg(feature = "interpose")]
+    if registry::lookup(addr).is_none() {
+        if let Some(b) = crate::heap::c_block_at(addr).filter(|b| !b.freed()) {
+            registry::insert(registry::NewRegion {
+                start: b.start,
+                size: b.size,
+                kind: registry::RegionKind::C,
+                family: crate::family::FAMILY_MALLOC,
+                flags: 0,
+                site: b.alloc_site,
+                type_name: None,
+            });
+        }
+    }
     let reason = reason.to_owned();
-    registry::update_containing(ptr.cast::<u8>() as usize, |_, r| {
+    registry::update_containing(addr, |_, r| {
         r.flags |= flags::INTENDED_LEAK;
         r.extra_mut().leak_reason = Some(reason);
     });

@@ -39,8 +39,22 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering}
 
 use crate::bookkeeping::map_anonymous;
 
+#[cfg(feature = "interpose")]
+mod c_block;
+#[cfg(feature = "interpose")]
+mod c_reach;
 mod lent;
 mod quarantine;
+
+#[cfg(feature = "interpose")]
+#[cfg_attr(not(any(debug_assertions, feature = "always")), allow(unused_imports))]
+pub(crate) use c_block::{
+    c_alloc, c_block_at, c_block_containing, c_clock, c_header, c_mark_freed, c_quarantine,
+    c_release, c_resize, c_state, for_each_live_c, foreign_free, foreign_usable_size,
+    mark_c_registered, wipe_dead_stack, CBlock,
+};
+#[cfg(feature = "interpose")]
+pub(crate) use c_reach::unreachable_c_blocks;
 
 pub use lent::HandedToC;
 pub(crate) use lent::{handed_to_c, note_lent_mut};
@@ -55,6 +69,8 @@ pub(crate) use quarantine::{
 pub(crate) struct ForkLocks {
     _lent: lent::ForkLock,
     _quarantine: quarantine::ForkLocks,
+    #[cfg(feature = "interpose")]
+    _c_quarantine: c_block::ForkLocks,
 }
 
 /// Takes the memory model's locks for `fork`'s prepare handler.
@@ -62,6 +78,8 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
     ForkLocks {
         _lent: lent::lock_for_fork(),
         _quarantine: quarantine::lock_for_fork(),
+        #[cfg(feature = "interpose")]
+        _c_quarantine: c_block::lock_for_fork(),
     }
 }
 

@@ -97,6 +97,11 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         crate::heap::mark_registered(new.start);
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
+    // A block of the interposed C allocator (C memory, or Rust's heap
+    // without the tracking allocator): its frees and leaks now follow the
+    // registry's rules.
+    #[cfg(feature = "interpose")]
+    crate::heap::mark_c_registered(new.start);
     // Interned before the shard lock: the site table has its own.
     intern(Provenance {
         site: new.site,

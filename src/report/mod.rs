@@ -390,6 +390,12 @@ impl Violation {
             Some(b) => self
                 .region(ReportRegion::new(role, heap_detail(b)))
                 .note("the region is a Rust heap block (tracking allocator)".into()),
+            #[cfg(feature = "interpose")]
+            None => match crate::heap::c_block_at(start) {
+                Some(b) => self.region(ReportRegion::new(role, c_block_detail(b))),
+                None => self,
+            },
+            #[cfg(not(feature = "interpose"))]
             None => self,
         }
     }
@@ -542,6 +548,35 @@ impl Violation {
 /// The description of a heap block of the tracking allocator that the
 /// registry does not know, for a report: what its header and the
 /// quarantine say.
+/// A C heap block of the interposed allocator (feature `interpose`) as a
+/// region of family `malloc`.
+#[cfg(feature = "interpose")]
+pub(crate) fn c_block_detail(block: crate::heap::CBlock) -> RegionDetail {
+    RegionDetail {
+        start: block.start,
+        size: block.size,
+        kind: RegionKind::C,
+        state: if block.freed() {
+            RegionState::Freed
+        } else {
+            RegionState::Live
+        },
+        pins: 0,
+        retains: 0,
+        type_name: None,
+        family: crate::family::FAMILY_MALLOC,
+        alloc_site: block.alloc_site,
+        alloc_trace: None,
+        free_site: block.free_site(),
+        free_trace: None,
+        pin_site: None,
+        pin_trace: None,
+        retain_site: None,
+        retain_trace: None,
+        leak_reason: None,
+    }
+}
+
 pub(crate) fn heap_detail(block: crate::heap::Block) -> RegionDetail {
     let (free_site, free_trace) = if block.freed {
         crate::heap::free_record(block.start)
