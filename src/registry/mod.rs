@@ -28,6 +28,7 @@
 //! - [`ids`]: region ids and thread serials.
 //! - [`bounds`]: the lowest and highest address ever tracked.
 //! - [`register`]: registering and forgetting regions.
+//! - [`live_c`]: the live C regions, listed for the mode-2 scan.
 //!
 //! This module holds the region types the rest of the crate sees, the
 //! operations on one record under its shard's lock ([`update`],
@@ -48,6 +49,7 @@ mod block;
 mod bounds;
 mod directory;
 mod ids;
+mod live_c;
 mod lookup;
 mod quarantine;
 mod recent;
@@ -73,6 +75,7 @@ use sites::site_at;
 
 pub(crate) use bounds::{managed_bounds, nothing_live};
 pub(crate) use ids::{new_id, next_id, thread_serial};
+pub(crate) use live_c::spans as live_c_spans;
 pub(crate) use lookup::{lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
 pub(crate) use recent::unpinned_managed_start;
@@ -366,6 +369,7 @@ pub(crate) struct ForkLocks {
     _shards: [std::sync::MutexGuard<'static, ShardInner>; shard::NSHARDS],
     _directory: directory::ForkLocks,
     _sites: sites::ForkLock,
+    _live_c: live_c::ForkLock,
 }
 
 /// Takes the registry's locks for `fork`'s prepare handler.
@@ -374,5 +378,6 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
         _shards: shard::lock_all_for_fork(),
         _directory: directory::lock_for_fork(),
         _sites: sites::lock_for_fork(),
+        _live_c: live_c::lock_for_fork(),
     }
 }

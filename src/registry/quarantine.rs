@@ -154,6 +154,9 @@ pub(crate) fn mark_freed(
         // memory. It is left alone (a leak, never a corruption).
     }
     drop(w);
+    if before.kind == super::RegionKind::C {
+        super::live_c::gone(start, before.id);
+    }
     crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
     for (q, r) in evicted {
         forget_removed(&r);

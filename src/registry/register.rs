@@ -17,6 +17,7 @@ use super::block::{PAGE_MASK, PAGE_SHIFT};
 use super::bounds::{widen, EVER_TRACKED, HI, LO, MANAGED_HI, MANAGED_LO};
 use super::directory::{leaf_exists, page_slot, PageSlot, FANOUT};
 use super::ids::{new_id, thread_serial, THREAD_BITS};
+use super::live_c;
 use super::lookup::{find, probe_exact};
 use super::shard::{read_stable, shard_of, ShardInner};
 use super::sites::intern;
@@ -97,6 +98,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     intern(new.site);
     let replaced = shard_of(new.start).write().insert(new.start, region);
     stale.extend(replaced);
+    live_c::added(new.start, new.size, id, new.kind == RegionKind::C);
     if !EVER_TRACKED.load(Ordering::Relaxed) {
         EVER_TRACKED.store(true, Ordering::Relaxed);
     }
@@ -199,6 +201,9 @@ pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
         family: r.family,
         flags: r.flags,
     };
+    if info.kind == RegionKind::C && info.state == RegionState::Live {
+        live_c::gone(start, info.id);
+    }
     forget_removed(&r);
     Some(info)
 }
