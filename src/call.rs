@@ -141,7 +141,8 @@ impl Call {
 
     /// As [`raw`](Call::raw), for a pointer to a `T` that can hold pointers
     /// (`pointee` is its size): a pointer into this thread's live stack (a
-    /// struct passed as `&cfg as *const _`) is looked through by that type.
+    /// struct passed as `&cfg as *const _`) or into a static of a loaded
+    /// object is looked through by that type.
     #[inline(always)]
     #[track_caller]
     pub fn raw_typed(&mut self, addr: usize, mutable: bool, pointee: usize) {
@@ -161,6 +162,14 @@ impl Call {
                 // SAFETY: the bytes lie between this frame and the top of
                 // the thread's stack, in the frames of the callers: mapped,
                 // and lent for the call by the caller that owns them.
+                if let Some((offset, target)) = unsafe { find_unpinned(addr, pointee) } {
+                    self.report_nested(addr, offset, target);
+                }
+            } else if pointee > 0 && crate::segments::contains(addr, pointee) {
+                // SAFETY: the bytes lie inside one loaded segment of a
+                // loaded object (a static of the program or of a library):
+                // mapped for as long as the object is loaded, which the
+                // caller's pointer into it presumes for the call.
                 if let Some((offset, target)) = unsafe { find_unpinned(addr, pointee) } {
                     self.report_nested(addr, offset, target);
                 }
@@ -543,13 +552,18 @@ fn_ptr_arg!(A, B, C, D, E, F);
 // ---- plain references ------------------------------------------------------------
 //
 // `call!` hands each argument to `ArgWrap(arg).lower_arg(call)`. Method
-// resolution tries the by-value `ViaCArg` first, which exists whenever the
-// argument implements `CArg`; only an argument with no `CArg` at all falls
-// back, by auto-reference, to `ViaRef`: a plain `&T` or `&mut T` (an
-// out-parameter `&mut len`, a config struct `&cfg`). Wrapper references
-// (`&Managed<T>`, `&CBox<T>`) keep their own `CArg` impls, which a blanket
-// `CArg for &T` would overlap.
-
+// resolution tries the receiver by value, then by `&`, then by `&mut`, and
+// takes the first that some trait in scope has an impl for:
+//
+// 1. `ViaCArg` on `ArgWrap<A>`, whenever the argument implements `CArg`;
+// 2. `ViaRef` on `&ArgWrap<&T>` / `&ArgWrap<&mut T>`: a plain `&T` or
+//    `&mut T` with no `CArg` of its own (an out-parameter `&mut len`, a
+//    config struct `&cfg`). Wrapper references (`&Managed<T>`, `&CBox<T>`)
+//    keep their own `CArg` impls, which a blanket `CArg for &T` would
+//    overlap;
+// 3. `ViaFnItem` on `&mut ArgWrap<F>`: a function item (`my_callback`),
+//    which has a type of its own and no size; it is passed as it is and
+//    the callee's parameter type turns it into the function pointer.
 /// A `call!` argument on its way to [`CArg`] or to the plain-reference path.
 #[doc(hidden)]
 pub struct ArgWrap<A>(pub A);
@@ -596,7 +610,7 @@ fn lend_value<T>(call: &mut Call, p: *const T) {
     call.lend(p as usize, size_of::<T>(), pointee_size::<T>() > 0);
 }
 
-impl<T> ViaRef<*const T> for &mut ArgWrap<&T> {
+impl<T> ViaRef<*const T> for &ArgWrap<&T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *const T {
         let p: *const T = self.0;
@@ -609,29 +623,76 @@ impl<T> ViaRef<*const T> for &mut ArgWrap<&T> {
     }
 }
 
-impl<T> ViaRef<*mut T> for &mut ArgWrap<&mut T> {
+/// The `&mut T` inside a shared `ArgWrap`, as the write-capable pointer it
+/// was made from.
+#[inline(always)]
+fn unique<T>(wrap: &ArgWrap<&mut T>) -> *mut T {
+    // SAFETY: copies the unique reference out of the wrapper, a temporary
+    // of the `call!` expansion that is never used again (`&mut T` has no
+    // destructor): the copy is the only use of the reference from here on.
+    let r: &mut T = unsafe { std::ptr::read(&wrap.0) };
+    r
+}
+
+impl<T> ViaRef<*mut T> for &ArgWrap<&mut T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *mut T {
-        let p: *mut T = &mut *self.0;
+        let p = unique(self);
         lend_value(call, p);
         p
     }
     #[inline(always)]
     fn pass_arg(self) -> *mut T {
-        &mut *self.0
+        unique(self)
     }
 }
 
-impl<T> ViaRef<*const T> for &mut ArgWrap<&mut T> {
+impl<T> ViaRef<*const T> for &ArgWrap<&mut T> {
     #[inline(always)]
     fn lower_arg(self, call: &mut Call) -> *const T {
-        let p: *const T = &*self.0;
+        let p = unique(self).cast_const();
         lend_value(call, p);
         p
     }
     #[inline(always)]
     fn pass_arg(self) -> *const T {
-        &*self.0
+        unique(self).cast_const()
+    }
+}
+
+/// The path of a function item passed where C takes a function pointer
+/// (`call!(set_handler(on_event))`): it has no size and no `CArg` (no
+/// trait names "an `unsafe extern "C"` function item"), so it is passed as
+/// it is, and the callee's parameter type makes the function pointer. Any
+/// other value that reaches this path has no conversion: a compile error.
+#[doc(hidden)]
+pub trait ViaFnItem {
+    /// The value as it is.
+    type Out;
+    /// Passes the function item (nothing to check: code, not data).
+    fn lower_arg(self, call: &mut Call) -> Self::Out;
+    /// Passes the function item.
+    fn pass_arg(self) -> Self::Out;
+}
+
+impl<F: Copy> ViaFnItem for &mut ArgWrap<F> {
+    type Out = F;
+    #[inline(always)]
+    fn lower_arg(self, call: &mut Call) -> F {
+        const {
+            assert!(
+                size_of::<F>() == 0,
+                "this `call!` argument has no `CArg` conversion to the parameter's type: \
+                 pass a struct by value through `ffi_check::unchecked(..)`, a pointer as a raw \
+                 pointer or reference, or implement `CArg` for the type"
+            )
+        };
+        call.plain();
+        self.0
+    }
+    #[inline(always)]
+    fn pass_arg(self) -> F {
+        self.0
     }
 }
 

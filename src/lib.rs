@@ -258,7 +258,7 @@
 //   `bookkeeping` (the checker's own allocations and re-entrancy guard),
 //   `stats` (counters), `family` (allocator families), `frame` (the call a
 //   thread is in), `probe` (safe reads of memory the checker has no record
-//   of);
+//   of), `segments` (the loaded objects' segments: where statics live);
 // - the memory model: `heap` (the tracking allocator's block headers, page
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
@@ -296,6 +296,7 @@ mod registry;
 mod report;
 mod roots;
 mod scan;
+mod segments;
 mod site;
 mod stats;
 mod stderr;
@@ -323,7 +324,9 @@ pub use site::Site;
 /// Implementation details of the macros. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaRef};
+    pub use crate::call::{
+        checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaFnItem, ViaRef,
+    };
 
     /// For the registry benchmarks: whether a tracked region contains `addr`.
     pub fn registry_contains(addr: usize) -> bool {
@@ -358,21 +361,51 @@ pub mod __private {
 /// ```
 #[macro_export]
 macro_rules! call {
-    ($($f:ident)::+ ( $($arg:expr),* $(,)? )) => {
+    ($($f:ident)::+ ( $($args:tt)* )) => {
         // One relaxed load decides; compiled out, the test is a constant and
         // only the plain call remains.
         if $crate::__private::checking() {
             #[allow(unused_imports)]
-            use $crate::__private::{ViaCArg as _, ViaRef as _};
+            use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
             let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
             let __ffi_check_call = &mut __ffi_check_call;
             __ffi_check_call.enter();
-            $($f)::+( $( $crate::__private::ArgWrap($arg).lower_arg(__ffi_check_call) ),* )
+            $crate::__call_args!(@lower ($($f)::+) __ffi_check_call [] $($args)*)
         } else {
             #[allow(unused_imports)]
-            use $crate::__private::{ViaCArg as _, ViaRef as _};
-            $($f)::+( $( $crate::__private::ArgWrap($arg).pass_arg() ),* )
+            use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
+            $crate::__call_args!(@pass ($($f)::+) [] $($args)*)
         }
+    };
+}
+
+/// The arguments of [`call!`], one at a time. `Some(f)` with a path inside
+/// is passed as it is written, so that the callee's parameter type turns a
+/// function item into the function pointer C takes; every other argument
+/// goes through [`CArg`] (or the plain-reference or function-item paths).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __call_args {
+    (@lower ($($f:tt)*) $c:ident [$($done:tt)*]) => {
+        $($f)*( $($done)* )
+    };
+    (@lower $f:tt $c:ident [$($done:tt)*] Some($g:path) $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@lower $f $c
+            [$($done)* { $c.plain(); ::core::option::Option::Some($g) },] $($($rest)*)?)
+    };
+    (@lower $f:tt $c:ident [$($done:tt)*] $a:expr $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@lower $f $c
+            [$($done)* $crate::__private::ArgWrap($a).lower_arg($c),] $($($rest)*)?)
+    };
+    (@pass ($($f:tt)*) [$($done:tt)*]) => {
+        $($f)*( $($done)* )
+    };
+    (@pass $f:tt [$($done:tt)*] Some($g:path) $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@pass $f [$($done)* ::core::option::Option::Some($g),] $($($rest)*)?)
+    };
+    (@pass $f:tt [$($done:tt)*] $a:expr $(, $($rest:tt)*)?) => {
+        $crate::__call_args!(@pass $f
+            [$($done)* $crate::__private::ArgWrap($a).pass_arg(),] $($($rest)*)?)
     };
 }
 

@@ -38,13 +38,13 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::mode::{checks_on, COMPILED_IN};
 use crate::registry::{self, RegionKind, RegionState};
 use crate::report::{emit, msg, Violation, ViolationKind};
+use crate::segments;
 use crate::site::Site;
 
 // ---- roots -----------------------------------------------------------------
@@ -197,51 +197,12 @@ pub fn watch_library(name: &str) -> usize {
 /// The writable `PT_LOAD` segments of the loaded objects whose path
 /// contains `name`: (path, start, length).
 fn loaded_writable_segments(name: &str) -> Vec<(String, usize, usize)> {
-    struct Search<'a> {
-        name: &'a str,
-        found: Vec<(String, usize, usize)>,
-    }
-    unsafe extern "C" fn visit(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut c_void,
-    ) -> libc::c_int {
-        // The loader calls back into Rust: never unwind into it.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: `data` is the `Search` passed to dl_iterate_phdr below,
-            // and `info` the loader's description of one object, valid for
-            // this call.
-            let (search, info) = unsafe { (&mut *(data as *mut Search<'_>), &*info) };
-            if info.dlpi_name.is_null() {
-                return;
-            }
-            // SAFETY: the loader's object name is a NUL-terminated string.
-            let path = unsafe { CStr::from_ptr(info.dlpi_name) }.to_string_lossy();
-            if path.is_empty() || !path.contains(search.name) {
-                return;
-            }
-            for i in 0..usize::from(info.dlpi_phnum) {
-                // SAFETY: the loader gives `dlpi_phnum` program headers.
-                let ph = unsafe { &*info.dlpi_phdr.add(i) };
-                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 && ph.p_memsz > 0 {
-                    search.found.push((
-                        path.clone().into_owned(),
-                        (info.dlpi_addr + ph.p_vaddr) as usize,
-                        ph.p_memsz as usize,
-                    ));
-                }
-            }
-        }));
-        r.is_err() as libc::c_int
-    }
-    let mut search = Search {
-        name,
-        found: Vec::new(),
-    };
-    // SAFETY: `visit` matches the callback type and only reads what the
-    // loader hands it; `search` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut search as *mut Search<'_>).cast()) };
-    search.found
+    let _g = crate::bookkeeping::bookkeeping();
+    segments::writable()
+        .into_iter()
+        .filter(|s| !s.main && s.object.contains(name))
+        .map(|s| (s.object, s.start, s.len))
+        .collect()
 }
 
 // ---- what a scan reads -----------------------------------------------------
@@ -707,10 +668,17 @@ fn held_by(f: &Finding) -> String {
             "held by: the C memory at {start:#x}, at offset {} (the pointer {:#x})",
             f.offset, f.value
         ),
-        Holder::Root(root) => format!(
-            "held by: {root}, at offset {} (the pointer {:#x})",
-            f.offset, f.value
-        ),
+        Holder::Root(root) => {
+            let at = f.holder_start.wrapping_add(f.offset);
+            let static_ = match segments::describe(at) {
+                Some(name) => format!("; {name}"),
+                None => String::new(),
+            };
+            format!(
+                "held by: {root}, at offset {}{static_} (the pointer {:#x})",
+                f.offset, f.value
+            )
+        }
     }
 }
 

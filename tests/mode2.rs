@@ -244,6 +244,12 @@ fn a_watched_shared_library_keeping_a_lent_pointer_is_retained() {
             && report.contains(&format!("{}.so`", shared::NAME)),
         "{report}"
     );
+    // The static is named from the library's symbol table: slot 1 of the
+    // table, 8 bytes in.
+    assert!(
+        report.contains(".bss, in `shfx_table` at offset 8"),
+        "{report}"
+    );
 }
 
 // ---- P5: Rust stores a pointer into C memory ---------------------------------
