@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::mode::{checks_on, COMPILED_IN};
-use crate::registry::{self, RegionKind, RegionState};
+use crate::registry;
 use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::segments;
 use crate::site::Site;
@@ -207,77 +207,87 @@ fn loaded_writable_segments(name: &str) -> Vec<(String, usize, usize)> {
 
 // ---- what a scan reads -----------------------------------------------------
 
-/// One range the scan reads: a live tracked C region, or a root.
-#[derive(Clone, Copy)]
+/// Where a range the scan reads comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// A live tracked C region.
+    CRegion,
+    /// A root: its index in the scan's copy of the roots.
+    Root(usize),
+    /// A writable segment of a loaded object: the statics of the program
+    /// and of every library, C's and Rust's alike.
+    Segment,
+}
+
+/// One range the scan reads.
+#[derive(Clone, Copy, Debug)]
 struct Span {
     start: usize,
     len: usize,
-    /// Index into the roots snapshot; `None` for a tracked C region.
-    root: Option<usize>,
+    source: Source,
 }
 
-/// What the scan reads and what it looks for, taken at its start.
-struct Snapshot {
+/// The scan's whole input: a list of ranges, and the roots they name.
+///
+/// Anything else C can write joins the list as further spans (the blocks of
+/// an interposed `malloc`, say): the scan itself only reads ranges.
+struct Ranges {
     spans: Vec<Span>,
     roots: Vec<Root>,
-    /// Live, unpinned managed regions C has not declared it retains:
-    /// `(start, end)`, sorted.
-    targets: Vec<(usize, usize)>,
 }
 
-impl Snapshot {
-    /// Takes the snapshot; `targets` only when the scan looks for unpinned
-    /// memory (a scan for one region does not need them).
-    fn take(with_targets: bool) -> Snapshot {
+impl Ranges {
+    /// The live tracked C regions, the roots and, with `segments`, the
+    /// writable segments of every loaded object. Listing them visits no
+    /// record: the registry keeps the live C regions apart.
+    fn gather(segments: bool) -> Ranges {
+        let _g = crate::bookkeeping::bookkeeping();
         let roots = roots().clone();
-        let mut spans: Vec<Span> = roots
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Span {
-                start: r.start,
-                len: r.len,
-                root: Some(i),
+        let mut spans = Vec::new();
+        registry::live_c_spans(|start, len| {
+            spans.push(Span {
+                start,
+                len,
+                source: Source::CRegion,
             })
-            .collect();
-        let mut targets = Vec::new();
-        // Plain heap blocks the registry knows are targets only under strict
-        // rules: otherwise C holding one is judged when it is freed.
-        let strict = with_targets && crate::mode::strict();
-        registry::for_each(|start, r| {
-            if r.state != RegionState::Live {
-                return;
-            }
-            match r.kind {
-                RegionKind::C => spans.push(Span {
-                    start,
-                    len: r.size,
-                    root: None,
-                }),
-                RegionKind::Managed
-                    if with_targets
-                        && r.pins == 0
-                        && r.retains == 0
-                        && (strict || r.family == crate::family::FAMILY_RUST) =>
-                {
-                    targets.push((start, start.saturating_add(r.size.max(1))));
-                }
-                RegionKind::Managed => {}
-            }
         });
-        targets.sort_unstable();
-        Snapshot {
-            spans,
-            roots,
-            targets,
+        spans.extend(roots.iter().enumerate().map(|(i, r)| Span {
+            start: r.start,
+            len: r.len,
+            source: Source::Root(i),
+        }));
+        if segments {
+            spans.extend(
+                segments::writable()
+                    .iter()
+                    .filter(|s| s.len > 0)
+                    .map(|s| Span {
+                        start: s.start,
+                        len: s.len,
+                        source: Source::Segment,
+                    }),
+            );
         }
+        Ranges { spans, roots }
     }
 
-    fn holder(&self, span: &Span) -> Holder {
-        match span.root {
-            Some(i) => Holder::Root(self.roots[i].describe()),
-            None => Holder::Region(span.start),
-        }
+    /// True when `addr` lies in a root (a root inside a segment is reported
+    /// as the root, once).
+    fn in_root(&self, addr: usize) -> bool {
+        self.roots
+            .iter()
+            .any(|r| r.start <= addr && addr - r.start < r.len)
     }
+}
+
+/// What a found word points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// The live, unpinned managed region starting here.
+    Managed(usize),
+    /// The plain heap block of the tracking allocator starting here (not
+    /// known to the registry).
+    Heap(usize),
 }
 
 /// What holds a pointer that was found.
@@ -287,6 +297,9 @@ enum Holder {
     Region(usize),
     /// A root, described.
     Root(String),
+    /// A static (named when reported), and the call during which it was
+    /// first found holding the pointer, when known.
+    Static(Option<(&'static str, Site)>),
 }
 
 /// A word of C memory that points into managed memory.
@@ -297,13 +310,26 @@ struct Finding {
     holder_start: usize,
     offset: usize,
     value: usize,
-    /// The start of the managed region it points into.
-    target: usize,
+    target: Target,
 }
 
 impl Finding {
+    fn word(&self) -> usize {
+        self.holder_start + self.offset
+    }
+
     fn key(&self) -> (usize, usize) {
-        (self.holder_start + self.offset, self.value)
+        (self.word(), self.value)
+    }
+
+    fn target_start(&self) -> usize {
+        match self.target {
+            Target::Managed(s) | Target::Heap(s) => s,
+        }
+    }
+
+    fn in_static(&self) -> bool {
+        matches!(self.holder, Holder::Static(_))
     }
 }
 
@@ -331,94 +357,194 @@ unsafe fn scan_words(
     });
 }
 
-/// A coarse map of where the targets are: one bit per granule of
-/// `[lo, hi)`, set when a target touches the granule. The granule is the
-/// smallest power of two that keeps the map within `MAX_BITS`, so a word
-/// inside the bounds but between targets (a pointer to pinned memory, or to
-/// C memory in the same heap) is usually settled by one bit, not a search.
-struct Granules {
-    lo: usize,
-    shift: u32,
-    bits: Vec<u64>,
-}
-
-impl Granules {
-    const MAX_BITS: usize = 1 << 18;
-
-    fn new(targets: &[(usize, usize)], lo: usize, hi: usize) -> Granules {
-        let mut shift = 0;
-        while (hi - lo) >> shift >= Self::MAX_BITS {
-            shift += 1;
-        }
-        let mut bits = vec![0u64; (((hi - lo) >> shift) >> 6) + 1];
-        for &(start, end) in targets {
-            for g in (start - lo) >> shift..=(end - 1 - lo) >> shift {
-                bits[g >> 6] |= 1 << (g & 63);
-            }
-        }
-        Granules { lo, shift, bits }
-    }
-
-    /// False when no target can contain `w` (which lies in `[lo, hi)`).
-    #[inline(always)]
-    fn may_hold(&self, w: usize) -> bool {
-        let g = (w - self.lo) >> self.shift;
-        self.bits[g >> 6] & (1 << (g & 63)) != 0
+/// The union of two `[lo, hi)` bounds, either of which may be empty.
+fn union((alo, ahi): (usize, usize), (blo, bhi): (usize, usize)) -> (usize, usize) {
+    match (alo < ahi, blo < bhi) {
+        (true, true) => (alo.min(blo), ahi.max(bhi)),
+        (true, false) => (alo, ahi),
+        (false, true) => (blo, bhi),
+        (false, false) => (usize::MAX, 0),
     }
 }
 
-/// Every word of the snapshot's spans that points into one of `targets`
-/// (sorted, non-overlapping `(start, end)` ranges).
-fn find(snapshot: &Snapshot, targets: &[(usize, usize)]) -> Vec<Finding> {
-    let (Some(first), Some(last)) = (targets.first(), targets.last()) else {
-        return Vec::new();
+fn holder_of(ranges: &Ranges, span: &Span) -> Holder {
+    match span.source {
+        Source::CRegion => Holder::Region(span.start),
+        Source::Root(i) => Holder::Root(ranges.roots[i].describe()),
+        Source::Segment => Holder::Static(None),
+    }
+}
+
+/// Every word of the ranges that points into live, unpinned managed memory
+/// that C has not declared it retains (plain heap blocks the registry knows
+/// only under strict rules) and, with `heap`, to the start of a live heap
+/// block of the tracking allocator that the registry does not know.
+///
+/// Each word is first compared with the bounds of all managed memory (a
+/// test the compiler vectorises over blocks of 64 words), so pointer-free
+/// memory streams past at memory speed; a word inside them asks the
+/// registry's per-page unpinned counts before any lookup. Nothing here
+/// visits the records: the cost follows the bytes read.
+fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
+    let managed = registry::managed_bounds();
+    let heap_bounds = if heap {
+        crate::heap::heap_bounds()
+    } else {
+        (usize::MAX, 0)
     };
-    let (lo, hi) = (first.0, last.1);
-    let granules = Granules::new(targets, lo, hi);
-    let mut found = Vec::new();
-    // The last target hit: runs of pointers into one region are common.
-    let mut last_hit = (0usize, 0usize);
-    for span in &snapshot.spans {
-        let mut hits = Vec::new();
+    let (lo, hi) = union(managed, heap_bounds);
+    if lo >= hi {
+        return Vec::new();
+    }
+    let mut reader = registry::ScanReader::new();
+    let mut hits: Vec<(usize, usize, usize, Target)> = Vec::new();
+    for (n, span) in ranges.spans.iter().enumerate() {
         // SAFETY: a live tracked C region is readable while it is live (it
         // is freed through the checker, which quarantines it); a root is
-        // readable by the promise of whoever registered it.
+        // readable by the promise of whoever registered it; a loaded
+        // object's segment while the object is loaded.
         unsafe {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
-                if !granules.may_hold(w) {
-                    return;
-                }
-                let target = if last_hit.0 <= w && w < last_hit.1 {
-                    Some(last_hit)
+                let target = if let Some(s) = reader.unpinned_managed_start(w) {
+                    Target::Managed(s)
+                } else if heap
+                    && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
+                {
+                    Target::Heap(w)
                 } else {
-                    let i = targets.partition_point(|t| t.0 <= w);
-                    (i > 0 && w < targets[i - 1].1).then(|| targets[i - 1])
+                    return;
                 };
-                if let Some(t) = target {
-                    last_hit = t;
-                    hits.push((offset, w, t.0));
-                }
+                hits.push((n, offset, w, target));
             })
         };
-        if hits.is_empty() {
+    }
+    drop(reader);
+    if hits.is_empty() {
+        return Vec::new();
+    }
+    // Judged once a target: a region C declared it retains is mode 1's.
+    let strict = crate::mode::strict();
+    let mut judged: Vec<(usize, bool)> = Vec::new();
+    let mut counts = |start: usize| -> bool {
+        if let Some(&(_, yes)) = judged.iter().find(|(s, _)| *s == start) {
+            return yes;
+        }
+        let yes = registry::update(start, |r| {
+            r.retains == 0 && (strict || r.family == crate::family::FAMILY_RUST)
+        })
+        .unwrap_or(false);
+        judged.push((start, yes));
+        yes
+    };
+    let mut found = Vec::new();
+    for (n, offset, value, target) in hits {
+        let span = &ranges.spans[n];
+        if span.source == Source::Segment && ranges.in_root(span.start + offset) {
             continue;
         }
-        let holder = snapshot.holder(span);
-        found.extend(hits.into_iter().map(|(offset, value, target)| Finding {
-            holder: holder.clone(),
+        if let Target::Managed(s) = target {
+            if !counts(s) {
+                continue;
+            }
+        }
+        found.push(Finding {
+            holder: holder_of(ranges, span),
             holder_start: span.start,
             offset,
             value,
             target,
-        }));
+        });
     }
     found
+}
+
+/// Every word of the ranges that points into `[start, end)`.
+fn find_into(ranges: &Ranges, start: usize, end: usize) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for span in &ranges.spans {
+        // SAFETY: as in `find`.
+        unsafe {
+            scan_words(span.start, span.len, start, end, |offset, value| {
+                found.push(Finding {
+                    holder: holder_of(ranges, span),
+                    holder_start: span.start,
+                    offset,
+                    value,
+                    target: Target::Managed(start),
+                })
+            })
+        };
+    }
+    found
+}
+
+// ---- statics found holding a pointer during a call ---------------------------
+
+/// A static word found, when a call returned, holding a pointer that
+/// appeared during the call: C's keeping, named by the call. Statics are not
+/// read when memory is released (Rust's own hold pointers legitimately):
+/// these words are, while they still hold what they held.
+struct HeldWord {
+    word: usize,
+    value: usize,
+    call: (&'static str, Site),
+}
+
+static HELD_WORDS: Mutex<Vec<HeldWord>> = Mutex::new(Vec::new());
+
+fn held_words() -> MutexGuard<'static, Vec<HeldWord>> {
+    // Every change is completed before anything that could panic.
+    HELD_WORDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads a remembered static word, if its object is still loaded.
+fn read_static(word: usize) -> Option<usize> {
+    if !segments::contains(word, std::mem::size_of::<usize>()) {
+        return None;
+    }
+    // SAFETY: the word is aligned (found by the aligned scan) and lies in a
+    // loaded object's segment, which is mapped and readable.
+    Some(unsafe { std::ptr::read_volatile(word as *const usize) })
+}
+
+/// Remembers static words found holding a pointer that appeared during
+/// `call`; forgets the ones that no longer hold what they held.
+fn remember_words(found: &[&Finding], call: (&'static str, Site)) {
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut held = held_words();
+    held.retain(|h| read_static(h.word) == Some(h.value));
+    for f in found {
+        held.retain(|h| h.word != f.word());
+        held.push(HeldWord {
+            word: f.word(),
+            value: f.value,
+            call,
+        });
+    }
+}
+
+/// The remembered static words that still point into `[start, end)`.
+fn held_words_into(start: usize, end: usize) -> Vec<Finding> {
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut held = held_words();
+    held.retain(|h| read_static(h.word) == Some(h.value));
+    held.iter()
+        .filter(|h| start <= h.value && h.value < end)
+        .map(|h| Finding {
+            holder: Holder::Static(Some(h.call)),
+            holder_start: h.word,
+            offset: 0,
+            value: h.value,
+            target: Target::Managed(start),
+        })
+        .collect()
 }
 
 // ---- the scans -------------------------------------------------------------
 
 /// What the last full scan found, by (word address, value): each finding is
-/// reported once. Its lock also serialises the scans.
+/// reported once, and a static's finding counts only if it was not there
+/// when the call began. Its lock also serialises the scans.
 static SEEN: Mutex<Option<HashSet<(usize, usize)>>> = Mutex::new(None);
 
 fn seen() -> MutexGuard<'static, Option<HashSet<(usize, usize)>>> {
@@ -432,6 +558,10 @@ thread_local! {
     /// This thread's part of `IN_CALLS`: what is left of it in the child of
     /// a `fork`, where the other threads' calls will never return.
     static OWN_CALLS: Cell<usize> = const { Cell::new(0) };
+    /// Whether the scan before this thread's outermost call ran: only then
+    /// does what is new in a static when it returns tell what the call
+    /// wrote (otherwise it may be Rust's, from before).
+    static BASELINE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The scans' lock, then the roots', held across `fork` (see `crate::fork`):
@@ -439,6 +569,7 @@ thread_local! {
 pub(crate) struct ForkLocks {
     _seen: MutexGuard<'static, Option<HashSet<(usize, usize)>>>,
     _roots: MutexGuard<'static, Vec<Root>>,
+    _held: MutexGuard<'static, Vec<HeldWord>>,
 }
 
 /// Takes the scans' and the roots' locks for `fork`'s prepare handler;
@@ -447,6 +578,7 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
     ForkLocks {
         _seen: seen(),
         _roots: roots(),
+        _held: held_words(),
     }
 }
 
@@ -475,7 +607,8 @@ enum Moment {
 pub(crate) fn before_call(callee: &'static str, site: Site) {
     IN_CALLS.fetch_add(1, Ordering::SeqCst);
     let _ = OWN_CALLS.try_with(|n| n.set(n.get() + 1));
-    full_scan(Moment::BeforeCall(callee, site), 1);
+    let ran = full_scan(Moment::BeforeCall(callee, site), 1);
+    let _ = BASELINE.try_with(|b| b.set(ran));
 }
 
 /// Mode 2, after an outermost `call!` returned.
@@ -488,14 +621,17 @@ pub(crate) fn after_call(callee: &'static str, site: Site) {
         return;
     }
     full_scan(Moment::AfterCall(callee, site), 0);
+    let _ = BASELINE.try_with(|b| b.set(false));
 }
 
-/// Runs the mode-2 scan now: reads all tracked live C memory and every root,
-/// and reports each pointer to unpinned managed memory found there that the
-/// last scan did not see, as `StoredUnpinned` (rule P5). Mode 2 runs it
-/// before and after every outermost [`call!`](crate::call!) by itself; this
-/// is for a check at a moment of your choosing (after C code ran outside a
-/// `call!`, say), in any mode with checks on.
+/// Runs the mode-2 scan now: reads all tracked live C memory, every root
+/// and the writable segments of every loaded object, and reports each
+/// pointer to unpinned managed memory found in C memory or a root that the
+/// last scan did not see, as `StoredUnpinned` (rule P5). (A static's new
+/// pointer is not reported here: outside a call it is Rust's.) Mode 2 runs
+/// it before and after every outermost [`call!`](crate::call!) by itself;
+/// this is for a check at a moment of your choosing (after C code ran
+/// outside a `call!`, say), in any mode with checks on.
 ///
 /// ```
 /// use ffi_check::{capture, scan_c_memory, CBox, Managed, ViolationKind};
@@ -513,31 +649,52 @@ pub fn scan_c_memory() {
     full_scan(Moment::Now(Site::caller()), 0);
 }
 
-/// The scan for pointers into unpinned managed memory; `others` is how many
-/// calls in progress are this thread's own.
-fn full_scan(moment: Moment, own_calls: usize) {
+/// The scan for pointers into unpinned managed memory; `own_calls` is how
+/// many calls in progress are this thread's own. Returns whether it ran.
+///
+/// Who is blamed for a new finding: in tracked C memory or a root, whoever
+/// ran since the last scan (Rust before a call, C during it); in a static,
+/// only the call it appeared during (Rust's statics hold pointers to its
+/// own memory legitimately, so a static's new pointer outside a call is
+/// nobody's fault). A plain heap block is no violation to hold: C found
+/// holding one when a call returns is remembered, and judged at its free.
+fn full_scan(moment: Moment, own_calls: usize) -> bool {
     if !checks_on() {
-        return;
+        return false;
     }
+    let after = matches!(moment, Moment::AfterCall(..));
+    // A static's new word is the call's only if the scan before it ran.
+    let attributable = after && BASELINE.try_with(Cell::get).unwrap_or(false);
     let mut held_blocks = Vec::new();
+    let mut held_statics = Vec::new();
     let (new, overruns) = {
         let mut seen = seen();
         // Another thread's C may hold its call's loans right now.
         if IN_CALLS.load(Ordering::SeqCst) > own_calls {
-            return;
+            return false;
         }
         let overruns = crate::guard::check_all();
-        let snapshot = Snapshot::take(true);
-        let found = find(&snapshot, &snapshot.targets);
-        if matches!(moment, Moment::AfterCall(..)) {
-            held_blocks = find_held_heap_blocks(&snapshot);
-        }
+        let ranges = Ranges::gather(true);
+        let found = find(&ranges, true);
+        let _g = crate::bookkeeping::bookkeeping();
         let previous = seen.take().unwrap_or_default();
-        let new: Vec<Finding> = found
-            .iter()
-            .filter(|f| !previous.contains(&f.key()))
-            .cloned()
-            .collect();
+        let mut new: Vec<Finding> = Vec::new();
+        for f in &found {
+            let is_new = !previous.contains(&f.key());
+            match (f.target, f.in_static()) {
+                (Target::Managed(_), false) if is_new => new.push(f.clone()),
+                (Target::Managed(_), true) if is_new && attributable => {
+                    new.push(f.clone());
+                    held_statics.push(f.clone());
+                }
+                (Target::Heap(block), false) if after => held_blocks.push(block),
+                (Target::Heap(block), true) if is_new && attributable => {
+                    held_blocks.push(block);
+                    held_statics.push(f.clone());
+                }
+                _ => {}
+            }
+        }
         *seen = Some(found.iter().map(Finding::key).collect());
         (new, overruns)
     };
@@ -564,46 +721,27 @@ fn full_scan(moment: Moment, own_calls: usize) {
         };
         crate::guard::report(o, call, site, when);
     }
+    if let (Moment::AfterCall(..), Some(call)) = (moment, call) {
+        held_blocks.sort_unstable();
+        held_blocks.dedup();
+        remember_held(&held_blocks, call.1);
+        if !held_statics.is_empty() {
+            remember_words(&held_statics.iter().collect::<Vec<_>>(), call);
+        }
+    }
     for f in &new {
         report_finding(f, moment);
     }
-    if let Moment::AfterCall(_, site) = moment {
-        remember_held(&held_blocks, site);
-    }
-}
-
-/// The plain heap blocks of the tracking allocator (not yet known to the
-/// registry) that a word of the snapshot's C memory points to, by start.
-///
-/// Rust heap memory never moves, so C keeping such a pointer is no
-/// violation by itself: the block is remembered instead (made known to the
-/// registry), and its free while C memory still points into it is
-/// `FreedWhileRetained`, found by the scan at the free.
-fn find_held_heap_blocks(snapshot: &Snapshot) -> Vec<usize> {
-    let (lo, hi) = crate::heap::heap_bounds();
-    if lo >= hi {
-        return Vec::new();
-    }
-    let mut held = Vec::new();
-    for span in &snapshot.spans {
-        // SAFETY: as in `find`: live tracked C memory and registered roots
-        // are readable while the scan runs.
-        unsafe {
-            scan_words(span.start, span.len, lo, hi, |_, w| {
-                if crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted) {
-                    held.push(w);
-                }
-            })
-        };
-    }
-    held.sort_unstable();
-    held.dedup();
-    held
+    true
 }
 
 /// Makes each held heap block known to the registry, naming the call during
 /// which C was found holding it, so that its free is checked against the C
 /// memory that still points into it.
+///
+/// Rust heap memory never moves, so C keeping such a pointer is no
+/// violation by itself: its free while C memory still points into it is
+/// `FreedWhileRetained`, found by the scan at the free.
 #[cold]
 fn remember_held(blocks: &[usize], site: Site) {
     for &start in blocks {
@@ -653,10 +791,12 @@ fn report_finding(f: &Finding, moment: Moment) {
     let v = v.note(held_by(f));
     // The regions in the order each kind's mode-1 reports use.
     let v = match moment {
-        Moment::AfterCall(..) => {
-            with_holder(v.region_at("retained region", f.target), f, "held in")
-        }
-        _ => with_holder(v, f, "C region written").region_at("points to", f.target),
+        Moment::AfterCall(..) => with_holder(
+            v.region_at("retained region", f.target_start()),
+            f,
+            "held in",
+        ),
+        _ => with_holder(v, f, "C region written").region_at("points to", f.target_start()),
     };
     emit(v);
 }
@@ -679,13 +819,29 @@ fn held_by(f: &Finding) -> String {
                 f.offset, f.value
             )
         }
+        Holder::Static(since) => {
+            let word = f.word();
+            let name = segments::describe(word)
+                .unwrap_or_else(|| "a static of a loaded object".to_owned());
+            let since = match since {
+                Some((callee, site)) => format!(
+                    ", kept since the call to `{}` at {site}",
+                    crate::frame::callee_name(callee)
+                ),
+                None => String::new(),
+            };
+            format!(
+                "held by: {name} (the word at {word:#x}, the pointer {:#x}){since}",
+                f.value
+            )
+        }
     }
 }
 
 fn with_holder(v: Violation, f: &Finding, role: &'static str) -> Violation {
     match f.holder {
         Holder::Region(start) => v.region_at(role, start),
-        Holder::Root(_) => v,
+        Holder::Root(_) | Holder::Static(_) => v,
     }
 }
 
@@ -693,14 +849,20 @@ fn with_holder(v: Violation, f: &Finding, role: &'static str) -> Violation {
 /// being dropped (`unpinned` false) or has just been unpinned: reports every
 /// word of C memory that still points into it, as `FreedWhileRetained`.
 /// Returns whether one was found (a dropped region is then kept).
+///
+/// It reads the tracked C memory and the roots, and of the statics only
+/// the words found keeping a pointer that appeared during a call.
 pub(crate) fn check_release(start: usize, size: usize, unpinned: bool) -> bool {
     if !checks_on() {
         return false;
     }
+    let end = start.saturating_add(size.max(1));
     let found = {
         let mut seen = seen();
-        let snapshot = Snapshot::take(false);
-        let found = find(&snapshot, &[(start, start.saturating_add(size.max(1)))]);
+        let ranges = Ranges::gather(false);
+        let _g = crate::bookkeeping::bookkeeping();
+        let mut found = find_into(&ranges, start, end);
+        found.extend(held_words_into(start, end));
         if unpinned {
             // Reported here as P3: the next full scan must not report the
             // same words again as P2.
