@@ -1,0 +1,120 @@
+//! What mode 2 (`FFI_CHECK=2`) costs per outermost call, as the C memory it
+//! tracks grows and after many frees, in the same run.
+//!
+//! Every figure is the time of one outermost `call!` of `add` (a tiny C
+//! stand-in that takes two integers) in mode 2, which scans the C memory
+//! around the call (rule P2), so the figures are the scan's cost:
+//!
+//! - `call_vs_tracked/mode1` — the same call in mode 1: the baseline.
+//! - `call_vs_tracked/64KiB`, `/64MiB` — with one `CBox` of that many
+//!   bytes of (pointer-free) C memory live; `/1GiB` too when
+//!   `FFI_CHECK_BENCH_HUGE=1` (it needs a gibibyte of memory).
+//! - `call_vs_tracked/1M_blocks` — with a million 8-byte `CBox`es live.
+//! - `after_frees/before`, `/after_1M` — with nothing tracked, then after a
+//!   million `CBox` frees (the registry's quarantine full of freed records):
+//!   the work per call must not grow with freed memory.
+//! - `loop_40k` — not a criterion figure: the time of 40,000 iterations of
+//!   one `CBox` free plus one `call!`, printed once.
+//!
+//! The checks must be compiled in: `cargo bench --features always --bench
+//! mode2`. Without them (`cargo bench`), only the raw call is measured.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, Criterion};
+use ffi_check::{call, set_mode, CBox, Mode, COMPILED_IN};
+
+/// A C function that takes no pointer.
+#[inline(never)]
+extern "C" fn add(a: i32, b: i32) -> i32 {
+    black_box(a.wrapping_add(b))
+}
+
+type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+fn group<'a>(c: &'a mut Criterion, name: &str) -> Group<'a> {
+    let mut g = c.benchmark_group(format!("COMPILED_IN={COMPILED_IN}/mode2/{name}"));
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(300));
+    g.sample_size(10);
+    g
+}
+
+fn one_call() -> i32 {
+    call!(add(black_box(1), black_box(2)))
+}
+
+fn call_vs_tracked(c: &mut Criterion) {
+    let mut g = group(c, "call_vs_tracked");
+    set_mode(Mode::Check);
+    g.bench_function("mode1", |b| b.iter(one_call));
+    set_mode(Mode::Full);
+    let mut sizes = vec![("64KiB", 64usize << 10), ("64MiB", 64 << 20)];
+    if std::env::var("FFI_CHECK_BENCH_HUGE").as_deref() == Ok("1") {
+        sizes.push(("1GiB", 1 << 30));
+    }
+    for (name, bytes) in sizes {
+        let words = CBox::from_elem(0u64, bytes / 8);
+        black_box(&words);
+        g.bench_function(name, |b| b.iter(one_call));
+        drop(words);
+    }
+    let blocks: Vec<CBox<u64>> = (0..1_000_000u64).map(CBox::new).collect();
+    g.bench_function("1M_blocks", |b| b.iter(one_call));
+    drop(blocks);
+    set_mode(Mode::Check);
+    g.finish();
+}
+
+fn after_frees(c: &mut Criterion) {
+    let mut g = group(c, "after_frees");
+    set_mode(Mode::Full);
+    g.bench_function("before", |b| b.iter(one_call));
+    for i in 0..1_000_000u64 {
+        drop(CBox::new(i));
+    }
+    g.bench_function("after_1M", |b| b.iter(one_call));
+    set_mode(Mode::Check);
+    g.finish();
+}
+
+/// The loop: one `CBox` free and one `call!` per iteration.
+fn loop_40k() {
+    set_mode(Mode::Full);
+    let start = Instant::now();
+    for i in 0..40_000u64 {
+        drop(black_box(CBox::new(i)));
+        black_box(one_call());
+    }
+    let took = start.elapsed();
+    set_mode(Mode::Check);
+    println!(
+        "mode2/loop_40k: 40000 x (CBox free + call!) in mode 2: {:.2} s ({:.1} us an iteration)",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1e6 / 40_000.0
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    if !COMPILED_IN {
+        let mut g = group(&mut c, "raw");
+        g.bench_function("call!", |b| b.iter(one_call));
+        g.finish();
+        c.final_summary();
+        return;
+    }
+    let only = |name: &str| {
+        std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .all(|f| name.contains(&f))
+    };
+    if only("mode2/loop_40k") {
+        loop_40k();
+    }
+    call_vs_tracked(&mut c);
+    after_frees(&mut c);
+    c.final_summary();
+}
