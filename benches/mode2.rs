@@ -13,8 +13,16 @@
 //! - `after_frees/before`, `/after_1M` — with nothing tracked, then after a
 //!   million `CBox` frees (the registry's quarantine full of freed records):
 //!   the work per call must not grow with freed memory.
+//! - `capture/depot` against `capture/backtrace_unresolved` — one event
+//!   backtrace as mode 2 takes it at every allocation, pin and free: raw
+//!   return addresses stored once in the stack depot, against the
+//!   `backtrace::Backtrace::new_unresolved()` it took before (both
+//!   unresolved, from the same depth of this benchmark's stack).
 //! - `loop_40k` — not a criterion figure: the time of 40,000 iterations of
 //!   one `CBox` free plus one `call!`, printed once.
+//! - `rss_1M_frees` — not a criterion figure: the resident memory that a
+//!   million freed 8-byte `CBox`es (then `Managed`s) add in mode 2, printed
+//!   once, against the 256 MiB the mode-2 quarantine is documented to hold.
 //!
 //! The checks must be compiled in: `cargo bench --features always --bench
 //! mode2`. Without them (`cargo bench`), only the raw call is measured.
@@ -79,6 +87,50 @@ fn after_frees(c: &mut Criterion) {
     g.finish();
 }
 
+fn capture(c: &mut Criterion) {
+    let mut g = group(c, "capture");
+    g.bench_function("depot", |b| {
+        b.iter(ffi_check::__private::capture_event_stack)
+    });
+    g.bench_function("backtrace_unresolved", |b| {
+        b.iter(ffi_check::__private::capture_unresolved_backtrace)
+    });
+    g.finish();
+}
+
+/// Resident memory, in bytes (`VmRSS` of `/proc/self/status`).
+fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A million freed 8-byte blocks in mode 2: what the quarantine keeps.
+fn rss_1m_frees() {
+    set_mode(Mode::Full);
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let before = rss();
+    for i in 0..1_000_000u64 {
+        drop(black_box(CBox::new(i)));
+    }
+    let cboxes = rss();
+    for i in 0..1_000_000u64 {
+        drop(black_box(ffi_check::Managed::new(i)));
+    }
+    let managed = rss();
+    set_mode(Mode::Check);
+    println!(
+        "mode2/rss_1M_frees: RSS {:.0} MiB before; +{:.0} MiB after 1M freed 8-byte CBoxes; +{:.0} MiB after 1M freed 8-byte Managed more (stack depot: {:.1} MiB)",
+        mib(before),
+        mib(cboxes.saturating_sub(before)),
+        mib(managed.saturating_sub(cboxes)),
+        mib(ffi_check::__private::stack_depot_bytes())
+    );
+}
+
 /// The loop: one `CBox` free and one `call!` per iteration.
 fn loop_40k() {
     set_mode(Mode::Full);
@@ -111,9 +163,13 @@ fn main() {
             .filter(|a| !a.starts_with('-'))
             .all(|f| name.contains(&f))
     };
+    if only("mode2/rss_1M_frees") {
+        rss_1m_frees();
+    }
     if only("mode2/loop_40k") {
         loop_40k();
     }
+    capture(&mut c);
     call_vs_tracked(&mut c);
     after_frees(&mut c);
     c.final_summary();

@@ -258,7 +258,8 @@
 //   `bookkeeping` (the checker's own allocations and re-entrancy guard),
 //   `stats` (counters), `family` (allocator families), `frame` (the call a
 //   thread is in), `probe` (safe reads of memory the checker has no record
-//   of), `segments` (the loaded objects' segments: where statics live);
+//   of), `segments` (the loaded objects' segments: where statics live),
+//   `stackdepot` (event backtraces, stored once as return addresses);
 // - the memory model: `heap` (the tracking allocator's block headers, page
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
@@ -298,6 +299,7 @@ mod roots;
 mod scan;
 mod segments;
 mod site;
+mod stackdepot;
 mod stats;
 mod stderr;
 
@@ -336,6 +338,24 @@ pub mod __private {
     /// For the registry benchmarks: forgets the region starting at `addr`.
     pub fn registry_forget(addr: usize) {
         crate::registry::remove(addr);
+    }
+
+    /// For the mode-2 benchmarks: an event backtrace as mode 2 takes one
+    /// (raw return addresses, stored once in the stack depot), unresolved.
+    /// Returns whether one was stored.
+    pub fn capture_event_stack() -> bool {
+        crate::stackdepot::capture().is_some()
+    }
+
+    /// For the mode-2 benchmarks: an event backtrace as mode 2 took one
+    /// before the stack depot (`backtrace::Backtrace::new_unresolved`).
+    pub fn capture_unresolved_backtrace() -> usize {
+        crate::bookkeeping::capture_backtrace().frames().len()
+    }
+
+    /// For the mode-2 benchmarks: the bytes the stack depot holds.
+    pub fn stack_depot_bytes() -> usize {
+        crate::stackdepot::bytes()
     }
 }
 

@@ -63,9 +63,8 @@ mod unpinned;
 
 use std::sync::atomic::Ordering;
 
-use backtrace::Backtrace;
-
 use crate::site::Site;
+use crate::stackdepot::StackId;
 
 use block::PAGE_SHIFT;
 use ids::THREAD_BITS;
@@ -150,13 +149,13 @@ pub(crate) mod flags {
 #[derive(Default)]
 pub(crate) struct Extra {
     pub type_name: Option<fn() -> &'static str>,
-    pub alloc_trace: Option<Backtrace>,
+    pub alloc_trace: Option<StackId>,
     pub free_site: Option<Site>,
-    pub free_trace: Option<Backtrace>,
+    pub free_trace: Option<StackId>,
     pub pin_site: Option<Site>,
-    pub pin_trace: Option<Backtrace>,
+    pub pin_trace: Option<StackId>,
     pub retain_site: Option<Site>,
-    pub retain_trace: Option<Backtrace>,
+    pub retain_trace: Option<StackId>,
     pub leak_reason: Option<String>,
 }
 
@@ -310,13 +309,13 @@ pub(crate) struct RegionDetail {
     pub type_name: Option<&'static str>,
     pub family: u8,
     pub alloc_site: Option<Site>,
-    pub alloc_trace: Option<Backtrace>,
+    pub alloc_trace: Option<StackId>,
     pub free_site: Option<Site>,
-    pub free_trace: Option<Backtrace>,
+    pub free_trace: Option<StackId>,
     pub pin_site: Option<Site>,
-    pub pin_trace: Option<Backtrace>,
+    pub pin_trace: Option<StackId>,
     pub retain_site: Option<Site>,
-    pub retain_trace: Option<Backtrace>,
+    pub retain_trace: Option<StackId>,
     pub leak_reason: Option<String>,
 }
 
@@ -333,13 +332,13 @@ impl RegionDetail {
             type_name: e.and_then(|e| e.type_name).map(|f| f()),
             family: r.family,
             alloc_site: r.site,
-            alloc_trace: e.and_then(|e| e.alloc_trace.clone()),
+            alloc_trace: e.and_then(|e| e.alloc_trace),
             free_site: e.and_then(|e| e.free_site),
-            free_trace: e.and_then(|e| e.free_trace.clone()),
+            free_trace: e.and_then(|e| e.free_trace),
             pin_site: e.and_then(|e| e.pin_site),
-            pin_trace: e.and_then(|e| e.pin_trace.clone()),
+            pin_trace: e.and_then(|e| e.pin_trace),
             retain_site: e.and_then(|e| e.retain_site),
-            retain_trace: e.and_then(|e| e.retain_trace.clone()),
+            retain_trace: e.and_then(|e| e.retain_trace),
             leak_reason: e.and_then(|e| e.leak_reason.clone()),
         }
     }

@@ -26,7 +26,7 @@ mod stats;
 
 pub use emit::capture;
 pub(crate) use emit::{emit, enter_callback, in_callback};
-pub(crate) use render::render_backtrace;
+pub(crate) use render::{render_backtrace, render_stack};
 use render::{current_thread_name, json_str, render_region, site_plain};
 pub use stats::{stats, Stats};
 
