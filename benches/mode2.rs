@@ -88,6 +88,10 @@ fn after_frees(c: &mut Criterion) {
 }
 
 fn capture(c: &mut Criterion) {
+    println!(
+        "mode2/capture: event stacks are walked with: {}",
+        ffi_check::__private::stack_walker()
+    );
     let mut g = group(c, "capture");
     g.bench_function("depot", |b| {
         b.iter(ffi_check::__private::capture_event_stack)
@@ -123,11 +127,11 @@ fn rss_1m_frees() {
     let managed = rss();
     set_mode(Mode::Check);
     println!(
-        "mode2/rss_1M_frees: RSS {:.0} MiB before; +{:.0} MiB after 1M freed 8-byte CBoxes; +{:.0} MiB after 1M freed 8-byte Managed more (stack depot: {:.1} MiB)",
+        "mode2/rss_1M_frees: RSS {:.0} MiB before; +{:.0} MiB after 1M freed 8-byte CBoxes; +{:.0} MiB after 1M freed 8-byte Managed more (stack depot: {:.0} KiB)",
         mib(before),
         mib(cboxes.saturating_sub(before)),
         mib(managed.saturating_sub(cboxes)),
-        mib(ffi_check::__private::stack_depot_bytes())
+        ffi_check::__private::stack_depot_bytes() as f64 / 1024.0
     );
 }
 

@@ -353,6 +353,12 @@ pub mod __private {
         crate::bookkeeping::capture_backtrace().frames().len()
     }
 
+    /// For the mode-2 benchmarks: how event stacks are walked in this build
+    /// ("frame pointers" or "unwinder").
+    pub fn stack_walker() -> &'static str {
+        crate::stackdepot::walker()
+    }
+
     /// For the mode-2 benchmarks: the bytes the stack depot holds.
     pub fn stack_depot_bytes() -> usize {
         crate::stackdepot::bytes()

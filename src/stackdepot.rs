@@ -9,8 +9,9 @@
 //! about a kilobyte with its boxed frames) costs most of mode 2's memory;
 //! keeping one id an event and each distinct stack once costs almost none.
 //!
-//! A capture walks the stack with the platform unwinder into a fixed buffer
-//! on the stack ([`MAX_FRAMES`] return addresses, no allocation), hashes the
+//! A capture walks the stack (along the frame pointers where the build keeps
+//! them, else with the platform unwinder) into a fixed buffer on the stack
+//! ([`MAX_FRAMES`] return addresses, no allocation), hashes the
 //! addresses and looks them up in one of [`SHARDS`] tables; only a stack
 //! never seen before is copied in. Nothing is ever removed: an id stays
 //! valid for the life of the process.
@@ -20,9 +21,11 @@
 //! holds each entry's index once, under its hash; everything is reached
 //! through its shard's mutex, and allocated as bookkeeping.
 //!
-//! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping).
+//! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping)
+//! and [`probe`](crate::probe)'s stack bounds.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::bookkeeping;
@@ -128,11 +131,51 @@ fn hash(ips: &[usize]) -> u64 {
     h
 }
 
+/// How stacks are walked: not decided yet, along the frame pointers, or
+/// with the platform unwinder.
+static WALKER: AtomicU8 = AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const FRAME_POINTERS: u8 = 1;
+const UNWINDER: u8 = 2;
+
 /// The caller's stack, stored (once) in the depot. `None` only when the
 /// stack is empty or the depot is full (2^28 distinct stacks a shard).
+///
+/// Where the build keeps frame pointers (`-C force-frame-pointers=yes`),
+/// the stack is walked along them: a few loads a frame. Whether it does is
+/// decided at the first capture, by walking the same stack both ways; if
+/// the two disagree, every capture uses the platform unwinder (DWARF unwind
+/// tables, about a microsecond and a half for a deep stack).
 #[inline(never)]
 pub(crate) fn capture() -> Option<StackId> {
     let mut ips = [0usize; MAX_FRAMES];
+    let mut walker = WALKER.load(Ordering::Relaxed);
+    if walker == UNDECIDED {
+        walker = decide();
+    }
+    let n = if walker == FRAME_POINTERS {
+        walk_frame_pointers(&mut ips)
+    } else {
+        walk_unwinder(&mut ips)
+    };
+    intern(&ips[..n])
+}
+
+/// How stacks are walked, once decided: "frame pointers" or "unwinder".
+pub(crate) fn walker() -> &'static str {
+    if WALKER.load(Ordering::Relaxed) == UNDECIDED {
+        decide();
+    }
+    match WALKER.load(Ordering::Relaxed) {
+        FRAME_POINTERS => "frame pointers",
+        _ => "unwinder",
+    }
+}
+
+/// Walks the stack with the platform unwinder; returns how many return
+/// addresses it wrote.
+#[inline(never)]
+fn walk_unwinder(ips: &mut [usize; MAX_FRAMES]) -> usize {
     let mut n = 0;
     let _g = bookkeeping();
     // SAFETY: the unwinder only reads this thread's stack and the loaded
@@ -146,7 +189,88 @@ pub(crate) fn capture() -> Option<StackId> {
             n < MAX_FRAMES
         })
     };
-    intern(&ips[..n])
+    n
+}
+
+/// The frame pointer register.
+#[inline(always)]
+fn frame_pointer() -> usize {
+    #[allow(unused_assignments, unused_mut)]
+    let mut fp = 0usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads a register, nothing else.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads a register, nothing else.
+    unsafe {
+        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    fp
+}
+
+/// Walks the chain of frame records (`[fp]` the caller's frame pointer,
+/// `[fp + 8]` the return address) while it stays inside the live part of
+/// this thread's stack and goes up it; returns how many return addresses it
+/// wrote. Without frame pointers the chain is garbage, but it is never
+/// followed outside the stack, so the walk ends early rather than crashes.
+#[inline(never)]
+fn walk_frame_pointers(ips: &mut [usize; MAX_FRAMES]) -> usize {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    let (_, top) = crate::probe::stack_bounds();
+    let mut fp = frame_pointer();
+    let mut n = 0;
+    while n < MAX_FRAMES {
+        if fp < sp || fp % WORD != 0 || fp.checked_add(2 * WORD).map_or(true, |end| end > top) {
+            break;
+        }
+        // SAFETY: `[fp, fp + 16)` lies between this frame and the stack's
+        // top: the callers' frames, mapped and readable.
+        let (next, ra) = unsafe { (*(fp as *const usize), *((fp + WORD) as *const usize)) };
+        if ra == 0 {
+            break;
+        }
+        ips[n] = ra;
+        n += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    n
+}
+
+/// The first capture: walks the stack both ways and keeps the frame
+/// pointers if they found the same callers as the unwinder.
+#[cold]
+#[inline(never)]
+fn decide() -> u8 {
+    let (mut fp, mut unwound) = ([0usize; MAX_FRAMES], [0usize; MAX_FRAMES]);
+    let nf = walk_frame_pointers(&mut fp);
+    let n = walk_unwinder(&mut unwound);
+    let walker = if same_callers(&fp[..nf], &unwound[..n]) {
+        FRAME_POINTERS
+    } else {
+        UNWINDER
+    };
+    WALKER.store(walker, Ordering::Relaxed);
+    walker
+}
+
+/// Whether a frame-pointer walk found what the unwinder found from the same
+/// function: the unwinder's frames, from the first return address the
+/// frame pointers gave on, are the frame pointers' (at least four of them,
+/// all the way up, or up to the buffer's end).
+fn same_callers(fp: &[usize], unwound: &[usize]) -> bool {
+    let Some(at) = fp.first().and_then(|f| unwound.iter().position(|u| u == f)) else {
+        return false;
+    };
+    let rest = &unwound[at..];
+    let n = rest.len().min(fp.len());
+    n >= 4 && rest[..n] == fp[..n] && (fp.len() >= rest.len() || fp.len() == MAX_FRAMES)
 }
 
 /// Stores `ips` (innermost first) and returns its id.
@@ -221,6 +345,23 @@ mod tests {
         assert!(ids.iter().all(|&id| id == ids[0]));
         assert!(!frames(ids[0]).is_empty());
         assert!(frames(ids[0]).len() <= MAX_FRAMES);
+    }
+
+    #[test]
+    fn the_walks_agree_only_on_the_same_callers() {
+        assert!(same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8]));
+        assert!(!same_callers(&[5, 6, 7], &[1, 5, 6, 7]), "too few to tell");
+        assert!(!same_callers(&[5, 6, 9, 8], &[1, 2, 5, 6, 7, 8]));
+        assert!(!same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8, 9]), "stopped early");
+        assert!(!same_callers(&[], &[1, 2]));
+    }
+
+    #[test]
+    fn the_frame_pointer_walk_stays_on_the_stack() {
+        let mut ips = [0usize; MAX_FRAMES];
+        // Whatever the build, the walk ends inside the buffer.
+        assert!(walk_frame_pointers(&mut ips) <= MAX_FRAMES);
+        assert!(walk_unwinder(&mut ips) > 0);
     }
 
     #[test]
