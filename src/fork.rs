@@ -165,6 +165,8 @@ extern "C" fn child() {
     if let Some(held) = take() {
         held.release();
     }
+    // Takes the write watch's lock, so only once every lock is released.
+    crate::writewatch::after_fork_in_child();
 }
 
 /// Registers the handlers before `main`, so they are in place before any

@@ -259,7 +259,8 @@
 //   `stats` (counters), `family` (allocator families), `frame` (the call a
 //   thread is in), `probe` (safe reads of memory the checker has no record
 //   of), `segments` (the loaded objects' segments: where statics live),
-//   `stackdepot` (event backtraces, stored once as return addresses);
+//   `stackdepot` (event backtraces, stored once as return addresses),
+//   `writewatch` (the pages written since the last scan, from the kernel);
 // - the memory model: `heap` (the tracking allocator's block headers, page
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
@@ -302,6 +303,7 @@ mod site;
 mod stackdepot;
 mod stats;
 mod stderr;
+mod writewatch;
 
 pub use alloc::TrackingAllocator;
 pub use call::{unchecked, CArg, CReturn, Unchecked};

@@ -219,12 +219,15 @@ enum Source {
     Segment,
 }
 
-/// One range the scan reads.
+/// One range the scan reads: all of its holder, or the part of it that
+/// was written since the last scan.
 #[derive(Clone, Copy, Debug)]
 struct Span {
     start: usize,
     len: usize,
     source: Source,
+    /// Where the holder (the C region, root or segment) starts.
+    base: usize,
 }
 
 /// The scan's whole input: a list of ranges, and the roots they name.
@@ -249,12 +252,14 @@ impl Ranges {
                 start,
                 len,
                 source: Source::CRegion,
+                base: start,
             })
         });
         spans.extend(roots.iter().enumerate().map(|(i, r)| Span {
             start: r.start,
             len: r.len,
             source: Source::Root(i),
+            base: r.start,
         }));
         if segments {
             spans.extend(
@@ -265,10 +270,46 @@ impl Ranges {
                         start: s.start,
                         len: s.len,
                         source: Source::Segment,
+                        base: s.start,
                     }),
             );
         }
         Ranges { spans, roots }
+    }
+
+    /// Keeps of each span only the pages the write watch says were written
+    /// since the last scan (re-arming them); false, leaving the spans
+    /// whole, when the watch is off.
+    fn written_only(&mut self) -> bool {
+        if !crate::writewatch::on() {
+            return false;
+        }
+        let mut ranges: Vec<(usize, usize)> = self
+            .spans
+            .iter()
+            .map(|s| (s.start, s.start.saturating_add(s.len)))
+            .collect();
+        ranges.sort_unstable();
+        let Some(written) = crate::writewatch::written(&ranges) else {
+            return false;
+        };
+        let mut kept = Vec::new();
+        for span in &self.spans {
+            let end = span.start.saturating_add(span.len);
+            let first = written.partition_point(|w| w.1 <= span.start);
+            for &(ws, we) in written[first..].iter().take_while(|w| w.0 < end) {
+                let (s, e) = (ws.max(span.start), we.min(end));
+                if s < e {
+                    kept.push(Span {
+                        start: s,
+                        len: e - s,
+                        ..*span
+                    });
+                }
+            }
+        }
+        self.spans = kept;
+        true
     }
 
     /// True when `addr` lies in a root (a root inside a segment is reported
@@ -369,7 +410,7 @@ fn union((alo, ahi): (usize, usize), (blo, bhi): (usize, usize)) -> (usize, usiz
 
 fn holder_of(ranges: &Ranges, span: &Span) -> Holder {
     match span.source {
-        Source::CRegion => Holder::Region(span.start),
+        Source::CRegion => Holder::Region(span.base),
         Source::Root(i) => Holder::Root(ranges.roots[i].describe()),
         Source::Segment => Holder::Static(None),
     }
@@ -407,8 +448,7 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
                 let target = if let Some(s) = reader.unpinned_managed_start(w) {
                     Target::Managed(s)
-                } else if heap
-                    && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
+                } else if heap && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
                 {
                     Target::Heap(w)
                 } else {
@@ -442,6 +482,7 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         if span.source == Source::Segment && ranges.in_root(span.start + offset) {
             continue;
         }
+        let offset = span.start - span.base + offset;
         if let Target::Managed(s) = target {
             if !counts(s) {
                 continue;
@@ -449,7 +490,7 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         }
         found.push(Finding {
             holder: holder_of(ranges, span),
-            holder_start: span.start,
+            holder_start: span.base,
             offset,
             value,
             target,
@@ -467,8 +508,8 @@ fn find_into(ranges: &Ranges, start: usize, end: usize) -> Vec<Finding> {
             scan_words(span.start, span.len, start, end, |offset, value| {
                 found.push(Finding {
                     holder: holder_of(ranges, span),
-                    holder_start: span.start,
-                    offset,
+                    holder_start: span.base,
+                    offset: span.start - span.base + offset,
                     value,
                     target: Target::Managed(start),
                 })
@@ -570,6 +611,7 @@ pub(crate) struct ForkLocks {
     _seen: MutexGuard<'static, Option<HashSet<(usize, usize)>>>,
     _roots: MutexGuard<'static, Vec<Root>>,
     _held: MutexGuard<'static, Vec<HeldWord>>,
+    _watch: crate::writewatch::ForkLock,
 }
 
 /// Takes the scans' and the roots' locks for `fork`'s prepare handler;
@@ -579,6 +621,7 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
         _seen: seen(),
         _roots: roots(),
         _held: held_words(),
+        _watch: crate::writewatch::lock_for_fork(),
     }
 }
 
@@ -674,7 +717,10 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
             return false;
         }
         let overruns = crate::guard::check_all();
-        let ranges = Ranges::gather(true);
+        let mut ranges = Ranges::gather(true);
+        // With the write watch, only what was written since the last scan
+        // is read: the findings elsewhere are as they were.
+        let partial = ranges.written_only();
         let found = find(&ranges, true);
         let _g = crate::bookkeeping::bookkeeping();
         let previous = seen.take().unwrap_or_default();
@@ -687,7 +733,12 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
                     new.push(f.clone());
                     held_statics.push(f.clone());
                 }
-                (Target::Heap(block), false) if after => held_blocks.push(block),
+                // Remembered whoever wrote it (and before a call too: with
+                // the write watch, a word Rust wrote is not read again
+                // after the call).
+                (Target::Heap(block), false) if !matches!(moment, Moment::Now(_)) => {
+                    held_blocks.push(block)
+                }
                 (Target::Heap(block), true) if is_new && attributable => {
                     held_blocks.push(block);
                     held_statics.push(f.clone());
@@ -695,7 +746,24 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
                 _ => {}
             }
         }
-        *seen = Some(found.iter().map(Finding::key).collect());
+        let mut next = if partial {
+            let mut read: Vec<(usize, usize)> = ranges
+                .spans
+                .iter()
+                .map(|s| (s.start, s.start + s.len))
+                .collect();
+            read.sort_unstable();
+            let mut kept = previous;
+            kept.retain(|&(word, _)| {
+                let i = read.partition_point(|r| r.0 <= word);
+                !(i > 0 && word < read[i - 1].1)
+            });
+            kept
+        } else {
+            HashSet::new()
+        };
+        next.extend(found.iter().map(Finding::key));
+        *seen = Some(next);
         (new, overruns)
     };
     // Reported with no lock held: a report may panic.
@@ -721,7 +789,7 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
         };
         crate::guard::report(o, call, site, when);
     }
-    if let (Moment::AfterCall(..), Some(call)) = (moment, call) {
+    if let Some(call) = call {
         held_blocks.sort_unstable();
         held_blocks.dedup();
         remember_held(&held_blocks, call.1);

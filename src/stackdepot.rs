@@ -352,7 +352,10 @@ mod tests {
         assert!(same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8]));
         assert!(!same_callers(&[5, 6, 7], &[1, 5, 6, 7]), "too few to tell");
         assert!(!same_callers(&[5, 6, 9, 8], &[1, 2, 5, 6, 7, 8]));
-        assert!(!same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8, 9]), "stopped early");
+        assert!(
+            !same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8, 9]),
+            "stopped early"
+        );
         assert!(!same_callers(&[], &[1, 2]));
     }
 

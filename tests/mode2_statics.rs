@@ -7,8 +7,9 @@
 //! naming the call that lent it. Rust's own statics hold pointers to its
 //! own memory across calls: nothing.
 //!
-//! Each test runs in a child process in mode 2: the scan's memory of what it
-//! found is process-wide.
+//! Each test runs in child processes in mode 2 (the scan's memory of what
+//! it found is process-wide), once with the write watch and once with the
+//! full scan (`FFI_CHECK_WRITE_WATCH=0`).
 #![cfg(any(debug_assertions, feature = "always"))]
 
 mod common;
@@ -16,6 +17,7 @@ mod common;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::fixtures::fx_table_put;
 use common::fixtures::keeper::{keeper_forget, keeper_keep, keeper_kept};
 use common::{assert_report, assert_rust_site, only};
 use ffi_check::{assert_clean, call, capture, Managed, TrackingAllocator, ViolationKind};
@@ -23,19 +25,37 @@ use ffi_check::{assert_clean, call, capture, Managed, TrackingAllocator, Violati
 #[global_allocator]
 static ALLOC: TrackingAllocator = TrackingAllocator::new();
 
-/// Runs the test `name` in a child process in mode 2; true in the child.
+/// What mode 2 says on stderr, once, about how it reads C memory.
+const WATCHED: &str = "ffi-check: mode 2 reads only the pages written during each call (write watch: userfaultfd + PAGEMAP_SCAN)";
+const NO_WATCH: &str =
+    "ffi-check: mode 2 reads all the C memory it scans at every call (no write watch: ";
+const WATCH_OFF: &str = "ffi-check: mode 2 reads all the C memory it scans at every call (the write watch is off: FFI_CHECK_WRITE_WATCH=0)";
+
+/// Runs the test `name` in child processes in mode 2, once with the write
+/// watch (where the kernel has it) and once with the full scan it falls
+/// back to; true in the child.
 fn in_mode_2_child(name: &str) -> bool {
     if common::is_child(name) {
         return true;
     }
-    common::child_passes(name, &[("FFI_CHECK", "2")]);
+    let watched = common::child_passes(name, &[("FFI_CHECK", "2"), ("FFI_CHECK_WRITE_WATCH", "1")]);
+    assert_eq!(
+        watched.matches(WATCHED).count() + watched.matches(NO_WATCH).count(),
+        1,
+        "mode 2 says once how it reads C memory:\n{watched}"
+    );
+    let full = common::child_passes(name, &[("FFI_CHECK", "2"), ("FFI_CHECK_WRITE_WATCH", "0")]);
+    assert_eq!(
+        full.matches(WATCH_OFF).count(),
+        1,
+        "FFI_CHECK_WRITE_WATCH=0 forces the full scan:\n{full}"
+    );
     false
 }
 
 #[test]
 fn a_c_static_keeping_a_lent_managed_pointer_is_retained_naming_the_static() {
-    if !in_mode_2_child("a_c_static_keeping_a_lent_managed_pointer_is_retained_naming_the_static")
-    {
+    if !in_mode_2_child("a_c_static_keeping_a_lent_managed_pointer_is_retained_naming_the_static") {
         return;
     }
     let lent = Managed::new(5u64);
@@ -93,9 +113,8 @@ fn dropping_managed_memory_a_c_static_still_holds_is_freed_while_retained() {
 
 #[test]
 fn a_vec_buffer_a_c_static_keeps_and_rust_then_drops_is_freed_while_retained() {
-    if !in_mode_2_child(
-        "a_vec_buffer_a_c_static_keeps_and_rust_then_drops_is_freed_while_retained",
-    ) {
+    if !in_mode_2_child("a_vec_buffer_a_c_static_keeps_and_rust_then_drops_is_freed_while_retained")
+    {
         return;
     }
     let kept = vec![7u8; 32];
@@ -104,7 +123,10 @@ fn a_vec_buffer_a_c_static_keeps_and_rust_then_drops_is_freed_while_retained() {
         unsafe { call!(keeper_keep(kept.as_ptr().cast::<c_void>())) }
     });
     let call_line = line!() - 2;
-    assert!(v.is_empty(), "keeping a plain buffer is no violation: {v:?}");
+    assert!(
+        v.is_empty(),
+        "keeping a plain buffer is no violation: {v:?}"
+    );
     // SAFETY: no arguments.
     assert_eq!(unsafe { keeper_kept() }, kept.as_ptr().cast::<c_void>());
     let (_, v) = capture(|| drop(kept));
@@ -121,7 +143,10 @@ fn a_vec_buffer_a_c_static_keeps_and_rust_then_drops_is_freed_while_retained() {
         text.contains("held by: the main program's .bss, in `keeper_slot` at offset 0"),
         "the report names the C static: {text}"
     );
-    let call_at = format!("kept since the call to `keeper_keep` at {}:{call_line}", file!());
+    let call_at = format!(
+        "kept since the call to `keeper_keep` at {}:{call_line}",
+        file!()
+    );
     assert!(text.contains(&call_at), "the report names the call: {text}");
     // SAFETY: no arguments (the buffer was kept, leaked).
     unsafe { call!(keeper_forget()) };
@@ -181,4 +206,33 @@ fn a_rust_static_holding_unpinned_managed_memory_across_calls_is_not_reported() 
     });
     RUST_SLOT.store(0, Ordering::SeqCst);
     RUST_BUFFER.store(0, Ordering::SeqCst);
+}
+
+/// The same pointer kept in tracked C memory, in a table past the first
+/// page of a larger C block: found with the write watch (which reads only
+/// the page written) and with the full scan alike.
+#[test]
+fn a_pointer_kept_past_the_first_page_of_a_large_c_block_is_retained() {
+    if !in_mode_2_child("a_pointer_kept_past_the_first_page_of_a_large_c_block_is_retained") {
+        return;
+    }
+    let table = ffi_check::CBox::from_elem(std::ptr::null::<c_void>(), 4096);
+    let t = table.as_ptr() as *mut *mut c_void;
+    let lent = Managed::new(11u64);
+    let (_, v) = capture(|| {
+        // SAFETY: slot 515 is inside the C block; cleared below.
+        unsafe { call!(fx_table_put(t, 515, lent.as_ptr().cast::<c_void>())) }
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::Retained,
+        "C keeps a pointer to unpinned managed memory after the call (`fx_table_put`)",
+    );
+    let text = v.to_string();
+    assert!(text.contains("at offset 4120"), "{text}");
+    // SAFETY: as above.
+    unsafe { call!(fx_table_put(t, 515, std::ptr::null::<c_void>())) };
+    assert_clean(|| drop(lent));
+    drop(table);
 }

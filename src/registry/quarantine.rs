@@ -103,7 +103,9 @@ pub(crate) fn mark_freed(
     release: Release,
 ) -> Option<RegionInfo> {
     let _bookkeeping = crate::bookkeeping::bookkeeping();
-    let trace = crate::mode::event_backtraces().then(crate::stackdepot::capture).flatten();
+    let trace = crate::mode::event_backtraces()
+        .then(crate::stackdepot::capture)
+        .flatten();
     let mut w = shard_of(start).write();
     let Some((b, i)) = ShardInner::find_exact(start) else {
         drop(w);

@@ -69,7 +69,9 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let size = new.size.max(1);
     let end = new.start.saturating_add(size);
     let mut stale = purge(new.start, end);
-    let trace = crate::mode::event_backtraces().then(crate::stackdepot::capture).flatten();
+    let trace = crate::mode::event_backtraces()
+        .then(crate::stackdepot::capture)
+        .flatten();
     let extra = (trace.is_some() || new.type_name.is_some()).then(|| {
         Box::new(Extra {
             type_name: new.type_name,
