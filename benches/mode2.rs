@@ -5,14 +5,20 @@
 //! stand-in that takes two integers) in mode 2, which scans the C memory
 //! around the call (rule P2), so the figures are the scan's cost:
 //!
+//! Each mode-2 figure comes twice: `watch/…` with the write watch (only
+//! the pages written since the last scan are read) and `full/…` with the
+//! full scan it falls back to (everything is read, twice a call).
+//!
 //! - `call_vs_tracked/mode1` — the same call in mode 1: the baseline.
-//! - `call_vs_tracked/64KiB`, `/64MiB` — with one `CBox` of that many
+//! - `call_vs_tracked/*/nothing` — mode 2 with no C memory tracked: what
+//!   the program's and libraries' statics cost.
+//! - `call_vs_tracked/*/64KiB`, `/64MiB` — with one `CBox` of that many
 //!   bytes of (pointer-free) C memory live; `/1GiB` too when
 //!   `FFI_CHECK_BENCH_HUGE=1` (it needs a gibibyte of memory).
-//! - `call_vs_tracked/1M_blocks` — with a million 8-byte `CBox`es live.
-//! - `after_frees/before`, `/after_1M` — with nothing tracked, then after a
-//!   million `CBox` frees (the registry's quarantine full of freed records):
-//!   the work per call must not grow with freed memory.
+//! - `call_vs_tracked/*/1M_blocks` — with a million 8-byte `CBox`es live.
+//! - `after_frees/*/before`, `/after_1M` — with nothing tracked, then after
+//!   a million `CBox` frees (the registry's quarantine full of freed
+//!   records): the work per call must not grow with freed memory.
 //! - `capture/depot` against `capture/backtrace_unresolved` — one event
 //!   backtrace as mode 2 takes it at every allocation, pin and free: raw
 //!   return addresses stored once in the stack depot, against the
@@ -53,11 +59,22 @@ fn one_call() -> i32 {
     call!(add(black_box(1), black_box(2)))
 }
 
+/// Benchmarks one outermost call in mode 2 with the write watch
+/// (`watch/…`) and with the full scan (`full/…`).
+fn both_scans(g: &mut Group<'_>, name: &str) {
+    ffi_check::__private::set_write_watch(true);
+    g.bench_function(format!("watch/{name}"), |b| b.iter(one_call));
+    ffi_check::__private::set_write_watch(false);
+    g.bench_function(format!("full/{name}"), |b| b.iter(one_call));
+    ffi_check::__private::set_write_watch(true);
+}
+
 fn call_vs_tracked(c: &mut Criterion) {
     let mut g = group(c, "call_vs_tracked");
     set_mode(Mode::Check);
     g.bench_function("mode1", |b| b.iter(one_call));
     set_mode(Mode::Full);
+    both_scans(&mut g, "nothing");
     let mut sizes = vec![("64KiB", 64usize << 10), ("64MiB", 64 << 20)];
     if std::env::var("FFI_CHECK_BENCH_HUGE").as_deref() == Ok("1") {
         sizes.push(("1GiB", 1 << 30));
@@ -65,11 +82,11 @@ fn call_vs_tracked(c: &mut Criterion) {
     for (name, bytes) in sizes {
         let words = CBox::from_elem(0u64, bytes / 8);
         black_box(&words);
-        g.bench_function(name, |b| b.iter(one_call));
+        both_scans(&mut g, name);
         drop(words);
     }
     let blocks: Vec<CBox<u64>> = (0..1_000_000u64).map(CBox::new).collect();
-    g.bench_function("1M_blocks", |b| b.iter(one_call));
+    both_scans(&mut g, "1M_blocks");
     drop(blocks);
     set_mode(Mode::Check);
     g.finish();
@@ -78,11 +95,11 @@ fn call_vs_tracked(c: &mut Criterion) {
 fn after_frees(c: &mut Criterion) {
     let mut g = group(c, "after_frees");
     set_mode(Mode::Full);
-    g.bench_function("before", |b| b.iter(one_call));
+    both_scans(&mut g, "before");
     for i in 0..1_000_000u64 {
         drop(CBox::new(i));
     }
-    g.bench_function("after_1M", |b| b.iter(one_call));
+    both_scans(&mut g, "after_1M");
     set_mode(Mode::Check);
     g.finish();
 }

@@ -361,6 +361,12 @@ pub mod __private {
         crate::stackdepot::walker()
     }
 
+    /// For the mode-2 benchmarks: turns the write watch off, or lets the
+    /// next scan start it again (where the kernel has it).
+    pub fn set_write_watch(on: bool) {
+        crate::writewatch::set_enabled(on);
+    }
+
     /// For the mode-2 benchmarks: the bytes the stack depot holds.
     pub fn stack_depot_bytes() -> usize {
         crate::stackdepot::bytes()

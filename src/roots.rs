@@ -5,10 +5,11 @@
 //! barrier, and C keeping a pointer it was only lent is otherwise invisible
 //! until the memory is freed and C reads it anyway. So mode 2 looks after the
 //! fact: it reads every aligned word of the C memory it can see — the live C
-//! regions it tracks, plus the *roots*: C storage registered with
-//! `ffi_check_add_root` ([`add_root`]) or found in the writable segments of a
-//! shared library ([`watch_library`]) — and reports a word that points into
-//! live, unpinned managed memory.
+//! regions it tracks, the *roots* (C storage registered with
+//! `ffi_check_add_root`, [`add_root`], or a watched library's segments,
+//! [`watch_library`]) and the writable segments of every loaded object,
+//! the program's and the libraries' statics — and reports a word that
+//! points into live, unpinned managed memory.
 //!
 //! When, and what a finding means:
 //! - before an outermost [`call!`](crate::call!) starts: a new finding was
@@ -16,6 +17,9 @@
 //!   `StoredUnpinned` (P5);
 //! - after it returns: a new finding was written during the call, by C:
 //!   `Retained` (P2), naming the call;
+//! - in a static: only a finding that appeared during the call counts
+//!   (`Retained`), since Rust's own statics hold pointers to its memory
+//!   legitimately; one that appears outside a call is silently taken in;
 //! - when a `Pinner` unpins, or a `Managed` is dropped: C memory that still
 //!   points into that region is `FreedWhileRetained` (P3), and a dropped
 //!   region is then kept (leaked) so C's pointer stays valid.
@@ -28,13 +32,16 @@
 //! call, a scan is skipped (its C may hold its own loans for the moment);
 //! the next scan catches up.
 //!
-//! Nothing tells the checker which C words were written since the last scan,
-//! so every scan is a full scan. It is made fast instead: each word is first
-//! compared with the bounds of the unpinned managed regions (a test the
-//! compiler vectorises over blocks of 64 words), so pointer-free C memory
-//! streams past at memory speed; a word inside the bounds is next tested
-//! against a bitmap of where the targets lie, and only a word that passes
-//! both costs a binary search in a snapshot taken at the start of the scan.
+//! The scan's input is a list of ranges ([`Ranges`]): nothing visits the
+//! registry's records (the live C regions are listed apart), so its cost
+//! follows the bytes read, not the records, live or freed. With the write
+//! watch ([`crate::writewatch`]) only the pages written since the last scan
+//! are read, and the findings elsewhere are kept as they were; without it
+//! every scan reads everything. Each word is first compared with the bounds
+//! of managed memory (a test the compiler vectorises over blocks of 64
+//! words), so pointer-free memory streams past at memory speed; a word
+//! inside them asks the registry's per-page unpinned counts before any
+//! lookup.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -262,17 +269,12 @@ impl Ranges {
             base: r.start,
         }));
         if segments {
-            spans.extend(
-                segments::writable()
-                    .iter()
-                    .filter(|s| s.len > 0)
-                    .map(|s| Span {
-                        start: s.start,
-                        len: s.len,
-                        source: Source::Segment,
-                        base: s.start,
-                    }),
-            );
+            spans.extend(writable_segments().iter().map(|&(start, len)| Span {
+                start,
+                len,
+                source: Source::Segment,
+                base: start,
+            }));
         }
         Ranges { spans, roots }
     }
@@ -289,7 +291,8 @@ impl Ranges {
             .iter()
             .map(|s| (s.start, s.start.saturating_add(s.len)))
             .collect();
-        ranges.sort_unstable();
+        // The C regions come sorted: a stable sort finds the runs.
+        ranges.sort();
         let Some(written) = crate::writewatch::written(&ranges) else {
             return false;
         };
@@ -319,6 +322,28 @@ impl Ranges {
             .iter()
             .any(|r| r.start <= addr && addr - r.start < r.len)
     }
+}
+
+/// The writable segments of the loaded objects, `(start, len)`, read again
+/// only when the loader's generation moves (reading them names every
+/// object, a system call each).
+fn writable_segments() -> Vec<(usize, usize)> {
+    // Taken only inside a scan, under `SEEN` (which `fork` holds): no
+    // thread holds it across a fork.
+    static CACHE: Mutex<((u64, u64), Vec<(usize, usize)>)> =
+        Mutex::new(((u64::MAX, u64::MAX), Vec::new()));
+    let _g = crate::bookkeeping::bookkeeping();
+    let generation = segments::generation();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.0 != generation {
+        let fresh: Vec<(usize, usize)> = segments::writable()
+            .iter()
+            .filter(|s| s.len > 0)
+            .map(|s| (s.start, s.len))
+            .collect();
+        *cache = (generation, fresh);
+    }
+    cache.1.clone()
 }
 
 /// What a found word points into.
