@@ -269,12 +269,36 @@ impl Ranges {
             base: r.start,
         }));
         if segments {
-            spans.extend(writable_segments().iter().map(|&(start, len)| Span {
-                start,
-                len,
-                source: Source::Segment,
-                base: start,
-            }));
+            // The checker's own big tables are statics too, and not C's:
+            // skipped (with them the program's statics are megabytes).
+            let mut own = [crate::heap::root_table(), registry::root_table()];
+            own.sort_unstable();
+            for &(start, len) in writable_segments().iter() {
+                let end = start + len;
+                let mut from = start;
+                for &(os, ol) in &own {
+                    let oe = os + ol;
+                    if os < end && from < oe {
+                        if from < os {
+                            spans.push(Span {
+                                start: from,
+                                len: os - from,
+                                source: Source::Segment,
+                                base: start,
+                            });
+                        }
+                        from = from.max(oe);
+                    }
+                }
+                if from < end {
+                    spans.push(Span {
+                        start: from,
+                        len: end - from,
+                        source: Source::Segment,
+                        base: start,
+                    });
+                }
+            }
         }
         Ranges { spans, roots }
     }

@@ -73,6 +73,7 @@ use shard::{shard_of, ShardInner, SHARDS};
 use sites::site_at;
 
 pub(crate) use bounds::{managed_bounds, nothing_live};
+pub(crate) use directory::root_table;
 pub(crate) use ids::{new_id, next_id, thread_serial};
 pub(crate) use live_c::spans as live_c_spans;
 pub(crate) use lookup::{lookup, lookup_for_free};
