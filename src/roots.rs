@@ -269,74 +269,71 @@ impl Ranges {
             base: r.start,
         }));
         if segments {
-            // The checker's own big tables are statics too, and not C's:
-            // skipped (with them the program's statics are megabytes).
-            let mut own = [crate::heap::root_table(), registry::root_table()];
-            own.sort_unstable();
-            for &(start, len) in writable_segments().iter() {
-                let end = start + len;
-                let mut from = start;
-                for &(os, ol) in &own {
-                    let oe = os + ol;
-                    if os < end && from < oe {
-                        if from < os {
-                            spans.push(Span {
-                                start: from,
-                                len: os - from,
-                                source: Source::Segment,
-                                base: start,
-                            });
-                        }
-                        from = from.max(oe);
-                    }
-                }
-                if from < end {
-                    spans.push(Span {
-                        start: from,
-                        len: end - from,
-                        source: Source::Segment,
-                        base: start,
-                    });
-                }
-            }
+            spans.extend(segment_spans());
         }
         Ranges { spans, roots }
     }
 
-    /// Keeps of each span only the pages the write watch says were written
-    /// since the last scan (re-arming them); false, leaving the spans
-    /// whole, when the watch is off.
-    fn written_only(&mut self) -> bool {
+    /// With the write watch: only the parts of the live C regions, the
+    /// roots and the segments that lie in pages written since the last scan
+    /// (which are re-armed), and those pages; `None` when the watch is off.
+    /// The work follows the pages written and the ranges watched, not the
+    /// number of live C regions (their pages' ranges are kept by the
+    /// registry between changes).
+    fn gather_written() -> Option<(Ranges, Vec<(usize, usize)>)> {
         if !crate::writewatch::on() {
-            return false;
+            return None;
         }
-        let mut ranges: Vec<(usize, usize)> = self
-            .spans
-            .iter()
-            .map(|s| (s.start, s.start.saturating_add(s.len)))
-            .collect();
-        // The C regions come sorted: a stable sort finds the runs.
-        ranges.sort();
-        let Some(written) = crate::writewatch::written(&ranges) else {
-            return false;
+        let _g = crate::bookkeeping::bookkeeping();
+        let roots = roots().clone();
+        let segments = segment_spans();
+        let mut watched = registry::live_c_hulls(crate::writewatch::page());
+        watched.extend(
+            roots
+                .iter()
+                .map(|r| (r.start, r.start.saturating_add(r.len))),
+        );
+        watched.extend(segments.iter().map(|s| (s.start, s.start + s.len)));
+        watched.sort_unstable();
+        let written = crate::writewatch::written(&watched)?;
+        let mut spans = Vec::new();
+        let clip = |spans: &mut Vec<Span>, span: Span, (ws, we): (usize, usize)| {
+            let (s, e) = (
+                ws.max(span.start),
+                we.min(span.start.saturating_add(span.len)),
+            );
+            if s < e {
+                spans.push(Span {
+                    start: s,
+                    len: e - s,
+                    ..span
+                });
+            }
         };
-        let mut kept = Vec::new();
-        for span in &self.spans {
-            let end = span.start.saturating_add(span.len);
-            let first = written.partition_point(|w| w.1 <= span.start);
-            for &(ws, we) in written[first..].iter().take_while(|w| w.0 < end) {
-                let (s, e) = (ws.max(span.start), we.min(end));
-                if s < e {
-                    kept.push(Span {
-                        start: s,
-                        len: e - s,
-                        ..*span
-                    });
-                }
+        for &w in &written {
+            registry::live_c_spans_in(w.0, w.1, |start, len| {
+                let span = Span {
+                    start,
+                    len,
+                    source: Source::CRegion,
+                    base: start,
+                };
+                clip(&mut spans, span, w);
+            });
+            for (i, r) in roots.iter().enumerate() {
+                let span = Span {
+                    start: r.start,
+                    len: r.len,
+                    source: Source::Root(i),
+                    base: r.start,
+                };
+                clip(&mut spans, span, w);
+            }
+            for &span in &segments {
+                clip(&mut spans, span, w);
             }
         }
-        self.spans = kept;
-        true
+        Some((Ranges { spans, roots }, written))
     }
 
     /// True when `addr` lies in a root (a root inside a segment is reported
@@ -346,6 +343,44 @@ impl Ranges {
             .iter()
             .any(|r| r.start <= addr && addr - r.start < r.len)
     }
+}
+
+/// The writable segments of the loaded objects as spans, without the
+/// checker's own big tables (statics too, and not C's: with them the
+/// program's statics are megabytes).
+fn segment_spans() -> Vec<Span> {
+    let mut spans = Vec::new();
+    // The checker's own big tables are statics too, and not C's:
+    // skipped (with them the program's statics are megabytes).
+    let mut own = [crate::heap::root_table(), registry::root_table()];
+    own.sort_unstable();
+    for &(start, len) in writable_segments().iter() {
+        let end = start + len;
+        let mut from = start;
+        for &(os, ol) in &own {
+            let oe = os + ol;
+            if os < end && from < oe {
+                if from < os {
+                    spans.push(Span {
+                        start: from,
+                        len: os - from,
+                        source: Source::Segment,
+                        base: start,
+                    });
+                }
+                from = from.max(oe);
+            }
+        }
+        if from < end {
+            spans.push(Span {
+                start: from,
+                len: end - from,
+                source: Source::Segment,
+                base: start,
+            });
+        }
+    }
+    spans
 }
 
 /// The writable segments of the loaded objects, `(start, len)`, read again
@@ -710,10 +745,12 @@ pub(crate) fn after_call(callee: &'static str, site: Site) {
     IN_CALLS.fetch_sub(1, Ordering::SeqCst);
     let _ = OWN_CALLS.try_with(|n| n.set(n.get().saturating_sub(1)));
     if std::thread::panicking() {
+        crate::frame::forget_lent();
         return;
     }
     full_scan(Moment::AfterCall(callee, site), 0);
     let _ = BASELINE.try_with(|b| b.set(false));
+    crate::frame::forget_lent();
 }
 
 /// Runs the mode-2 scan now: reads all tracked live C memory, every root
@@ -748,8 +785,10 @@ pub fn scan_c_memory() {
 /// ran since the last scan (Rust before a call, C during it); in a static,
 /// only the call it appeared during (Rust's statics hold pointers to its
 /// own memory legitimately, so a static's new pointer outside a call is
-/// nobody's fault). A plain heap block is no violation to hold: C found
-/// holding one when a call returns is remembered, and judged at its free.
+/// nobody's fault), and for a plain heap block only one the call lent (a
+/// C library's own bookkeeping in its statics may equal a block's start).
+/// A plain heap block is no violation to hold: C found holding one when a
+/// call returns is remembered, and judged at its free.
 fn full_scan(moment: Moment, own_calls: usize) -> bool {
     if !checks_on() {
         return false;
@@ -765,11 +804,13 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
         if IN_CALLS.load(Ordering::SeqCst) > own_calls {
             return false;
         }
-        let overruns = crate::guard::check_all();
-        let mut ranges = Ranges::gather(true);
         // With the write watch, only what was written since the last scan
-        // is read: the findings elsewhere are as they were.
-        let partial = ranges.written_only();
+        // is read (guards included): the findings elsewhere are as they
+        // were.
+        let (ranges, partial, overruns) = match Ranges::gather_written() {
+            Some((ranges, written)) => (ranges, true, crate::guard::check_in(&written)),
+            None => (Ranges::gather(true), false, crate::guard::check_all()),
+        };
         let found = find(&ranges, true);
         let _g = crate::bookkeeping::bookkeeping();
         let previous = seen.take().unwrap_or_default();
@@ -788,7 +829,12 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
                 (Target::Heap(block), false) if !matches!(moment, Moment::Now(_)) => {
                     held_blocks.push(block)
                 }
-                (Target::Heap(block), true) if is_new && attributable => {
+                // A static's word that happens to equal a block's start (a
+                // C library's own bookkeeping, say) is not a hold: only a
+                // block the call lent counts.
+                (Target::Heap(block), true)
+                    if is_new && attributable && crate::frame::was_lent(block) =>
+                {
                     held_blocks.push(block);
                     held_statics.push(f.clone());
                 }

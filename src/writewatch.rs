@@ -134,7 +134,7 @@ fn watch() -> MutexGuard<'static, State> {
     WATCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn page() -> usize {
+pub(crate) fn page() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).unwrap_or(4096).max(1)

@@ -24,10 +24,19 @@ use super::{RegionKind, RegionState};
 /// Whether the list is kept.
 static ON: AtomicBool = AtomicBool::new(false);
 
-/// Start → (size, id).
-static LIVE: Mutex<BTreeMap<usize, (usize, u64)>> = Mutex::new(BTreeMap::new());
+/// The live C regions, start → (size, id), and the pages they cover,
+/// merged into ranges, as of the last change (`None` once stale).
+pub(crate) struct Live {
+    regions: BTreeMap<usize, (usize, u64)>,
+    hulls: Option<Vec<(usize, usize)>>,
+}
 
-fn live() -> MutexGuard<'static, BTreeMap<usize, (usize, u64)>> {
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    regions: BTreeMap::new(),
+    hulls: None,
+});
+
+fn live() -> MutexGuard<'static, Live> {
     // Every change is completed before anything that could panic.
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -40,24 +49,30 @@ pub(super) fn added(start: usize, size: usize, id: u64, c: bool) {
     }
     let _g = crate::bookkeeping::bookkeeping();
     let end = start.saturating_add(size.max(1));
-    let mut live = live();
+    let mut guard = live();
+    let live = &mut *guard;
     // Older entries the new region overlaps are stale (their records were
     // purged by this insert).
     let stale: Vec<usize> = live
+        .regions
         .range(..end)
         .rev()
         .take_while(|(&s, &(len, _))| s >= start || s.saturating_add(len.max(1)) > start)
         .filter(|(&s, &(len, old))| old < id && s.saturating_add(len.max(1)) > start)
         .map(|(&s, _)| s)
         .collect();
-    for s in stale {
-        live.remove(&s);
+    if !stale.is_empty() {
+        live.hulls = None;
     }
-    match live.get(&start) {
+    for s in stale {
+        live.regions.remove(&s);
+    }
+    match live.regions.get(&start) {
         _ if !c => {}
         Some(&(_, old)) if old > id => {}
         _ => {
-            live.insert(start, (size, id));
+            live.regions.insert(start, (size, id));
+            live.hulls = None;
         }
     }
 }
@@ -69,8 +84,9 @@ pub(super) fn gone(start: usize, id: u64) {
     }
     let _g = crate::bookkeeping::bookkeeping();
     let mut live = live();
-    if live.get(&start).is_some_and(|&(_, old)| old == id) {
-        live.remove(&start);
+    if live.regions.get(&start).is_some_and(|&(_, old)| old == id) {
+        live.regions.remove(&start);
+        live.hulls = None;
     }
 }
 
@@ -79,6 +95,56 @@ pub(super) fn gone(start: usize, id: u64) {
 /// of every record, once per process). `f` runs under the list's lock and
 /// must not register or free regions.
 pub(crate) fn spans(mut f: impl FnMut(usize, usize)) {
+    switch_on();
+    let _g = crate::bookkeeping::bookkeeping();
+    for (&start, &(size, _)) in live().regions.iter() {
+        f(start, size);
+    }
+}
+
+/// The pages the live C regions cover, as sorted, merged `(start, end)`
+/// ranges of `page`-aligned addresses: recomputed only after a region came
+/// or went, so a scan between changes pays for the ranges, not the regions.
+pub(crate) fn hulls(page: usize) -> Vec<(usize, usize)> {
+    switch_on();
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut guard = live();
+    let live = &mut *guard;
+    if live.hulls.is_none() {
+        let mut hulls: Vec<(usize, usize)> = Vec::new();
+        for (&start, &(size, _)) in &live.regions {
+            let s = start & !(page - 1);
+            let e = start.saturating_add(size.max(1)).saturating_add(page - 1) & !(page - 1);
+            match hulls.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => hulls.push((s, e)),
+            }
+        }
+        live.hulls = Some(hulls);
+    }
+    live.hulls.clone().unwrap_or_default()
+}
+
+/// Calls `f(start, size)` for every live C region that overlaps
+/// `[from, to)`, in address order. As [`spans`], under the list's lock.
+pub(crate) fn spans_in(from: usize, to: usize, mut f: impl FnMut(usize, usize)) {
+    switch_on();
+    let _g = crate::bookkeeping::bookkeeping();
+    let live = live();
+    // The region that starts before `from` may reach into it (regions do
+    // not overlap, so only the last one before can).
+    if let Some((&start, &(size, _))) = live.regions.range(..from).next_back() {
+        if start.saturating_add(size.max(1)) > from {
+            f(start, size);
+        }
+    }
+    for (&start, &(size, _)) in live.regions.range(from..to) {
+        f(start, size);
+    }
+}
+
+/// Switches the list on, filling it from the records the first time.
+fn switch_on() {
     if !ON.swap(true, Ordering::AcqRel) {
         // From now on every insert and free keeps the list; the records
         // live before are added here, each under its shard's lock, so a
@@ -89,15 +155,11 @@ pub(crate) fn spans(mut f: impl FnMut(usize, usize)) {
             }
         });
     }
-    let _g = crate::bookkeeping::bookkeeping();
-    for (&start, &(size, _)) in live().iter() {
-        f(start, size);
-    }
 }
 
 /// The list's lock, held across `fork` (see `crate::fork`).
 pub(crate) struct ForkLock {
-    _live: MutexGuard<'static, BTreeMap<usize, (usize, u64)>>,
+    _live: MutexGuard<'static, Live>,
 }
 
 pub(super) fn lock_for_fork() -> ForkLock {

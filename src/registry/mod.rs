@@ -75,7 +75,9 @@ use sites::site_at;
 pub(crate) use bounds::{managed_bounds, nothing_live};
 pub(crate) use directory::root_table;
 pub(crate) use ids::{new_id, next_id, thread_serial};
-pub(crate) use live_c::spans as live_c_spans;
+pub(crate) use live_c::{
+    hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in,
+};
 pub(crate) use lookup::{lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
 pub(crate) use recent::unpinned_managed_start;
