@@ -386,6 +386,12 @@ fn segment_spans() -> Vec<Span> {
 /// The writable segments of the loaded objects, `(start, len)`, read again
 /// only when the loader's generation moves (reading them names every
 /// object, a system call each).
+///
+/// The C library's and the dynamic loader's own statics are left out: their
+/// allocator's state (bins, the top chunk) points into the heap, at chunks
+/// next to live blocks, and changes with every `malloc` on any thread. A
+/// program that wants them read anyway (`strtok`'s saved pointer, a
+/// `setvbuf` buffer) can `watch_library("libc.so")`.
 fn writable_segments() -> Vec<(usize, usize)> {
     // Taken only inside a scan, under `SEEN` (which `fork` holds): no
     // thread holds it across a fork.
@@ -397,12 +403,20 @@ fn writable_segments() -> Vec<(usize, usize)> {
     if cache.0 != generation {
         let fresh: Vec<(usize, usize)> = segments::writable()
             .iter()
-            .filter(|s| s.len > 0)
+            .filter(|s| s.len > 0 && !is_system_runtime(&s.object))
             .map(|s| (s.start, s.len))
             .collect();
         *cache = (generation, fresh);
     }
     cache.1.clone()
+}
+
+/// The C library and the dynamic loader, by path.
+fn is_system_runtime(object: &str) -> bool {
+    let file = object.rsplit('/').next().unwrap_or(object);
+    ["libc.so", "libc-", "ld-linux", "ld-musl", "ld64.so"]
+        .iter()
+        .any(|p| file.starts_with(p))
 }
 
 /// What a found word points into.
@@ -561,9 +575,14 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         yes
     };
     let mut found = Vec::new();
+    // The checker's own bounds are statics that hold region starts.
+    let (rb, hb) = (registry::bound_words(), crate::heap::bound_words());
     for (n, offset, value, target) in hits {
         let span = &ranges.spans[n];
-        if span.source == Source::Segment && ranges.in_root(span.start + offset) {
+        let word = span.start + offset;
+        if span.source == Source::Segment
+            && (ranges.in_root(word) || rb.contains(&word) || hb.contains(&word))
+        {
             continue;
         }
         let offset = span.start - span.base + offset;

@@ -72,7 +72,7 @@ use record::W_INDICES;
 use shard::{shard_of, ShardInner, SHARDS};
 use sites::site_at;
 
-pub(crate) use bounds::{managed_bounds, nothing_live};
+pub(crate) use bounds::{bound_words, managed_bounds, nothing_live};
 pub(crate) use directory::root_table;
 pub(crate) use ids::{new_id, next_id, thread_serial};
 pub(crate) use live_c::{
