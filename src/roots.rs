@@ -535,7 +535,14 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
     if lo >= hi {
         return Vec::new();
     }
+    let _g = crate::bookkeeping::bookkeeping();
     let mut reader = registry::ScanReader::new();
+    // The managed regions found, by 64-byte granule of the word (direct
+    // mapped): C memory dense with pointers into a few regions (pinned
+    // ones, which the page filter cannot dismiss) asks the registry once a
+    // region, not once a word. Valid for the scan, as a snapshot would be.
+    const SLOTS: usize = 1 << 12;
+    let mut seen_regions = vec![(0usize, 0usize, false); SLOTS];
     let mut hits: Vec<(usize, usize, usize, Target)> = Vec::new();
     for (n, span) in ranges.spans.iter().enumerate() {
         // SAFETY: a live tracked C region is readable while it is live (it
@@ -544,7 +551,19 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         // object's segment while the object is loaded.
         unsafe {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
-                let target = if let Some(s) = reader.unpinned_managed_start(w) {
+                let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % SLOTS;
+                let (rs, re, unpinned) = seen_regions[slot];
+                let managed = if rs <= w && w < re {
+                    unpinned.then_some(rs)
+                } else {
+                    reader.managed_region(w).and_then(|r| {
+                        let unpinned = r.is_unpinned_managed();
+                        seen_regions[slot] =
+                            (r.start, r.start.saturating_add(r.size.max(1)), unpinned);
+                        unpinned.then_some(r.start)
+                    })
+                };
+                let target = if let Some(s) = managed {
                     Target::Managed(s)
                 } else if heap && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
                 {
