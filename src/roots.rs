@@ -395,8 +395,8 @@ fn segment_spans() -> Vec<Span> {
 fn writable_segments() -> Vec<(usize, usize)> {
     // Taken only inside a scan, under `SEEN` (which `fork` holds): no
     // thread holds it across a fork.
-    static CACHE: Mutex<((u64, u64), Vec<(usize, usize)>)> =
-        Mutex::new(((u64::MAX, u64::MAX), Vec::new()));
+    type Cached = ((u64, u64), Vec<(usize, usize)>);
+    static CACHE: Mutex<Cached> = Mutex::new(((u64::MAX, u64::MAX), Vec::new()));
     let _g = crate::bookkeeping::bookkeeping();
     let generation = segments::generation();
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -551,7 +551,7 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         // object's segment while the object is loaded.
         unsafe {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
-                let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % SLOTS;
+                let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) % SLOTS;
                 let (rs, re, unpinned) = seen_regions[slot];
                 let managed = if rs <= w && w < re {
                     unpinned.then_some(rs)

@@ -54,12 +54,6 @@ struct Shard {
 }
 
 impl Shard {
-    const EMPTY: Mutex<Shard> = Mutex::new(Shard {
-        index: Vec::new(),
-        entries: Vec::new(),
-        frames: Vec::new(),
-    });
-
     fn find_or_add(&mut self, hash: u64, ips: &[usize]) -> Option<u32> {
         if self.entries.len() * 2 >= self.index.len() {
             self.grow();
@@ -115,7 +109,13 @@ impl Shard {
     }
 }
 
-static DEPOT: [Mutex<Shard>; SHARDS] = [Shard::EMPTY; SHARDS];
+static DEPOT: [Mutex<Shard>; SHARDS] = [const {
+    Mutex::new(Shard {
+        index: Vec::new(),
+        entries: Vec::new(),
+        frames: Vec::new(),
+    })
+}; SHARDS];
 
 fn shard(i: usize) -> MutexGuard<'static, Shard> {
     // Every change is completed before anything that could panic.
