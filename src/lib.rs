@@ -393,6 +393,33 @@ pub mod __private {
 /// let v = Managed::from_vec(vec![1u32, 2, 3]);
 /// assert_eq!(call!(sum(&v, v.len())), 6);
 /// ```
+///
+/// Arguments can also be plain references (`&cfg`, `&mut out_len`), raw
+/// pointers (looked through by their pointee's type when they point into the
+/// live stack or a static), and function items, bare or in `Some(..)`, where
+/// C takes a callback:
+///
+/// ```
+/// use std::os::raw::c_int;
+/// type Visit = unsafe extern "C" fn(c_int) -> c_int;
+/// unsafe extern "C" fn double(x: c_int) -> c_int {
+///     ffi_check::callback!({ 2 * x })
+/// }
+/// extern "C" fn apply(f: Option<Visit>, g: Visit, x: c_int) -> c_int {
+///     // SAFETY: both are callbacks of the right type.
+///     unsafe { f.map_or(x, |f| f(x)) + g(x) }
+/// }
+/// assert_eq!(ffi_check::call!(apply(Some(double), double, 3)), 12);
+/// ```
+///
+/// An argument with no conversion to the parameter's type does not compile
+/// (a struct by value goes through [`unchecked`]):
+///
+/// ```compile_fail
+/// #[repr(C)] #[derive(Clone, Copy)] struct Point { x: i32, y: i32 }
+/// extern "C" fn norm1(p: Point) -> i32 { p.x.abs() + p.y.abs() }
+/// ffi_check::call!(norm1(Point { x: 3, y: -4 }));
+/// ```
 #[macro_export]
 macro_rules! call {
     ($($f:ident)::+ ( $($args:tt)* )) => {

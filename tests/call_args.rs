@@ -98,6 +98,19 @@ fn checks_off_a_reference_is_passed_as_it_is() {
     assert_eq!(len, 4);
     // SAFETY: p came from the fixture's malloc; freed once.
     unsafe { ffi_check::c_free(p.cast()) };
+    // A function item in `Some(..)` takes the unchecked path as it is.
+    let items = [1 as c_int, 2];
+    let mut total: c_int = 0;
+    // SAFETY: two live ints; `add_item` adds each to `total`.
+    let calls = unsafe {
+        call!(fixtures::fx_for_each(
+            items.as_ptr(),
+            items.len(),
+            Some(add_item),
+            &mut total as *mut c_int as *mut std::os::raw::c_void,
+        ))
+    };
+    assert_eq!((calls, total), (2, 3));
 }
 
 #[test]
@@ -142,4 +155,112 @@ fn a_raw_pointer_to_a_dead_value_or_a_wild_address_does_not_crash_the_check() {
     assert_eq!(r, 0);
     let wild = 0x10 as *const FxView;
     assert_eq!(assert_clean(|| call!(ignore(wild))), 0);
+}
+
+// ---- function items --------------------------------------------------------
+
+unsafe extern "C" fn add_item(user: *mut std::os::raw::c_void, item: c_int) -> c_int {
+    ffi_check::callback!({
+        // SAFETY: the test passes a `&mut c_int` as the user data.
+        unsafe { *user.cast::<c_int>() += item };
+        0
+    })
+}
+
+#[test]
+fn some_function_item_is_a_nullable_callback() {
+    // `Some(f)` with a function item inside, as in plain Rust: the callee's
+    // parameter type (`Option<unsafe extern "C" fn …>`) makes the pointer.
+    let items = Managed::from_vec(vec![1 as c_int, 2, 3]);
+    let mut total: c_int = 0;
+    let calls = assert_clean(|| {
+        // SAFETY: three live ints; `add_item` adds each to `total`.
+        unsafe {
+            call!(fixtures::fx_for_each(
+                &items,
+                items.len(),
+                Some(add_item),
+                &mut total as *mut c_int as *mut std::os::raw::c_void,
+            ))
+        }
+    });
+    assert_eq!((calls, total), (3, 6));
+}
+
+#[test]
+fn a_bare_function_item_is_a_function_pointer() {
+    // A callee that takes a non-nullable callback, as many C APIs do.
+    type Visit = unsafe extern "C" fn(*mut std::os::raw::c_void, c_int) -> c_int;
+    extern "C" fn apply(f: Visit, user: *mut std::os::raw::c_void, item: c_int) -> c_int {
+        // SAFETY: `f` is a callback of the right type; `user` is its data.
+        unsafe { f(user, item) }
+    }
+    let mut total: c_int = 10;
+    let r = assert_clean(|| {
+        call!(apply(
+            add_item,
+            &mut total as *mut c_int as *mut std::os::raw::c_void,
+            5
+        ))
+    });
+    assert_eq!((r, total), (0, 15));
+}
+
+#[test]
+fn none_is_a_null_callback() {
+    // No items, so C never calls the (null) callback.
+    let items = Managed::from_vec(Vec::<c_int>::new());
+    let calls = assert_clean(|| {
+        // SAFETY: no items, no callback.
+        unsafe {
+            call!(fixtures::fx_for_each(
+                &items,
+                items.len(),
+                None,
+                std::ptr::null_mut()
+            ))
+        }
+    });
+    assert_eq!(calls, 0);
+}
+
+// ---- raw pointers to statics -----------------------------------------------
+
+/// A C-style global descriptor, as a program keeps a config or table in a
+/// `static` and lends C a pointer to it.
+static mut GLOBAL_VIEW: FxView = FxView {
+    data: std::ptr::null(),
+    len: 0,
+};
+
+#[test]
+fn a_raw_pointer_to_a_static_is_looked_through_by_its_type() {
+    let values = Managed::from_vec(vec![4 as c_int, 5]);
+    let p: *mut FxView = std::ptr::addr_of_mut!(GLOBAL_VIEW);
+    // SAFETY: only this test touches the static.
+    unsafe {
+        (*p).data = values.as_ptr();
+        (*p).len = values.len();
+    }
+    let (sum, v) = capture(|| {
+        // SAFETY: the view names two live ints.
+        unsafe { call!(fixtures::fx_sum_view(p.cast_const())) }
+    });
+    assert_eq!(sum, 9);
+    assert_report_line(
+        only(&v),
+        ViolationKind::UnpinnedNested,
+        "P1",
+        "ffi-check: argument 1 of `fx_sum_view` has managed pointer to unpinned managed pointer",
+    );
+    // Pinned, the same call is clean.
+    let sum = assert_clean(|| {
+        let mut pinner = Pinner::new();
+        pinner.pin(&values);
+        // SAFETY: as above, pinned.
+        unsafe { call!(fixtures::fx_sum_view(p.cast_const())) }
+    });
+    assert_eq!(sum, 9);
+    // SAFETY: as above; the view no longer names the ints.
+    unsafe { (*p).data = std::ptr::null() };
 }

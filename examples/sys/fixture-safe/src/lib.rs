@@ -17,6 +17,16 @@
 //! tags.add("blue").unwrap();
 //! assert_eq!(tags.join(", "), "red, blue");
 //! ```
+//!
+//! A length cast with `as` before a call is out of the checker's sight (the
+//! checked binding gets the `c_int` C gets), so the casts that can lose a
+//! value are linted instead: lengths go through `try_from`.
+
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 use std::ffi::{c_void, CStr, CString};
 use std::fmt;
