@@ -25,5 +25,18 @@ fn system(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, system);
+/// One 64-byte `Box` allocated and freed: the baseline of
+/// `alloc_box_64B/TrackingAllocator/*`.
+fn box_64(c: &mut Criterion) {
+    let mut g = c.benchmark_group("alloc_box_64B");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    g.bench_function("System", |b| {
+        b.iter(|| drop(std::hint::black_box(Box::new([0u8; 64]))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, system, box_64);
 criterion_main!(benches);

@@ -42,5 +42,27 @@ fn tracking(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tracking);
+/// One 64-byte `Box` allocated and freed, in modes 0 and 1: the
+/// allocator's own cost per block (compare with `alloc_box_64B/System`).
+fn box_64(c: &mut Criterion) {
+    let mut g = c.benchmark_group("alloc_box_64B");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    let modes: &[(&str, Mode)] = if COMPILED_IN {
+        &[("mode0", Mode::Off), ("mode1", Mode::Check)]
+    } else {
+        &[("compiled_out", Mode::Off)]
+    };
+    for (label, mode) in modes {
+        set_mode(*mode);
+        g.bench_function(format!("TrackingAllocator/{label}"), |b| {
+            b.iter(|| drop(std::hint::black_box(Box::new([0u8; 64]))))
+        });
+    }
+    set_mode(Mode::Check);
+    g.finish();
+}
+
+criterion_group!(benches, tracking, box_64);
 criterion_main!(benches);

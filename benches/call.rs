@@ -22,6 +22,11 @@
 //! - `struct_with_pinned_pointer` — a 64-byte `#[repr(C)]` struct holding one
 //!   pointer to pinned memory. Its type can hold pointers, so lending it
 //!   scans its 8 words (rule P1) and looks the one candidate up.
+//! - `eight_u64_struct` — a 64-byte `#[repr(C)]` struct of eight `u64`s,
+//!   undeclared (its type can hold pointers: lending it scans its 8 words)
+//!   and declared with `#[derive(PointerFree)]` (its pointer map is empty:
+//!   never read). `struct_with_pinned_pointer` also runs declared with
+//!   `#[derive(PointerMap)]`: only its one pointer word is read.
 //! - `pinned_pointer_array_4KiB` — 512 pointers, each to its own pinned
 //!   value: 512 registry lookups per call, the worst case of the scan.
 //!   `u64_no_pointers_4KiB` lends 4 KiB of `u64`s that point nowhere: the
@@ -42,6 +47,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use ffi_check::{call, set_mode, Managed, Mode, Pinned, COMPILED_IN};
+use ffi_check_derive::{PointerFree, PointerMap};
 
 /// The stand-in for a C function: takes a pointer and a length, reads the
 /// first and the last byte.
@@ -57,6 +63,27 @@ extern "C" fn touch(buf: *const u8, len: usize) -> usize {
 struct Header {
     data: *const u64,
     rest: [u64; 7],
+}
+
+/// The same layout, with its pointer map declared: one pointer word, at 0.
+#[derive(PointerMap)]
+#[repr(C)]
+struct DeclaredHeader {
+    data: *const u64,
+    rest: [u64; 7],
+}
+
+/// A 64-byte struct of numbers, undeclared: lending it scans its words.
+#[repr(C)]
+struct Counters {
+    words: [u64; 8],
+}
+
+/// The same, declared pointer-free: lending it reads nothing.
+#[derive(PointerFree)]
+#[repr(C)]
+struct DeclaredCounters {
+    words: [u64; 8],
 }
 
 /// Runs one measured call behind a call that is never inlined, for the raw
@@ -164,6 +191,37 @@ fn struct_with_pinned_pointer(c: &mut Criterion) {
     in_modes(&mut g, &[Mode::Check, Mode::Full], || {
         call!(touch(black_box(&header), black_box(size)))
     });
+    let declared = Managed::new(DeclaredHeader {
+        data: target.as_ptr(),
+        rest: [1; 7],
+    });
+    if COMPILED_IN {
+        set_mode(Mode::Check);
+    }
+    g.bench_function("call!/mode1/declared", |b| {
+        b.iter(|| outlined(&mut || call!(touch(black_box(&declared), black_box(size)))))
+    });
+    g.finish();
+}
+
+fn eight_u64_struct(c: &mut Criterion) {
+    let undeclared = Managed::new(Counters { words: [7; 8] });
+    let declared = Managed::new(DeclaredCounters { words: [7; 8] });
+    let size = std::mem::size_of::<Counters>();
+    assert_eq!(size, 64);
+    let mut g = group(c, "eight_u64_struct");
+    g.bench_function("raw", |b| {
+        b.iter(|| outlined(&mut || touch(black_box(undeclared.as_ptr().cast()), black_box(size))))
+    });
+    if COMPILED_IN {
+        set_mode(Mode::Check);
+    }
+    g.bench_function("call!/mode1/undeclared", |b| {
+        b.iter(|| outlined(&mut || call!(touch(black_box(&undeclared), black_box(size)))))
+    });
+    g.bench_function("call!/mode1/declared", |b| {
+        b.iter(|| outlined(&mut || call!(touch(black_box(&declared), black_box(size)))))
+    });
     g.finish();
 }
 
@@ -198,6 +256,7 @@ criterion_group!(
     lend_64_bytes,
     buffer_size,
     struct_with_pinned_pointer,
+    eight_u64_struct,
     pinned_pointer_array
 );
 criterion_main!(benches);

@@ -21,9 +21,10 @@ use crate::frame::{self, callee_name, Frame};
 use crate::managed::Managed;
 use crate::mode::{checks_on, COMPILED_IN};
 use crate::pin::Pinned;
+use crate::pointer_map::LentMap;
 use crate::registry::{self, flags, RegionKind, RegionState};
 use crate::report::{emit, msg, Violation, ViolationKind};
-use crate::scan::{find_unpinned, may_hold_pointers};
+use crate::scan::{find_unpinned, find_unpinned_mapped, may_hold_pointers};
 use crate::site::Site;
 use crate::stderr::write_stderr;
 use std::mem::{align_of, size_of};
@@ -35,50 +36,83 @@ pub fn checking() -> bool {
     checks_on()
 }
 
+/// The tag of [`Call::prev`] for a mode-2 outermost call (frames are
+/// word-aligned: bit 0 of their address is free).
+const SCANS: usize = 1;
+
 /// One checked Rust→C call in progress: made by [`call!`](crate::call!),
-/// not by hand. It carries the callee's name, the call site and the argument
-/// counter for reports.
+/// not by hand. It names the call's [`Frame`] (the callee's name and the
+/// call site, which the thread-local publishes during the call) and keeps
+/// the argument counter for reports. The frame lives beside it, so that the
+/// `Call` itself never has its address taken on the fast path and its
+/// words stay in registers.
 #[doc(hidden)]
-pub struct Call {
-    frame: Frame,
+pub struct Call<'f> {
+    frame: &'f Frame,
     arg: u32,
-    entered: bool,
-    /// Mode 2, outermost call: C memory is scanned before and after it.
-    scans: bool,
-    prev: *const Frame,
+    /// The frame this call hides (the thread's current call before it), as
+    /// an address, with [`SCANS`] set for a mode-2 outermost call (C memory
+    /// is scanned before and after it). One word, so that entering and
+    /// leaving a call costs a load and a store each.
+    prev: usize,
+    /// The pointer map of the argument being lowered, when its type
+    /// declares one (set by `call!` before each argument).
+    map: Option<&'static LentMap>,
 }
 
-impl Call {
-    /// Starts a call to `callee` (the path as `call!` wrote it) from the
-    /// caller's site.
-    #[track_caller]
+/// What the slow paths of one argument need: the call's frame and the
+/// argument's number, by value (so the `Call` is not lent to them).
+#[derive(Clone, Copy)]
+struct At<'f> {
+    frame: &'f Frame,
+    arg: u32,
+}
+
+impl<'f> Call<'f> {
+    /// Starts a call whose frame (callee, call site) is `frame`.
     #[inline(always)]
-    pub fn new(callee: &'static str) -> Call {
+    pub fn new(frame: &'f Frame) -> Call<'f> {
         Call {
-            frame: Frame {
-                callee,
-                site: Site::caller(),
-            },
+            frame,
             arg: 0,
-            entered: false,
-            scans: false,
-            prev: std::ptr::null(),
+            prev: 0,
+            map: None,
         }
+    }
+
+    #[inline(always)]
+    fn at(&self) -> At<'f> {
+        At {
+            frame: self.frame,
+            arg: self.arg,
+        }
+    }
+
+    /// Sets the pointer map of the next argument, whose type declares one
+    /// (an argument without one leaves it unset, and lending it keeps the
+    /// conservative scan). Every argument that gets a map is lent
+    /// ([`lend`](Call::lend)), which consumes it.
+    #[inline(always)]
+    pub fn map_next(&mut self, map: &'static LentMap) {
+        self.map = Some(map);
     }
 
     /// Makes this the thread's current call, until it drops. Called once the
     /// `Call` is in its final place.
     #[inline(always)]
     pub fn enter(&mut self) {
-        let me: *const Frame = &self.frame;
+        let me: *const Frame = self.frame;
+        // The thread's locals are never gone for this one (a constant
+        // without a destructor): `None` is folded away. Were they gone,
+        // `leave` would do nothing either.
         if let Some(prev) = frame::enter(me) {
-            self.prev = prev;
-            self.entered = true;
+            self.prev = prev as usize;
             // Mode 2 scans around the outermost call only: during it, C may
-            // hold what the outer call lent it.
-            if prev.is_null() && crate::mode::full() {
-                self.scans = true;
-                crate::roots::before_call(self.frame.callee, self.frame.site);
+            // hold what the outer call lent it. (`call!` has read the mode:
+            // it is initialised.)
+            if prev.is_null() && crate::mode::raw_mode() == crate::mode::Mode::Full as u8 {
+                self.prev |= SCANS;
+                enter_scanned(self.frame);
             }
         }
     }
@@ -96,8 +130,20 @@ impl Call {
     #[track_caller]
     pub fn lend(&mut self, addr: usize, size: usize, scan: bool) {
         self.arg += 1;
-        if scan {
-            self.scan_lent(addr, size);
+        match self.map.take() {
+            // The type says where its pointers are: only those words are
+            // read, and a type with none is not read at all (known at
+            // compile time, so the branch vanishes).
+            Some(lent) => {
+                if !lent.map.is_empty() {
+                    self.at().scan_mapped(addr, size, lent);
+                }
+            }
+            None => {
+                if scan {
+                    self.at().scan_lent(addr, size);
+                }
+            }
         }
     }
 
@@ -108,7 +154,7 @@ impl Call {
     pub fn raw(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw(addr, false);
+            self.at().check_raw_typed(addr, false, 0);
         }
     }
 
@@ -120,23 +166,8 @@ impl Call {
     pub fn raw_mut(&mut self, addr: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw(addr, true);
+            self.at().check_raw_typed(addr, true, 0);
         }
-    }
-
-    #[inline(never)]
-    #[track_caller]
-    fn scan_lent(&self, addr: usize, size: usize) {
-        // SAFETY: the caller lends memory it owns and borrows for the call.
-        if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
-            self.report_nested(addr, offset, target);
-        }
-    }
-
-    #[inline(always)]
-    #[track_caller]
-    fn check_raw(&self, addr: usize, mutable: bool) {
-        self.check_raw_typed(addr, mutable, 0);
     }
 
     /// As [`raw`](Call::raw), for a pointer to a `T` that can hold pointers
@@ -148,13 +179,41 @@ impl Call {
     pub fn raw_typed(&mut self, addr: usize, mutable: bool, pointee: usize) {
         self.arg += 1;
         if addr != 0 {
-            self.check_raw_typed(addr, mutable, pointee);
+            self.at().check_raw_typed(addr, mutable, pointee);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn enter_scanned(frame: &Frame) {
+    crate::roots::before_call(frame.callee, frame.site);
+}
+
+impl At<'_> {
+    #[inline(never)]
+    #[track_caller]
+    fn scan_lent(self, addr: usize, size: usize) {
+        // SAFETY: the caller lends memory it owns and borrows for the call.
+        if let Some((offset, target)) = unsafe { find_unpinned(addr, size) } {
+            self.report_nested(addr, offset, target);
         }
     }
 
     #[inline(never)]
     #[track_caller]
-    fn check_raw_typed(&self, addr: usize, mutable: bool, pointee: usize) {
+    fn scan_mapped(self, addr: usize, size: usize, lent: &LentMap) {
+        // SAFETY: the caller lends memory it owns and borrows for the call;
+        // the map is its type's.
+        let found = unsafe { find_unpinned_mapped(addr, size, lent.map, lent.stride) };
+        if let Some((offset, target)) = found {
+            self.report_nested(addr, offset, target);
+        }
+    }
+
+    #[inline(never)]
+    #[track_caller]
+    fn check_raw_typed(self, addr: usize, mutable: bool, pointee: usize) {
         let Some(r) = registry::lookup(addr) else {
             if let Some(block) = crate::heap::block_at(addr) {
                 if crate::mode::full() {
@@ -196,7 +255,7 @@ impl Call {
 
     /// A block of the tracking allocator that the registry does not know.
     #[track_caller]
-    fn check_heap_block(&self, block: crate::heap::Block, mutable: bool) {
+    fn check_heap_block(self, block: crate::heap::Block, mutable: bool) {
         if block.freed {
             return self.report_freed(block.start, block.start);
         }
@@ -217,7 +276,7 @@ impl Call {
 
     #[cold]
     #[track_caller]
-    fn report_nested(&self, lent: usize, offset: usize, target: usize) {
+    fn report_nested(self, lent: usize, offset: usize, target: usize) {
         emit(
             Violation::new(
                 ViolationKind::UnpinnedNested,
@@ -240,7 +299,7 @@ impl Call {
 
     #[cold]
     #[track_caller]
-    fn report_freed(&self, addr: usize, start: usize) {
+    fn report_freed(self, addr: usize, start: usize) {
         emit(
             Violation::new(
                 ViolationKind::UseAfterFree,
@@ -262,15 +321,13 @@ impl Call {
     }
 }
 
-impl Drop for Call {
+impl Drop for Call<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.entered {
-            let prev = self.prev;
-            frame::leave(prev);
-            if self.scans {
-                crate::roots::after_call(self.frame.callee, self.frame.site);
-            }
+        let prev = self.prev;
+        frame::leave((prev & !SCANS) as *const Frame);
+        if prev & SCANS != 0 {
+            crate::roots::after_call(self.frame.callee, self.frame.site);
         }
     }
 }

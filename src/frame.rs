@@ -15,10 +15,25 @@ use std::cell::Cell;
 use crate::site::Site;
 
 /// The part of a checked call that others may name: the callee (as `call!`
-/// wrote its path) and the call site.
-pub(crate) struct Frame {
-    pub callee: &'static str,
-    pub site: Site,
+/// wrote its path) and the call site. Made by `call!` beside its `Call`,
+/// not by hand.
+#[doc(hidden)]
+pub struct Frame {
+    pub(crate) callee: &'static str,
+    pub(crate) site: Site,
+}
+
+impl Frame {
+    /// The frame of a call to `callee` (the path as `call!` wrote it) from
+    /// the caller's site.
+    #[track_caller]
+    #[inline(always)]
+    pub fn new(callee: &'static str) -> Frame {
+        Frame {
+            callee,
+            site: Site::caller(),
+        }
+    }
 }
 
 thread_local! {

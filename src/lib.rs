@@ -223,6 +223,39 @@
 //! # ffi_check::set_mode(before);
 //! ```
 //!
+//! ## Pointer maps: lend a struct by its pointer words
+//!
+//! A type that implements [`PointerMap`] (derive it with the helper crate
+//! `ffi-check-derive`) says where its pointers are: `call!` then reads only
+//! those words when it lends the type, and never reads a type whose map is
+//! empty, as Go's check reads a type's pointer bitmap. Undeclared types are
+//! scanned word by word.
+//!
+//! ```
+//! use ffi_check::{call, capture, Managed, PointerMap, PointerWords, ViolationKind};
+//! #[repr(C)]
+//! struct Job { id: usize, data: *const u64 }
+//! // SAFETY: `data` is the one pointer (the derive writes this).
+//! unsafe impl PointerMap for Job {
+//!     const POINTERS: PointerWords =
+//!         PointerWords::NONE.field(std::mem::offset_of!(Job, data), PointerWords::WORD);
+//! }
+//! extern "C" fn run(job: *const Job) -> usize {
+//!     // SAFETY: the caller lends one Job.
+//!     unsafe { (*job).id }
+//! }
+//! let value = Managed::new(7u64);
+//! // `id` holds an address, but it is a number: not read.
+//! let job = Managed::new(Job { id: value.addr(), data: std::ptr::null() });
+//! assert_eq!(ffi_check::assert_clean(|| call!(run(&job))), value.addr());
+//! // `data` is a pointer: an unpinned target is reported.
+//! let job = Managed::new(Job { id: 1, data: value.as_ptr() });
+//! let (_, v) = capture(|| call!(run(&job)));
+//! # if ffi_check::COMPILED_IN {
+//! assert_eq!(v[0].kind(), ViolationKind::UnpinnedNested);
+//! # }
+//! ```
+//!
 //! ## Raw-pointer code, and libraries with their own allocator
 //!
 //! Code that passes `v.as_ptr()` or `CString::into_raw()` to C is checked
@@ -265,7 +298,8 @@
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
 //   region by asking the memory model;
-// - `scan` (pointer scans), `guard` (mode-2 guard bytes), `convert` (X1, X2);
+// - `scan` (pointer scans), `pointer_map` (where a type's pointers are),
+//   `guard` (mode-2 guard bytes), `convert` (X1, X2);
 // - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
 //   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
 // - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
@@ -290,6 +324,7 @@ mod leak;
 mod managed;
 mod mode;
 mod pin;
+mod pointer_map;
 mod probe;
 #[cfg(feature = "proptest")]
 #[path = "proptest_support.rs"]
@@ -319,6 +354,7 @@ pub use mode::{
     Mode, COMPILED_IN,
 };
 pub use pin::{release, retain, Pinned, Pinner};
+pub use pointer_map::{PointerMap, PointerWords};
 pub use registry::{RegionKind, RegionState, REGION_RECORD_BYTES};
 pub use report::{capture, stats, ReportRegion, Stats, Violation, ViolationKind};
 pub use roots::{add_root, remove_root, scan_c_memory, watch_library};
@@ -330,6 +366,11 @@ pub use site::Site;
 pub mod __private {
     pub use crate::call::{
         checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaFnItem, ViaRef,
+    };
+    pub use crate::frame::Frame;
+    pub use crate::pointer_map::{
+        FreeMut, FreeRef, FreeWrapped, FreeWrappedMut, MapMut, MapRef, MapWrapped, MapWrappedMut,
+        NoMap, Probe,
     };
 
     /// For the registry benchmarks: whether a tracked region contains `addr`.
@@ -428,7 +469,13 @@ macro_rules! call {
         if $crate::__private::checking() {
             #[allow(unused_imports)]
             use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
-            let mut __ffi_check_call = $crate::__private::Call::new(stringify!($($f)::+));
+            #[allow(unused_imports)]
+            use $crate::__private::{
+                FreeMut as _, FreeRef as _, FreeWrapped as _, FreeWrappedMut as _, MapMut as _,
+                MapRef as _, MapWrapped as _, MapWrappedMut as _, NoMap as _,
+            };
+            let __ffi_check_frame = $crate::__private::Frame::new(stringify!($($f)::+));
+            let mut __ffi_check_call = $crate::__private::Call::new(&__ffi_check_frame);
             let __ffi_check_call = &mut __ffi_check_call;
             __ffi_check_call.enter();
             $crate::__call_args!(@lower ($($f)::+) __ffi_check_call [] $($args)*)
@@ -456,7 +503,26 @@ macro_rules! __call_args {
     };
     (@lower $f:tt $c:ident [$($done:tt)*] $a:expr $(, $($rest:tt)*)?) => {
         $crate::__call_args!(@lower $f $c
-            [$($done)* $crate::__private::ArgWrap($a).lower_arg($c),] $($($rest)*)?)
+            [$($done)*
+                // The argument's pointer map, if its type declares one
+                // (chosen at compile time), then its conversion and check.
+                // A `match` rather than a `let` keeps the argument's
+                // temporaries alive until the call returns, as in the plain
+                // call.
+                match $crate::__private::ArgWrap($a) {
+                    #[allow(unused_mut)]
+                    mut __ffi_check_arg => {
+                        // Stored only when there is one (known at compile
+                        // time): lending consumes it.
+                        if let ::core::option::Option::Some(__ffi_check_map) =
+                            (&&&$crate::__private::Probe::of(&__ffi_check_arg.0)).lent_map()
+                        {
+                            $c.map_next(__ffi_check_map);
+                        }
+                        __ffi_check_arg.lower_arg($c)
+                    }
+                },
+            ] $($($rest)*)?)
     };
     (@pass ($($f:tt)*) [$($done:tt)*]) => {
         $($f)*( $($done)* )

@@ -107,6 +107,11 @@ impl<T: ?Sized> Managed<T> {
     }
 }
 
+/// `call!` lends a `Managed<T>`'s contents: their pointer map is `T`'s.
+impl<T: ?Sized> crate::pointer_map::Wrapper for Managed<T> {
+    type Inner = T;
+}
+
 impl<T> Managed<T> {
     /// Moves `value` to the heap.
     #[track_caller]
@@ -172,10 +177,11 @@ impl Managed<CStr> {
 /// the program does not crash. When it returns true, the caller frees the
 /// memory through [`quarantine`].
 pub(crate) fn release(start: usize) -> bool {
-    let state = registry::update(start, |r| (r.state, r.pins, r.retains, r.size, r.family));
-    let Some((state, pins, retains, size, family)) = state else {
+    // Read without the shard's lock: nothing is written here.
+    let Some((info, retains)) = registry::exact_facts(start) else {
         return true;
     };
+    let (state, pins, size, family) = (info.state, info.pins, info.size, info.family);
     if state != RegionState::Live || !checks_on() {
         return true;
     }

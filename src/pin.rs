@@ -236,6 +236,11 @@ pub struct Pinned<T: ?Sized> {
     inner: Option<Managed<T>>,
 }
 
+/// `call!` lends a `Pinned<T>`'s contents: their pointer map is `T`'s.
+impl<T: ?Sized> crate::pointer_map::Wrapper for Pinned<T> {
+    type Inner = T;
+}
+
 impl<T: ?Sized> Pinned<T> {
     /// Pins an existing `Managed` for the rest of its life.
     #[track_caller]

@@ -11,6 +11,7 @@
 //! registry lookup (and, in a long range, only those whose page holds some
 //! unpinned managed memory).
 
+use crate::pointer_map::PointerWords;
 use crate::registry;
 
 /// Declares that a type holds no pointers, so lending it to C never scans
@@ -36,6 +37,11 @@ use crate::registry;
 /// let samples = Managed::from_vec(vec![Sample { t: 0.0, v: 1.0 }; 1024]).pointer_free();
 /// assert_eq!(samples.len(), 1024);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not declared pointer-free (`ffi_check::PointerFree`)",
+    label = "may hold a pointer",
+    note = "derive `PointerFree` (crate `ffi-check-derive`) for a type of numbers, or `PointerMap` for one with pointers"
+)]
 pub unsafe trait PointerFree {}
 
 macro_rules! pointer_free {
@@ -100,32 +106,104 @@ pub(crate) unsafe fn find_unpinned(start: usize, len: usize) -> Option<(usize, u
     // Asked only once a word hits unpinned memory: most scans find none.
     let mut strict = None;
     find_in_bounds(words, lo, hi, |i, w| {
-        let found = match reader.as_mut() {
-            Some(reader) => reader.unpinned_managed_start(w),
-            None => registry::unpinned_managed_start(w, true),
-        };
-        let found = match found {
-            // Memory declared `Managed` is held to Go's rule; a plain heap
-            // block the registry knows (pinned or retained once) only when
-            // the rules are strict.
-            Some(target)
-                if declared_managed(target) || *strict.get_or_insert_with(crate::mode::strict) =>
-            {
-                Some(target)
-            }
-            Some(_) => None,
-            // A heap block of the tracking allocator that the registry does
-            // not know (it knows every pinned one) is unpinned: it counts
-            // when the rules are strict.
-            None if crate::heap::unpinned_block_at(w)
-                && *strict.get_or_insert_with(crate::mode::strict) =>
-            {
-                Some(w)
-            }
-            None => None,
-        };
-        found.map(|target| (skip + i * WORD, target))
+        unpinned_target(w, reader.as_mut(), &mut strict).map(|target| (skip + i * WORD, target))
     })
+}
+
+/// The start of the unpinned managed memory word `w` points into, if it
+/// does and that memory is held to rule P1 here; `strict` caches
+/// [`strict`](crate::mode::strict) once asked.
+#[inline]
+fn unpinned_target(
+    w: usize,
+    reader: Option<&mut registry::ScanReader>,
+    strict: &mut Option<bool>,
+) -> Option<usize> {
+    let found = match reader {
+        Some(reader) => reader.unpinned_managed_start(w),
+        None => registry::unpinned_managed_start(w, true),
+    };
+    match found {
+        // Memory declared `Managed` is held to Go's rule; a plain heap
+        // block the registry knows (pinned or retained once) only when
+        // the rules are strict.
+        Some(target)
+            if declared_managed(target) || *strict.get_or_insert_with(crate::mode::strict) =>
+        {
+            Some(target)
+        }
+        Some(_) => None,
+        // A heap block of the tracking allocator that the registry does
+        // not know (it knows every pinned one) is unpinned: it counts
+        // when the rules are strict.
+        None if crate::heap::unpinned_block_at(w)
+            && *strict.get_or_insert_with(crate::mode::strict) =>
+        {
+            Some(w)
+        }
+        None => None,
+    }
+}
+
+/// As [`find_unpinned`], reading only the words `map` names: of one value
+/// at `start` (`stride == 0`), or of each element of a slice of `len` bytes
+/// whose elements are `stride` bytes apart. An empty map reads nothing.
+///
+/// # Safety
+/// As for [`find_unpinned`]; the map is the lent type's own.
+pub(crate) unsafe fn find_unpinned_mapped(
+    start: usize,
+    len: usize,
+    map: &PointerWords,
+    stride: usize,
+) -> Option<(usize, usize)> {
+    if map.is_empty() || len == 0 {
+        return None;
+    }
+    let Some(offsets) = map.offsets() else {
+        // Many pointer words: the span that covers them, scanned whole (a
+        // slice of such values: all of it).
+        let (from, to) = match map.span() {
+            Some((from, to)) if stride == 0 && from < len => (from, to.min(len)),
+            _ => (0, len),
+        };
+        // SAFETY: a sub-range of the range the caller vouches for.
+        return unsafe { find_unpinned(start + from, to - from) }
+            .map(|(offset, target)| (from + offset, target));
+    };
+    let (mlo, mhi) = registry::managed_bounds();
+    let (hlo, hhi) = crate::heap::heap_bounds();
+    let (lo, hi) = (mlo.min(hlo), mhi.max(hhi));
+    if lo >= hi {
+        return None;
+    }
+    let (step, count) = if stride == 0 {
+        (0, 1)
+    } else {
+        (stride, len / stride)
+    };
+    let mut reader = (count * offsets.len() > 32).then(registry::ScanReader::new);
+    let mut strict = None;
+    for k in 0..count {
+        let base = k * step;
+        for &at in offsets {
+            let at = base + at as usize;
+            if at + WORD > len {
+                continue;
+            }
+            // SAFETY: the word lies inside the range the caller vouches
+            // for; a packed field's word may be unaligned, hence the
+            // unaligned read.
+            let w = unsafe { std::ptr::read_unaligned((start + at) as *const usize) };
+            if w.wrapping_sub(lo) >= hi - lo {
+                continue;
+            }
+            if let Some(target) = unpinned_target(w, reader.as_mut(), &mut strict) {
+                return Some((at, target));
+            }
+        }
+    }
+    None
 }
 
 /// Whether the managed region at `start` was declared so (`Managed`,

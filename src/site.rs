@@ -58,6 +58,12 @@ impl Site {
         Site::from_location(Location::caller())
     }
 
+    /// The site as one word (for hashing: equal words, equal sites).
+    #[inline]
+    pub(crate) fn word(self) -> usize {
+        self.0.get()
+    }
+
     /// Wraps a Rust location.
     #[inline]
     pub fn from_location(loc: &'static Location<'static>) -> Site {

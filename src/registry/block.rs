@@ -163,6 +163,51 @@ impl Block {
         let w = word.load(Ordering::Relaxed) & !(0xffff << shift);
         word.store(w | (off as u64) << shift, Ordering::Relaxed);
     }
+    /// Moves the offsets at `[from, len)` one place up, to
+    /// `[from + 1, len + 1)` (`len < cap`), a word of four offsets at a time: the place at
+    /// `from` is the caller's to set. Inserting into a full page moves some
+    /// fifty offsets; one at a time, each read-modify-write of a packed
+    /// word waits on the one before.
+    pub(super) fn shift_offs_up(self, from: usize, len: usize) {
+        if from >= len {
+            return;
+        }
+        let (first, last) = (from / 4, len / 4);
+        let keep = (1u64 << (16 * (from % 4))) - 1;
+        for k in (first..=last).rev() {
+            let cur = self.word(1 + k).load(Ordering::Relaxed);
+            let new = if k == first {
+                (cur & keep) | ((cur << 16) & !keep)
+            } else {
+                (cur << 16) | (self.word(k).load(Ordering::Relaxed) >> 48)
+            };
+            self.word(1 + k).store(new, Ordering::Relaxed);
+        }
+    }
+    /// Moves the offsets at `[at + 1, len)` one place down, over the one at
+    /// `at` (`at < len`), a word at a time.
+    pub(super) fn shift_offs_down(self, at: usize, len: usize) {
+        if at + 1 >= len {
+            return;
+        }
+        let (first, last) = (at / 4, (len - 1) / 4);
+        let keep = (1u64 << (16 * (at % 4))) - 1;
+        for k in first..=last {
+            let cur = self.word(1 + k).load(Ordering::Relaxed);
+            let next = if k < last {
+                self.word(2 + k).load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            let shifted = (cur >> 16) | (next << 48);
+            let new = if k == first {
+                (cur & keep) | (shifted & !keep)
+            } else {
+                shifted
+            };
+            self.word(1 + k).store(new, Ordering::Relaxed);
+        }
+    }
     #[inline(always)]
     pub(super) fn rec(self, i: usize) -> &'static [AtomicU64; REC_WORDS] {
         &self.quads[self.records + i].0
@@ -264,4 +309,50 @@ fn new_chunk(n: usize) -> &'static [Quad] {
 #[inline(always)]
 pub(super) fn guess(len: usize, off: usize) -> usize {
     ((off * len) >> PAGE_SHIFT).min(len - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-at-a-time shifts against moving one offset at a time, at
+    /// every start and length of the largest class.
+    #[test]
+    fn offset_shifts_match_one_at_a_time() {
+        let class = NCLASSES - 1;
+        let mut arena: &'static [Quad] = &[];
+        let (a, b) = (
+            Block::carve(&mut arena, class),
+            Block::carve(&mut arena, class),
+        );
+        let cap = a.cap().min(64);
+        let fill = |blk: Block| {
+            for i in 0..cap {
+                blk.set_off(i, 1000 + i);
+            }
+        };
+        let offs = |blk: Block, n: usize| (0..n).map(|i| blk.off(i)).collect::<Vec<_>>();
+        for len in 1..cap {
+            for at in 0..len {
+                // Up: the place at `at` is the caller's to set.
+                fill(a);
+                fill(b);
+                a.shift_offs_up(at, len);
+                for j in (at..len).rev() {
+                    b.set_off(j + 1, b.off(j));
+                }
+                a.set_off(at, 7);
+                b.set_off(at, 7);
+                assert_eq!(offs(a, len + 1), offs(b, len + 1), "up at {at} len {len}");
+                // Down, over the one at `at`.
+                fill(a);
+                fill(b);
+                a.shift_offs_down(at, len);
+                for j in at + 1..len {
+                    b.set_off(j - 1, b.off(j));
+                }
+                assert_eq!(offs(a, len - 1), offs(b, len - 1), "down at {at} len {len}");
+            }
+        }
+    }
 }

@@ -94,6 +94,19 @@ pub(super) fn probe_exact(start: usize) -> Option<RegionInfo> {
     Some(b.info(i, start))
 }
 
+/// The small facts of the region that starts exactly at `start` and the
+/// retains C holds on it, read without a lock: what a drop asks first (rule
+/// P3). A retain racing the drop is as racy with a lock as without one; a
+/// read that takes no lock also leaves the shard's sequence number, and so
+/// every thread's recent answers, alone.
+pub(crate) fn exact_facts(start: usize) -> Option<(RegionInfo, u16)> {
+    read_stable(shard_of(start), || {
+        let (b, i) = ShardInner::find_exact(start)?;
+        Some((b.info(i, start), super::record::retains_of(b.rec(i))))
+    })
+    .0
+}
+
 /// The lock-free lookup: the address's page, then its cover (or the huge
 /// list). `keep` stores the answer in the thread's recent answers.
 #[inline(never)]

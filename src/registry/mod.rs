@@ -70,7 +70,7 @@ use block::PAGE_SHIFT;
 use ids::THREAD_BITS;
 use record::W_INDICES;
 use shard::{shard_of, ShardInner, SHARDS};
-use sites::site_at;
+use sites::provenance_at;
 
 pub(crate) use bounds::{bound_words, managed_bounds, nothing_live};
 pub(crate) use directory::root_table;
@@ -78,7 +78,7 @@ pub(crate) use ids::{new_id, next_id, thread_serial};
 pub(crate) use live_c::{
     hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in,
 };
-pub(crate) use lookup::{lookup, lookup_for_free};
+pub(crate) use lookup::{exact_facts, lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
 pub(crate) use recent::unpinned_managed_start;
 pub use record::REGION_RECORD_BYTES;
@@ -151,7 +151,9 @@ pub(crate) mod flags {
 /// small: most regions never need any of them.
 #[derive(Default)]
 pub(crate) struct Extra {
-    pub type_name: Option<fn() -> &'static str>,
+    /// The type name and the free site live in the record's interned
+    /// provenance; here only when the provenance table is full.
+    pub type_name: Option<&'static str>,
     pub alloc_trace: Option<StackId>,
     pub free_site: Option<Site>,
     pub free_trace: Option<StackId>,
@@ -168,6 +170,10 @@ pub(crate) struct Extra {
 pub(crate) struct Region {
     pub size: usize,
     pub site: Option<Site>,
+    /// The type allocated (`Managed<T>`, `CBox<T>`), when known.
+    pub type_name: Option<&'static str>,
+    /// Where it was freed, once freed.
+    pub free_site: Option<Site>,
     pub extra: Option<Box<Extra>>,
     /// The region's id (upper 40 bits: unique for the first 2^40 regions)
     /// and the serial of the thread that created it (lower 24 bits).
@@ -272,7 +278,7 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
     // A leak check visits every record, the quarantined ones included (a
     // million in mode 2): each record's words are read once, and the site
     // of the record before is reused (neighbours mostly share one).
-    let mut last_site = (0u32, None);
+    let mut last_site = (0u32, Default::default());
     for shard in SHARDS.iter() {
         let mut inner = shard.lock();
         let inner = &mut *inner;
@@ -287,7 +293,7 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
                 let (site_ix, extra_ix) =
                     ((words[W_INDICES] >> 32) as u32, words[W_INDICES] as u32);
                 if site_ix != last_site.0 {
-                    last_site = (site_ix, site_at(site_ix));
+                    last_site = (site_ix, provenance_at(site_ix));
                 }
                 let view = inner.decode(words, last_site.1);
                 f(start, &view);
@@ -332,11 +338,11 @@ impl RegionDetail {
             state: r.state,
             pins: r.pins,
             retains: r.retains,
-            type_name: e.and_then(|e| e.type_name).map(|f| f()),
+            type_name: r.type_name.or(e.and_then(|e| e.type_name)),
             family: r.family,
             alloc_site: r.site,
             alloc_trace: e.and_then(|e| e.alloc_trace),
-            free_site: e.and_then(|e| e.free_site),
+            free_site: r.free_site.or(e.and_then(|e| e.free_site)),
             free_trace: e.and_then(|e| e.free_trace),
             pin_site: e.and_then(|e| e.pin_site),
             pin_trace: e.and_then(|e| e.pin_trace),

@@ -91,6 +91,9 @@ fn quarantine_limits() -> (usize, usize) {
     }
 }
 
+/// How many quarantined blocks one free evicts at most.
+const EVICT_AT_ONCE: usize = 4;
+
 /// Marks the live region starting at `start` freed and puts it in the
 /// quarantine, which gives its memory back with `release` when the block is
 /// evicted (the oldest first, once the shard holds too many blocks or bytes).
@@ -133,10 +136,11 @@ pub(crate) fn mark_freed(
     if matches!(release, Release::Released) {
         view.flags |= flags::RELEASED;
     }
-    if site.is_some() || trace.is_some() {
-        let extra = view.extra_mut();
-        extra.free_site = site;
-        extra.free_trace = trace;
+    // The free site goes into the record's interned provenance; only a
+    // backtrace needs the region's `Extra`.
+    view.free_site = site;
+    if trace.is_some() {
+        view.extra_mut().free_trace = trace;
     }
     w.store_view(b, i, start, view);
     w.quarantine.push_back(Quarantined {
@@ -147,8 +151,15 @@ pub(crate) fn mark_freed(
     });
     w.quarantine_bytes += before.size + BOOKKEEPING_BYTES;
     let (max_blocks, max_bytes) = quarantine_limits();
-    let mut evicted = Vec::new();
-    while w.quarantine.len() > 1
+    // At most a few evictions a free, kept on the stack (no allocation on
+    // the common path: one free evicts one block at steady state); a
+    // quarantine over its limits after a mode change drains over the next
+    // frees.
+    let mut evicted: [Option<(Quarantined, super::Region)>; EVICT_AT_ONCE] =
+        [const { None }; EVICT_AT_ONCE];
+    let mut n = 0;
+    while n < EVICT_AT_ONCE
+        && w.quarantine.len() > 1
         && (w.quarantine.len() > max_blocks || w.quarantine_bytes > max_bytes)
     {
         let Some(q) = w.quarantine.pop_front() else {
@@ -159,7 +170,8 @@ pub(crate) fn mark_freed(
             probe_exact(q.start).is_some_and(|r| r.id == q.id && r.state == RegionState::Freed);
         if current {
             if let Some(r) = w.remove(q.start) {
-                evicted.push((q, r));
+                evicted[n] = Some((q, r));
+                n += 1;
             }
         }
         // Otherwise the record was replaced: the range was reused behind the
@@ -171,7 +183,7 @@ pub(crate) fn mark_freed(
         super::live_c::gone(start, before.id);
     }
     crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
-    for (q, r) in evicted {
+    for (q, r) in evicted.into_iter().flatten() {
         forget_removed(&r);
         // SAFETY: the block left the quarantine: it was freed by its owner,
         // held back from reuse since, and is released exactly once, here.

@@ -21,12 +21,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::site::Site;
-
 use super::block::Block;
 use super::ids::THREAD_BITS;
 use super::shard::ShardInner;
-use super::sites::{intern, site_at};
+use super::sites::{intern, provenance_at, Provenance};
 use super::unpinned::count_unpinned;
 use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
 
@@ -98,6 +96,12 @@ pub(super) fn info_of(r: &[AtomicU64; REC_WORDS], start: usize) -> RegionInfo {
     }
 }
 
+/// The retains C holds on the stored record `r` (saturating).
+#[inline(always)]
+pub(super) fn retains_of(r: &[AtomicU64; REC_WORDS]) -> u16 {
+    (r[W_FACTS].load(Ordering::Relaxed) >> RETAINS_SHIFT) as u16
+}
+
 /// Whether the stored record `words` is live, unpinned managed memory.
 #[inline(always)]
 fn words_unpinned(words: &[u64; REC_WORDS]) -> bool {
@@ -136,16 +140,18 @@ impl ShardInner {
     /// index stays the record's; [`ShardInner::store_view`] puts it back).
     pub(super) fn view(&mut self, b: Block, i: usize) -> Region {
         let words = b.words(i);
-        let site = site_at((words[W_INDICES] >> 32) as u32);
-        self.decode(words, site)
+        let provenance = provenance_at((words[W_INDICES] >> 32) as u32);
+        self.decode(words, provenance)
     }
 
     /// The view of a record's words (its `Extra` moved out of the slab).
-    pub(super) fn decode(&mut self, words: [u64; REC_WORDS], site: Option<Site>) -> Region {
+    pub(super) fn decode(&mut self, words: [u64; REC_WORDS], provenance: Provenance) -> Region {
         let facts = words[W_FACTS];
         Region {
             size: words[W_SIZE] as usize,
-            site,
+            site: provenance.site,
+            type_name: provenance.type_name,
+            free_site: provenance.free_site,
             extra: match words[W_INDICES] as u32 {
                 0 => None,
                 ix => self.extras[ix as usize - 1].take(),
@@ -174,8 +180,25 @@ impl ShardInner {
     }
 
     pub(super) fn encode(&mut self, old_extra_ix: u32, view: Region) -> [u64; REC_WORDS] {
-        let site_ix = intern(view.site);
-        let extra_ix = self.put_extra(old_extra_ix, view.extra);
+        let provenance = Provenance {
+            site: view.site,
+            type_name: view.type_name,
+            free_site: view.free_site,
+        };
+        let mut site_ix = intern(provenance);
+        let mut extra = view.extra;
+        if site_ix == 0 && provenance != Provenance::default() {
+            // The table is full: the facts go into the region's `Extra`.
+            site_ix = intern(Provenance {
+                type_name: None,
+                free_site: None,
+                ..provenance
+            });
+            let e = extra.get_or_insert_with(Default::default);
+            e.type_name = e.type_name.or(provenance.type_name);
+            e.free_site = e.free_site.or(provenance.free_site);
+        }
+        let extra_ix = self.put_extra(old_extra_ix, extra);
         [
             view.tag,
             u64::from(extra_ix) | u64::from(site_ix) << 32,

@@ -20,7 +20,7 @@ use super::ids::{new_id, thread_serial, THREAD_BITS};
 use super::live_c;
 use super::lookup::{find, probe_exact};
 use super::shard::{read_stable, shard_of, ShardInner};
-use super::sites::intern;
+use super::sites::{intern, Provenance};
 use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
 
 /// What to register.
@@ -72,16 +72,20 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let trace = crate::mode::event_backtraces()
         .then(crate::stackdepot::capture)
         .flatten();
-    let extra = (trace.is_some() || new.type_name.is_some()).then(|| {
+    // The type name goes with the interned site, not into a boxed `Extra`:
+    // most regions then need no allocation of the checker's own.
+    let extra = trace.map(|trace| {
         Box::new(Extra {
-            type_name: new.type_name,
-            alloc_trace: trace,
+            alloc_trace: Some(trace),
             ..Extra::default()
         })
     });
+    let type_name = new.type_name.map(|f| f());
     let region = Region {
         size: new.size,
         site: new.site,
+        type_name,
+        free_site: None,
         extra,
         tag: (id << THREAD_BITS) | u64::from(thread_serial()),
         pins: 0,
@@ -97,7 +101,11 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         widen(&MANAGED_LO, &MANAGED_HI, new.start, size);
     }
     // Interned before the shard lock: the site table has its own.
-    intern(new.site);
+    intern(Provenance {
+        site: new.site,
+        type_name,
+        free_site: None,
+    });
     let replaced = shard_of(new.start).write().insert(new.start, region);
     stale.extend(replaced);
     live_c::added(new.start, new.size, id, new.kind == RegionKind::C);

@@ -241,8 +241,8 @@ impl ShardInner {
         } else {
             b
         };
+        b.shift_offs_up(at, len);
         for j in (at..len).rev() {
-            b.set_off(j + 1, b.off(j));
             b.copy_rec(j, b, j + 1);
         }
         b.set_off(at, off);
@@ -282,8 +282,8 @@ impl ShardInner {
         if extra_ix != 0 {
             self.free_extras.push(extra_ix);
         }
+        b.shift_offs_down(i, len);
         for j in i + 1..len {
-            b.set_off(j - 1, b.off(j));
             b.copy_rec(j, b, j - 1);
         }
         slot.len.store(len as u32 - 1, Ordering::Relaxed);

@@ -1,14 +1,18 @@
-//! Interned allocation sites.
+//! Interned allocation sites, with the type allocated there and, once the
+//! region is freed, the site that freed it: a region's [`Provenance`].
 //!
-//! A record names its allocation site by a 32-bit index (0: none), so the
-//! record stays four words. Index → site is an append-only table, readable
-//! without a lock; site → index, for interning, is a map behind its own
-//! mutex, with a small per-thread cache in front of it.
+//! A record names its provenance by a 32-bit index (0: none), so the record
+//! stays four words and neither the type name nor the free site costs a
+//! heap allocation per region (a program allocates one type at a site, and
+//! frees from few sites). Index → provenance is an append-only table,
+//! readable without a lock; provenance → index, for interning, is a map
+//! behind its own mutex, with a small per-thread cache in front of it.
 //!
-//! Invariants: an index, once given, names the same site for good; at most
-//! 4 Mi distinct sites get one (any beyond are recorded as unknown). The
-//! site table's mutex is taken alone or inside a shard's write, never
-//! before a shard's mutex.
+//! Invariants: an index, once given, names the same provenance for good; at
+//! most 4 Mi distinct provenances get one (any beyond are recorded as
+//! unknown, and the callers keep the facts elsewhere). The site table's
+//! mutex is taken alone or inside a shard's write, never before a shard's
+//! mutex.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -21,12 +25,55 @@ const SITE_CHUNK: usize = 1024;
 /// At most 4 Mi distinct sites; any beyond are recorded as unknown.
 const SITE_CHUNKS: usize = 4096;
 
-/// Index → site: append-only, readable without a lock.
-static SITES: [OnceLock<Box<[OnceLock<Site>; SITE_CHUNK]>>; SITE_CHUNKS] =
+/// Where a region comes from: its allocation site, the type allocated
+/// there, and the site that freed it (once freed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Provenance {
+    pub site: Option<Site>,
+    pub type_name: Option<&'static str>,
+    pub free_site: Option<Site>,
+}
+
+impl Provenance {
+    fn is_none(&self) -> bool {
+        self.site.is_none() && self.type_name.is_none() && self.free_site.is_none()
+    }
+}
+
+/// The interning key of a provenance: the type name by its address (one
+/// `type_name::<T>()` is one string), so hashing and comparing are a few
+/// words.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key(usize, usize, usize, usize);
+
+impl Key {
+    #[inline]
+    fn of(p: &Provenance) -> Key {
+        let (ptr, len) = p
+            .type_name
+            .map_or((0, 0), |t| (t.as_ptr() as usize, t.len()));
+        Key(
+            p.site.map_or(0, Site::word),
+            ptr,
+            len,
+            p.free_site.map_or(0, Site::word),
+        )
+    }
+
+    /// The key's slot in the per-thread cache: one multiply.
+    #[inline]
+    fn slot(&self) -> usize {
+        let mixed = self.0 ^ self.1.rotate_left(21) ^ self.3.rotate_left(42);
+        ((mixed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
+    }
+}
+
+/// Index → provenance: append-only, readable without a lock.
+static SITES: [OnceLock<Box<[OnceLock<Provenance>; SITE_CHUNK]>>; SITE_CHUNKS] =
     [const { OnceLock::new() }; SITE_CHUNKS];
-/// Site → index, for interning.
+/// Provenance → index, for interning.
 static SITE_INDEX: Mutex<SiteIndex> = Mutex::new(None);
-type SiteIndex = Option<HashMap<Site, u32, BuildHasherDefault<WordHasher>>>;
+type SiteIndex = Option<HashMap<Key, u32, BuildHasherDefault<WordHasher>>>;
 
 /// A multiplicative hash of the words a key writes (sites are one word).
 #[derive(Default)]
@@ -52,7 +99,7 @@ impl Hasher for WordHasher {
 thread_local! {
     /// A direct-mapped cache in front of the site index: a program
     /// allocates from few lines, many times.
-    static SITE_CACHE: [Cell<(Option<Site>, u32)>; 64] =
+    static SITE_CACHE: [Cell<(Option<Key>, u32)>; 64] =
         const { [const { Cell::new((None, 0)) }; 64] };
 }
 
@@ -69,42 +116,43 @@ pub(super) fn lock_for_fork() -> ForkLock {
     }
 }
 
-/// The index of `site` (0 for none).
-pub(super) fn intern(site: Option<Site>) -> u32 {
-    let Some(site) = site else {
+/// The index of a provenance (0 for none, or when the table is full).
+pub(super) fn intern(p: Provenance) -> u32 {
+    if p.is_none() {
         return 0;
-    };
-    let mut h = WordHasher::default();
-    site.hash(&mut h);
-    let slot = (h.finish() >> 58) as usize;
+    }
+    let key = Key::of(&p);
+    let slot = key.slot();
     if let Ok((cached, ix)) = SITE_CACHE.try_with(|c| c[slot].get()) {
-        if cached == Some(site) {
+        if cached == Some(key) {
             return ix;
         }
     }
     let mut index = SITE_INDEX.lock().unwrap_or_else(|e| e.into_inner());
     let map = index.get_or_insert_with(Default::default);
     let next = map.len() + 1;
-    let ix = *map.entry(site).or_insert_with(|| {
+    let ix = *map.entry(key).or_insert_with(|| {
         if next >= SITE_CHUNK * SITE_CHUNKS {
             return 0;
         }
         let chunk = SITES[next / SITE_CHUNK]
             .get_or_init(|| Box::new([const { OnceLock::new() }; SITE_CHUNK]));
-        let _ = chunk[next % SITE_CHUNK].set(site);
+        let _ = chunk[next % SITE_CHUNK].set(p);
         next as u32
     });
     drop(index);
-    let _ = SITE_CACHE.try_with(|c| c[slot].set((Some(site), ix)));
+    let _ = SITE_CACHE.try_with(|c| c[slot].set((Some(key), ix)));
     ix
 }
 
-pub(super) fn site_at(ix: u32) -> Option<Site> {
+/// The provenance at an index (all `None` for 0).
+pub(super) fn provenance_at(ix: u32) -> Provenance {
     let ix = ix as usize;
     SITES
-        .get(ix / SITE_CHUNK)?
-        .get()?
-        .get(ix % SITE_CHUNK)?
-        .get()
+        .get(ix / SITE_CHUNK)
+        .and_then(OnceLock::get)
+        .and_then(|chunk| chunk.get(ix % SITE_CHUNK))
+        .and_then(OnceLock::get)
         .copied()
+        .unwrap_or_default()
 }
