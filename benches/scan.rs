@@ -66,6 +66,10 @@ fn scan(c: &mut Criterion) {
         return;
     }
     ffi_check::set_mode(ffi_check::Mode::Full);
+    // The scan's own speed: every scan reads everything (with the write
+    // watch it would read only what was written since the last one, which
+    // `benches/mode2.rs` measures).
+    ffi_check::__private::set_write_watch(false);
     // Unpinned managed regions, so the scan has something to look for,
     // with pinned ones allocated in between them.
     let mut unpinned = Vec::new();

@@ -25,7 +25,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use crate::bookkeeping::{allocator_report, bookkeeping, capture_backtrace, guarded};
+use crate::bookkeeping::{allocator_report, bookkeeping, guarded};
 use crate::heap::{
     batch, block_at, freed_meta, header, inner_layout, install, meta_align, meta_size, meta_state,
     my_shard, state, uninstall, words, Batch, Entry, BATCH, HAS_ORPHANS, ORPHANS, PENDING_P,
@@ -199,10 +199,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             return;
         }
         if crate::mode::raw_event_backtraces() {
-            let trace = {
-                let _g = bookkeeping();
-                Some(Box::new(capture_backtrace()))
-            };
+            let trace = crate::stackdepot::capture();
             // SAFETY: as the caller vouches.
             unsafe { self.push_locked(std::iter::once(Entry { p, site, trace })) };
             return;
@@ -306,10 +303,6 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         }
         // SAFETY: as the caller vouches.
         unsafe { self.release(e.p, meta) };
-        if e.trace.is_some() {
-            let _g = bookkeeping();
-            drop(e.trace);
-        }
     }
 
     #[inline]

@@ -214,6 +214,28 @@ pub(crate) fn resolve_backtrace(bt: &mut Backtrace) {
     bt.resolve();
 }
 
+/// Resolves one code address: `f(function, file, line)` for each symbol
+/// there (several where calls were inlined).
+pub(crate) fn resolve_address(
+    addr: usize,
+    mut f: impl FnMut(Option<String>, Option<std::path::PathBuf>, Option<u32>),
+) {
+    let _g = bookkeeping();
+    let _lock = backtraces();
+    // SAFETY: the backtrace lock above is held, which serialises this with
+    // every other resolution of the checker's (the `backtrace` crate's
+    // symbol caches are not thread-safe without it).
+    unsafe {
+        backtrace::resolve_unsynchronized(addr as *mut std::ffi::c_void, |sym| {
+            f(
+                sym.name().map(|n| format!("{n:#}")),
+                sym.filename().map(std::path::Path::to_path_buf),
+                sym.lineno(),
+            )
+        })
+    };
+}
+
 /// Walks the caller's stack, frame by frame, until `f` returns false.
 pub(crate) fn walk_stack(f: impl FnMut(&backtrace::Frame) -> bool) {
     let _g = bookkeeping();

@@ -216,6 +216,11 @@ impl At<'_> {
     fn check_raw_typed(self, addr: usize, mutable: bool, pointee: usize) {
         let Some(r) = registry::lookup(addr) else {
             if let Some(block) = crate::heap::block_at(addr) {
+                if crate::mode::full() {
+                    // Mode 2: a static found holding this block when the
+                    // outermost call returns is C's keeping (`roots`).
+                    frame::note_lent(block.start);
+                }
                 self.check_heap_block(block, mutable);
             } else if c_block_freed(addr) {
                 self.report_freed(addr, addr);

@@ -13,9 +13,10 @@
 //! path that holds two of them at once takes them in this order, and the
 //! prepare handler takes them all in it.
 //!
-//! 1. `roots`: the scans' lock (`SEEN`), then the roots (`ROOTS`): a mode-2
-//!    scan holds the first while it reads the second, the guarded blocks
-//!    and every registry shard, and allocates and frees;
+//! 1. `roots`: the scans' lock (`SEEN`), then the roots (`ROOTS`), then the
+//!    statics found holding a pointer (`HELD_WORDS`): a mode-2 scan holds
+//!    the first while it reads the others, the guarded blocks and registry
+//!    shards, and allocates and frees;
 //! 2. `guard`: the guarded blocks (`BLOCKS`);
 //! 3. `pin`: the pinner table (`PINNERS`);
 //! 4. `family`: the allocator families (`FAMILIES`, for writing);
@@ -29,12 +30,15 @@
 //!    blocks back to glibc);
 //! 7. `registry`: the 64 shards in index order (a quarantine ring evicting a
 //!    block forgets it under its shard), then the directory, the huge list
-//!    and the site table (taken inside a shard's write);
+//!    and the site table (taken inside a shard's write), then the list of
+//!    live C regions (taken inside a shard's lock when it is filled);
 //! 8. `bookkeeping`: the backtrace lock, a leaf (in mode 2 a free made
 //!    under the locks of 1 to 5 takes a backtrace; nothing of the checker is
 //!    locked under it). Every backtrace the checker takes or resolves goes
 //!    through it, so with it held no thread of the checker is inside the
-//!    `backtrace` crate's own lock either.
+//!    `backtrace` crate's own lock either;
+//! 9. `stackdepot`: the depot's 16 shards in index order, leaves (a capture
+//!    is stored under one, with nothing taken inside).
 //!
 //! No two rings and no two shards are ever held at once except here, so
 //! taking them in index order cannot meet a thread that holds them the
@@ -72,6 +76,7 @@ struct Held {
     heap: crate::heap::ForkLocks,
     registry: crate::registry::ForkLocks,
     bookkeeping: crate::bookkeeping::ForkLocks,
+    stackdepot: crate::stackdepot::ForkLocks,
 }
 
 impl Held {
@@ -87,7 +92,9 @@ impl Held {
             heap,
             registry,
             bookkeeping,
+            stackdepot,
         } = self;
+        drop(stackdepot);
         drop(bookkeeping);
         drop(registry);
         drop(heap);
@@ -130,6 +137,7 @@ extern "C" fn prepare() {
         heap: crate::heap::lock_for_fork(),
         registry: crate::registry::lock_for_fork(),
         bookkeeping: crate::bookkeeping::lock_for_fork(),
+        stackdepot: crate::stackdepot::lock_for_fork(),
     };
     // SAFETY: this thread holds every lock of `held` (see `Slot`); the slot
     // is empty (the last fork's handlers emptied it), so nothing is dropped.
@@ -159,6 +167,8 @@ extern "C" fn child() {
     if let Some(held) = take() {
         held.release();
     }
+    // Takes the write watch's lock, so only once every lock is released.
+    crate::writewatch::after_fork_in_child();
 }
 
 /// Registers the handlers before `main`, so they are in place before any

@@ -58,6 +58,41 @@ pub(crate) fn leave(prev: *const Frame) {
     let _ = CURRENT.try_with(|c| c.set(prev));
 }
 
+/// How many plain heap blocks an outermost call remembers lending.
+const LENT_SLOTS: usize = 8;
+
+thread_local! {
+    /// Mode 2: the starts of the plain heap blocks (tracking allocator)
+    /// this thread lent to C as raw pointers since its outermost call
+    /// began, the last [`LENT_SLOTS`] of them, and how many were noted.
+    static LENT: Cell<([usize; LENT_SLOTS], usize)> = const { Cell::new(([0; LENT_SLOTS], 0)) };
+}
+
+/// Notes that the heap block starting at `start` is lent to C by the call
+/// in progress (mode 2).
+pub(crate) fn note_lent(start: usize) {
+    let _ = LENT.try_with(|l| {
+        let (mut slots, n) = l.get();
+        slots[n % LENT_SLOTS] = start;
+        l.set((slots, n + 1));
+    });
+}
+
+/// Whether the block starting at `start` was noted by [`note_lent`] since
+/// the last [`forget_lent`].
+pub(crate) fn was_lent(start: usize) -> bool {
+    LENT.try_with(|l| {
+        let (slots, n) = l.get();
+        slots[..n.min(LENT_SLOTS)].contains(&start)
+    })
+    .unwrap_or(false)
+}
+
+/// Forgets what was lent: the outermost call is over.
+pub(crate) fn forget_lent() {
+    let _ = LENT.try_with(|l| l.set(([0; LENT_SLOTS], 0)));
+}
+
 /// The call this thread is in, if any: the callee's name and the call site.
 pub(crate) fn current_call() -> Option<(&'static str, Site)> {
     let frame = CURRENT.try_with(|c| c.get()).ok()?;

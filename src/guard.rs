@@ -174,6 +174,39 @@ pub(crate) fn check_all() -> Vec<Overrun> {
         .collect()
 }
 
+/// Checks the live guarded blocks whose guards lie in one of `ranges`
+/// (sorted, disjoint `(start, end)`: the pages written since the last
+/// check, by the write watch): a guard nothing wrote is still intact.
+pub(crate) fn check_in(ranges: &[(usize, usize)]) -> Vec<Overrun> {
+    if COUNT.load(Ordering::Relaxed) == 0 {
+        return Vec::new();
+    }
+    let blocks = blocks();
+    let mut found = Vec::new();
+    let mut last = None;
+    for &(from, to) in ranges {
+        // A block whose back guard reaches into the range starts before
+        // it; blocks do not overlap, so the last one before is the only one.
+        let before = blocks
+            .range(..from.saturating_add(GUARD))
+            .next_back()
+            .filter(|(&user, &size)| user + size + GUARD > from);
+        let inside = blocks.range(from.saturating_add(GUARD)..to.saturating_add(GUARD));
+        for (&user, &size) in before.into_iter().chain(inside) {
+            if last.is_some_and(|l| l >= user) {
+                continue;
+            }
+            last = Some(user);
+            // SAFETY: as in `check_all`: a live guarded block of that size,
+            // which cannot be freed while this lock is held.
+            if let Some(o) = unsafe { check_block(user, size) } {
+                found.push(o);
+            }
+        }
+    }
+    found
+}
+
 /// Forgets the guarded block at `user`, checking its guards one last time.
 /// `None` when it is not a guarded block.
 fn forget(user: usize) -> Option<Option<Overrun>> {

@@ -13,7 +13,7 @@ use std::sync::Once;
 use crate::heap::HandedToC;
 use crate::pin::{live_pinners, PinnerLeak};
 use crate::registry::{self, flags, RegionDetail, RegionKind, RegionState};
-use crate::report::{msg, render_backtrace, ReportRegion, Violation, ViolationKind};
+use crate::report::{msg, render_stack, ReportRegion, Violation, ViolationKind};
 use crate::site::Site;
 
 /// Leaked allocations that share an allocation site.
@@ -175,8 +175,8 @@ impl fmt::Display for LeakReport {
                 g.site
                     .map_or_else(|| "an unknown site".to_owned(), |s| s.to_string())
             );
-            if let Some(bt) = &g.example.alloc_trace {
-                render_backtrace(&mut out, bt, "    ");
+            if let Some(id) = g.example.alloc_trace {
+                render_stack(&mut out, id, "    ");
             }
         }
         for p in &self.pins {

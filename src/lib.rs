@@ -301,13 +301,16 @@
 //   `bookkeeping` (the checker's own allocations and re-entrancy guard),
 //   `stats` (counters), `family` (allocator families), `frame` (the call a
 //   thread is in), `probe` (safe reads of memory the checker has no record
-//   of), `segments` (the loaded objects' segments: where statics live);
+//   of), `segments` (the loaded objects' segments: where statics live),
+//   `stackdepot` (event backtraces, stored once as return addresses),
+//   `writewatch` (the pages written since the last scan, from the kernel),
+//   `pointer_map` (where a type's pointers are: layouts only);
 // - the memory model: `heap` (the tracking allocator's block headers, page
 //   map and quarantine rings), then `registry` (every tracked region);
 // - `report`: violations, their text, and what one does; it describes a
 //   region by asking the memory model;
-// - `scan` (pointer scans), `pointer_map` (where a type's pointers are),
-//   `guard` (mode-2 guard bytes), `convert` (X1, X2);
+// - `scan` (pointer scans), `guard` (mode-2 guard bytes), `convert` (X1,
+//   X2);
 // - the rules' front ends: `cbox` (C memory, C1, C2), `roots` (mode-2 roots,
 //   P2 scans), `managed`, `pin` (P2, P3, P6), `leak` (C3);
 // - the boundary and the entry points: `call` (`call!`, P1, P4), `alloc`
@@ -353,8 +356,10 @@ mod roots;
 mod scan;
 mod segments;
 mod site;
+mod stackdepot;
 mod stats;
 mod stderr;
+mod writewatch;
 
 pub use alloc::TrackingAllocator;
 pub use call::{unchecked, CArg, CReturn, Unchecked};
@@ -397,6 +402,36 @@ pub mod __private {
     /// For the registry benchmarks: forgets the region starting at `addr`.
     pub fn registry_forget(addr: usize) {
         crate::registry::remove(addr);
+    }
+
+    /// For the mode-2 benchmarks: an event backtrace as mode 2 takes one
+    /// (raw return addresses, stored once in the stack depot), unresolved.
+    /// Returns whether one was stored.
+    pub fn capture_event_stack() -> bool {
+        crate::stackdepot::capture().is_some()
+    }
+
+    /// For the mode-2 benchmarks: an event backtrace as mode 2 took one
+    /// before the stack depot (`backtrace::Backtrace::new_unresolved`).
+    pub fn capture_unresolved_backtrace() -> usize {
+        crate::bookkeeping::capture_backtrace().frames().len()
+    }
+
+    /// For the mode-2 benchmarks: how event stacks are walked in this build
+    /// ("frame pointers" or "unwinder").
+    pub fn stack_walker() -> &'static str {
+        crate::stackdepot::walker()
+    }
+
+    /// For the mode-2 benchmarks: turns the write watch off, or lets the
+    /// next scan start it again (where the kernel has it).
+    pub fn set_write_watch(on: bool) {
+        crate::writewatch::set_enabled(on);
+    }
+
+    /// For the mode-2 benchmarks: the bytes the stack depot holds.
+    pub fn stack_depot_bytes() -> usize {
+        crate::stackdepot::bytes()
     }
 }
 

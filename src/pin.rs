@@ -126,7 +126,9 @@ impl Pinner {
         if !checks_on() {
             return;
         }
-        let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
+        let trace = crate::mode::event_backtraces()
+            .then(crate::stackdepot::capture)
+            .flatten();
         // A heap block of the tracking allocator becomes known to the
         // registry the first time it is pinned.
         registry::promote_heap_block(addr, Some(site));
@@ -377,7 +379,9 @@ pub(crate) fn retain_at(addr: usize, site: Option<Site>) {
     if addr == 0 || !checks_on() {
         return;
     }
-    let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
+    let trace = crate::mode::event_backtraces()
+        .then(crate::stackdepot::capture)
+        .flatten();
     // A freed heap block the registry does not know (one it knows is
     // reported below, from its record).
     if let Some(block) = crate::heap::block_at(addr)

@@ -15,8 +15,9 @@
 //! field whose type has none. Types without a map keep the conservative
 //! scan: an undeclared map is never a reason to check less.
 //!
-//! Ground floor beside `scan`: this module only describes layouts; the scan
-//! that reads the words lives in `scan`.
+//! The floor below `scan`: this module only describes layouts (the maps,
+//! and [`PointerFree`], the declaration of a type without pointers); the
+//! scan that reads the words lives in `scan`, which uses it.
 
 use std::mem::size_of;
 
@@ -25,6 +26,68 @@ const WORD: usize = size_of::<usize>();
 /// The most pointer words a map lists one by one; beyond that it keeps the
 /// span from the first to the last of them, every word of which is scanned.
 const LISTED: usize = 8;
+
+/// Declares that a type holds no pointers, so lending it to C never scans
+/// it (Go's typed check gets this from the type's pointer bitmap).
+///
+/// Types with alignment below a pointer's (`[u8]`, `[u16]`, `[u32]`, `str`)
+/// are never scanned anyway; this trait is for 8-byte-aligned plain data
+/// such as `[u64]` or `[f64]`, through
+/// [`Managed::pointer_free`](crate::Managed::pointer_free).
+///
+/// # Safety
+/// No value of the type holds an address that C could use to reach managed
+/// memory. (An integer that happens to equal an address is harmless: the
+/// promise is about meaning, and only affects what is checked.)
+///
+/// ```
+/// use ffi_check::{Managed, PointerFree};
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Sample { t: f64, v: f64 }
+/// // SAFETY: two floats, no pointers.
+/// unsafe impl PointerFree for Sample {}
+/// let samples = Managed::from_vec(vec![Sample { t: 0.0, v: 1.0 }; 1024]).pointer_free();
+/// assert_eq!(samples.len(), 1024);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not declared pointer-free (`ffi_check::PointerFree`)",
+    label = "may hold a pointer",
+    note = "derive `PointerFree` (crate `ffi-check-derive`) for a type of numbers, or `PointerMap` for one with pointers"
+)]
+pub unsafe trait PointerFree {}
+
+macro_rules! pointer_free {
+    ($($t:ty),*) => { $(
+        // SAFETY: a number or a bool holds no address C could follow.
+        unsafe impl PointerFree for $t {}
+    )* };
+}
+pointer_free!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    ()
+);
+// SAFETY: text holds no addresses.
+unsafe impl PointerFree for str {}
+// SAFETY: a sequence of pointer-free elements holds no addresses.
+unsafe impl<T: PointerFree> PointerFree for [T] {}
+// SAFETY: as for slices.
+unsafe impl<T: PointerFree, const N: usize> PointerFree for [T; N] {}
 
 /// Where the pointers of a value are: the byte offsets of the words that
 /// may hold one, or, for a type with many, a span of words that covers them
@@ -546,12 +609,12 @@ probe_tier!(MapWrapped, Contents<T::Inner>,
 probe_tier!(MapWrappedMut, Contents<T::Inner>,
     for &&Probe<&'a mut T> where T: Wrapper, T::Inner: ContentsMap);
 // The second: a `PointerFree` declaration, an empty map.
-probe_tier!(FreeRef, Free, for &Probe<&'a T> where T: crate::scan::PointerFree);
-probe_tier!(FreeMut, Free, for &Probe<&'a mut T> where T: crate::scan::PointerFree);
+probe_tier!(FreeRef, Free, for &Probe<&'a T> where T: PointerFree);
+probe_tier!(FreeMut, Free, for &Probe<&'a mut T> where T: PointerFree);
 probe_tier!(FreeWrapped, Free,
-    for &Probe<&'a T> where T: Wrapper, T::Inner: crate::scan::PointerFree);
+    for &Probe<&'a T> where T: Wrapper, T::Inner: PointerFree);
 probe_tier!(FreeWrappedMut, Free,
-    for &Probe<&'a mut T> where T: Wrapper, T::Inner: crate::scan::PointerFree);
+    for &Probe<&'a mut T> where T: Wrapper, T::Inner: PointerFree);
 
 /// The fallback: no map, the conservative scan.
 #[doc(hidden)]

@@ -5,10 +5,11 @@
 //! barrier, and C keeping a pointer it was only lent is otherwise invisible
 //! until the memory is freed and C reads it anyway. So mode 2 looks after the
 //! fact: it reads every aligned word of the C memory it can see — the live C
-//! regions it tracks, plus the *roots*: C storage registered with
-//! `ffi_check_add_root` ([`add_root`]) or found in the writable segments of a
-//! shared library ([`watch_library`]) — and reports a word that points into
-//! live, unpinned managed memory.
+//! regions it tracks, the *roots* (C storage registered with
+//! `ffi_check_add_root`, [`add_root`], or a watched library's segments,
+//! [`watch_library`]) and the writable segments of every loaded object,
+//! the program's and the libraries' statics — and reports a word that
+//! points into live, unpinned managed memory.
 //!
 //! When, and what a finding means:
 //! - before an outermost [`call!`](crate::call!) starts: a new finding was
@@ -16,6 +17,9 @@
 //!   `StoredUnpinned` (P5);
 //! - after it returns: a new finding was written during the call, by C:
 //!   `Retained` (P2), naming the call;
+//! - in a static: only a finding that appeared during the call counts
+//!   (`Retained`), since Rust's own statics hold pointers to its memory
+//!   legitimately; one that appears outside a call is silently taken in;
 //! - when a `Pinner` unpins, or a `Managed` is dropped: C memory that still
 //!   points into that region is `FreedWhileRetained` (P3), and a dropped
 //!   region is then kept (leaked) so C's pointer stays valid.
@@ -28,13 +32,16 @@
 //! call, a scan is skipped (its C may hold its own loans for the moment);
 //! the next scan catches up.
 //!
-//! Nothing tells the checker which C words were written since the last scan,
-//! so every scan is a full scan. It is made fast instead: each word is first
-//! compared with the bounds of the unpinned managed regions (a test the
-//! compiler vectorises over blocks of 64 words), so pointer-free C memory
-//! streams past at memory speed; a word inside the bounds is next tested
-//! against a bitmap of where the targets lie, and only a word that passes
-//! both costs a binary search in a snapshot taken at the start of the scan.
+//! The scan's input is a list of ranges ([`Ranges`]): nothing visits the
+//! registry's records (the live C regions are listed apart), so its cost
+//! follows the bytes read, not the records, live or freed. With the write
+//! watch ([`crate::writewatch`]) only the pages written since the last scan
+//! are read, and the findings elsewhere are kept as they were; without it
+//! every scan reads everything. Each word is first compared with the bounds
+//! of managed memory (a test the compiler vectorises over blocks of 64
+//! words), so pointer-free memory streams past at memory speed; a word
+//! inside them asks the registry's per-page unpinned counts before any
+//! lookup.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -42,7 +49,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::mode::{checks_on, COMPILED_IN};
-use crate::registry::{self, RegionKind, RegionState};
+use crate::registry;
 use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::segments;
 use crate::site::Site;
@@ -207,87 +214,251 @@ fn loaded_writable_segments(name: &str) -> Vec<(String, usize, usize)> {
 
 // ---- what a scan reads -----------------------------------------------------
 
-/// One range the scan reads: a live tracked C region, or a root.
-#[derive(Clone, Copy)]
+/// Where a range the scan reads comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// A live tracked C region.
+    CRegion,
+    /// A root: its index in the scan's copy of the roots.
+    Root(usize),
+    /// A writable segment of a loaded object: the statics of the program
+    /// and of every library, C's and Rust's alike.
+    Segment,
+}
+
+/// One range the scan reads: all of its holder, or the part of it that
+/// was written since the last scan.
+#[derive(Clone, Copy, Debug)]
 struct Span {
     start: usize,
     len: usize,
-    /// Index into the roots snapshot; `None` for a tracked C region.
-    root: Option<usize>,
+    source: Source,
+    /// Where the holder (the C region, root or segment) starts.
+    base: usize,
 }
 
-/// What the scan reads and what it looks for, taken at its start.
-struct Snapshot {
+/// The scan's whole input: a list of ranges, and the roots they name.
+///
+/// Anything else C can write joins the list as further spans (the blocks of
+/// an interposed `malloc`, say): the scan itself only reads ranges.
+struct Ranges {
     spans: Vec<Span>,
     roots: Vec<Root>,
-    /// Live, unpinned managed regions C has not declared it retains:
-    /// `(start, end)`, sorted.
-    targets: Vec<(usize, usize)>,
 }
 
-impl Snapshot {
-    /// Takes the snapshot; `targets` only when the scan looks for unpinned
-    /// memory (a scan for one region does not need them).
-    fn take(with_targets: bool) -> Snapshot {
+impl Ranges {
+    /// The live tracked C regions, the roots and, with `segments`, the
+    /// writable segments of every loaded object. Listing them visits no
+    /// record: the registry keeps the live C regions apart.
+    fn gather(segments: bool) -> Ranges {
+        let _g = crate::bookkeeping::bookkeeping();
         let roots = roots().clone();
-        let mut spans: Vec<Span> = roots
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Span {
-                start: r.start,
-                len: r.len,
-                root: Some(i),
-            })
-            .collect();
-        let mut targets = Vec::new();
-        // Plain heap blocks the registry knows are targets only under strict
-        // rules: otherwise C holding one is judged when it is freed.
-        let strict = with_targets && crate::mode::strict();
-        registry::for_each(|start, r| {
-            if r.state != RegionState::Live {
-                return;
-            }
-            match r.kind {
-                RegionKind::C => spans.push(Span {
-                    start,
-                    len: r.size,
-                    root: None,
-                }),
-                RegionKind::Managed
-                    if with_targets
-                        && r.pins == 0
-                        && r.retains == 0
-                        && (strict || r.family == crate::family::FAMILY_RUST) =>
-                {
-                    targets.push((start, start.saturating_add(r.size.max(1))));
-                }
-                RegionKind::Managed => {}
-            }
-        });
-        // With the C allocator interposed, every live C heap block is C
-        // memory the scan reads (those the registry knows are in already).
-        #[cfg(feature = "interpose")]
-        crate::heap::for_each_live_c(|start, len| {
+        let mut spans = Vec::new();
+        registry::live_c_spans(|start, len| {
             spans.push(Span {
                 start,
                 len,
-                root: None,
+                source: Source::CRegion,
+                base: start,
             })
         });
-        targets.sort_unstable();
-        Snapshot {
-            spans,
-            roots,
-            targets,
+        spans.extend(roots.iter().enumerate().map(|(i, r)| Span {
+            start: r.start,
+            len: r.len,
+            source: Source::Root(i),
+            base: r.start,
+        }));
+        if segments {
+            spans.extend(segment_spans());
         }
+        interposed_spans(&mut spans);
+        Ranges { spans, roots }
     }
 
-    fn holder(&self, span: &Span) -> Holder {
-        match span.root {
-            Some(i) => Holder::Root(self.roots[i].describe()),
-            None => Holder::Region(span.start),
+    /// With the write watch: only the parts of the live C regions, the
+    /// roots and the segments that lie in pages written since the last scan
+    /// (which are re-armed), and those pages; `None` when the watch is off.
+    /// The work follows the pages written and the ranges watched, not the
+    /// number of live C regions (their pages' ranges are kept by the
+    /// registry between changes).
+    fn gather_written() -> Option<(Ranges, Vec<(usize, usize)>)> {
+        if !crate::writewatch::on() {
+            return None;
+        }
+        let _g = crate::bookkeeping::bookkeeping();
+        let roots = roots().clone();
+        let segments = segment_spans();
+        let mut watched = registry::live_c_hulls(crate::writewatch::page());
+        watched.extend(
+            roots
+                .iter()
+                .map(|r| (r.start, r.start.saturating_add(r.len))),
+        );
+        watched.extend(segments.iter().map(|s| (s.start, s.start + s.len)));
+        watched.sort_unstable();
+        let written = crate::writewatch::written(&watched)?;
+        let mut spans = Vec::new();
+        let clip = |spans: &mut Vec<Span>, span: Span, (ws, we): (usize, usize)| {
+            let (s, e) = (
+                ws.max(span.start),
+                we.min(span.start.saturating_add(span.len)),
+            );
+            if s < e {
+                spans.push(Span {
+                    start: s,
+                    len: e - s,
+                    ..span
+                });
+            }
+        };
+        for &w in &written {
+            registry::live_c_spans_in(w.0, w.1, |start, len| {
+                let span = Span {
+                    start,
+                    len,
+                    source: Source::CRegion,
+                    base: start,
+                };
+                clip(&mut spans, span, w);
+            });
+            for (i, r) in roots.iter().enumerate() {
+                let span = Span {
+                    start: r.start,
+                    len: r.len,
+                    source: Source::Root(i),
+                    base: r.start,
+                };
+                clip(&mut spans, span, w);
+            }
+            for &span in &segments {
+                clip(&mut spans, span, w);
+            }
+        }
+        // The interposed allocator's blocks are not watched: read whole.
+        interposed_spans(&mut spans);
+        Some((Ranges { spans, roots }, written))
+    }
+
+    /// True when `addr` lies in a root (a root inside a segment is reported
+    /// as the root, once).
+    fn in_root(&self, addr: usize) -> bool {
+        self.roots
+            .iter()
+            .any(|r| r.start <= addr && addr - r.start < r.len)
+    }
+}
+
+/// With the C allocator interposed, every live C heap block is C memory
+/// the scan reads (those the registry knows are listed already).
+fn interposed_spans(spans: &mut Vec<Span>) {
+    #[cfg(feature = "interpose")]
+    crate::heap::for_each_live_c(|start, len| {
+        spans.push(Span {
+            start,
+            len,
+            source: Source::CRegion,
+            base: start,
+        })
+    });
+    #[cfg(not(feature = "interpose"))]
+    let _ = spans;
+}
+
+/// Wipes the dead stack when dropped (see `heap::wipe_dead_stack`): what a
+/// scan leaves there (addresses inside C blocks) must not keep a leaked
+/// block reachable for a later leak scan.
+#[cfg(feature = "interpose")]
+struct WipeOnDrop;
+
+#[cfg(feature = "interpose")]
+impl Drop for WipeOnDrop {
+    fn drop(&mut self) {
+        crate::heap::wipe_dead_stack();
+    }
+}
+
+/// The writable segments of the loaded objects as spans, without the
+/// checker's own big tables (statics too, and not C's: with them the
+/// program's statics are megabytes).
+fn segment_spans() -> Vec<Span> {
+    let mut spans = Vec::new();
+    // The checker's own big tables are statics too, and not C's:
+    // skipped (with them the program's statics are megabytes).
+    let mut own = [crate::heap::root_table(), registry::root_table()];
+    own.sort_unstable();
+    for &(start, len) in writable_segments().iter() {
+        let end = start + len;
+        let mut from = start;
+        for &(os, ol) in &own {
+            let oe = os + ol;
+            if os < end && from < oe {
+                if from < os {
+                    spans.push(Span {
+                        start: from,
+                        len: os - from,
+                        source: Source::Segment,
+                        base: start,
+                    });
+                }
+                from = from.max(oe);
+            }
+        }
+        if from < end {
+            spans.push(Span {
+                start: from,
+                len: end - from,
+                source: Source::Segment,
+                base: start,
+            });
         }
     }
+    spans
+}
+
+/// The writable segments of the loaded objects, `(start, len)`, read again
+/// only when the loader's generation moves (reading them names every
+/// object, a system call each).
+///
+/// The C library's and the dynamic loader's own statics are left out: their
+/// allocator's state (bins, the top chunk) points into the heap, at chunks
+/// next to live blocks, and changes with every `malloc` on any thread. A
+/// program that wants them read anyway (`strtok`'s saved pointer, a
+/// `setvbuf` buffer) can `watch_library("libc.so")`.
+fn writable_segments() -> Vec<(usize, usize)> {
+    // Taken only inside a scan, under `SEEN` (which `fork` holds): no
+    // thread holds it across a fork.
+    type Cached = ((u64, u64), Vec<(usize, usize)>);
+    static CACHE: Mutex<Cached> = Mutex::new(((u64::MAX, u64::MAX), Vec::new()));
+    let _g = crate::bookkeeping::bookkeeping();
+    let generation = segments::generation();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.0 != generation {
+        let fresh: Vec<(usize, usize)> = segments::writable()
+            .iter()
+            .filter(|s| s.len > 0 && !is_system_runtime(&s.object))
+            .map(|s| (s.start, s.len))
+            .collect();
+        *cache = (generation, fresh);
+    }
+    cache.1.clone()
+}
+
+/// The C library and the dynamic loader, by path.
+fn is_system_runtime(object: &str) -> bool {
+    let file = object.rsplit('/').next().unwrap_or(object);
+    ["libc.so", "libc-", "ld-linux", "ld-musl", "ld64.so"]
+        .iter()
+        .any(|p| file.starts_with(p))
+}
+
+/// What a found word points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// The live, unpinned managed region starting here.
+    Managed(usize),
+    /// The plain heap block of the tracking allocator starting here (not
+    /// known to the registry).
+    Heap(usize),
 }
 
 /// What holds a pointer that was found.
@@ -297,6 +468,9 @@ enum Holder {
     Region(usize),
     /// A root, described.
     Root(String),
+    /// A static (named when reported), and the call during which it was
+    /// first found holding the pointer, when known.
+    Static(Option<(&'static str, Site)>),
 }
 
 /// A word of C memory that points into managed memory.
@@ -307,13 +481,26 @@ struct Finding {
     holder_start: usize,
     offset: usize,
     value: usize,
-    /// The start of the managed region it points into.
-    target: usize,
+    target: Target,
 }
 
 impl Finding {
+    fn word(&self) -> usize {
+        self.holder_start + self.offset
+    }
+
     fn key(&self) -> (usize, usize) {
-        (self.holder_start + self.offset, self.value)
+        (self.word(), self.value)
+    }
+
+    fn target_start(&self) -> usize {
+        match self.target {
+            Target::Managed(s) | Target::Heap(s) => s,
+        }
+    }
+
+    fn in_static(&self) -> bool {
+        matches!(self.holder, Holder::Static(_))
     }
 }
 
@@ -341,94 +528,218 @@ unsafe fn scan_words(
     });
 }
 
-/// A coarse map of where the targets are: one bit per granule of
-/// `[lo, hi)`, set when a target touches the granule. The granule is the
-/// smallest power of two that keeps the map within `MAX_BITS`, so a word
-/// inside the bounds but between targets (a pointer to pinned memory, or to
-/// C memory in the same heap) is usually settled by one bit, not a search.
-struct Granules {
-    lo: usize,
-    shift: u32,
-    bits: Vec<u64>,
-}
-
-impl Granules {
-    const MAX_BITS: usize = 1 << 18;
-
-    fn new(targets: &[(usize, usize)], lo: usize, hi: usize) -> Granules {
-        let mut shift = 0;
-        while (hi - lo) >> shift >= Self::MAX_BITS {
-            shift += 1;
-        }
-        let mut bits = vec![0u64; (((hi - lo) >> shift) >> 6) + 1];
-        for &(start, end) in targets {
-            for g in (start - lo) >> shift..=(end - 1 - lo) >> shift {
-                bits[g >> 6] |= 1 << (g & 63);
-            }
-        }
-        Granules { lo, shift, bits }
-    }
-
-    /// False when no target can contain `w` (which lies in `[lo, hi)`).
-    #[inline(always)]
-    fn may_hold(&self, w: usize) -> bool {
-        let g = (w - self.lo) >> self.shift;
-        self.bits[g >> 6] & (1 << (g & 63)) != 0
+/// The union of two `[lo, hi)` bounds, either of which may be empty.
+fn union((alo, ahi): (usize, usize), (blo, bhi): (usize, usize)) -> (usize, usize) {
+    match (alo < ahi, blo < bhi) {
+        (true, true) => (alo.min(blo), ahi.max(bhi)),
+        (true, false) => (alo, ahi),
+        (false, true) => (blo, bhi),
+        (false, false) => (usize::MAX, 0),
     }
 }
 
-/// Every word of the snapshot's spans that points into one of `targets`
-/// (sorted, non-overlapping `(start, end)` ranges).
-fn find(snapshot: &Snapshot, targets: &[(usize, usize)]) -> Vec<Finding> {
-    let (Some(first), Some(last)) = (targets.first(), targets.last()) else {
-        return Vec::new();
+fn holder_of(ranges: &Ranges, span: &Span) -> Holder {
+    match span.source {
+        Source::CRegion => Holder::Region(span.base),
+        Source::Root(i) => Holder::Root(ranges.roots[i].describe()),
+        Source::Segment => Holder::Static(None),
+    }
+}
+
+/// Every word of the ranges that points into live, unpinned managed memory
+/// that C has not declared it retains (plain heap blocks the registry knows
+/// only under strict rules) and, with `heap`, to the start of a live heap
+/// block of the tracking allocator that the registry does not know.
+///
+/// Each word is first compared with the bounds of all managed memory (a
+/// test the compiler vectorises over blocks of 64 words), so pointer-free
+/// memory streams past at memory speed; a word inside them asks the
+/// registry's per-page unpinned counts before any lookup. Nothing here
+/// visits the records: the cost follows the bytes read.
+fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
+    let managed = registry::managed_bounds();
+    let heap_bounds = if heap {
+        crate::heap::heap_bounds()
+    } else {
+        (usize::MAX, 0)
     };
-    let (lo, hi) = (first.0, last.1);
-    let granules = Granules::new(targets, lo, hi);
-    let mut found = Vec::new();
-    // The last target hit: runs of pointers into one region are common.
-    let mut last_hit = (0usize, 0usize);
-    for span in &snapshot.spans {
-        let mut hits = Vec::new();
+    let (lo, hi) = union(managed, heap_bounds);
+    if lo >= hi {
+        return Vec::new();
+    }
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut reader = registry::ScanReader::new();
+    // The managed regions found, by 64-byte granule of the word (direct
+    // mapped): C memory dense with pointers into a few regions (pinned
+    // ones, which the page filter cannot dismiss) asks the registry once a
+    // region, not once a word. Valid for the scan, as a snapshot would be.
+    const SLOTS: usize = 1 << 12;
+    let mut seen_regions = vec![(0usize, 0usize, false); SLOTS];
+    let mut hits: Vec<(usize, usize, usize, Target)> = Vec::new();
+    for (n, span) in ranges.spans.iter().enumerate() {
         // SAFETY: a live tracked C region is readable while it is live (it
         // is freed through the checker, which quarantines it); a root is
-        // readable by the promise of whoever registered it.
+        // readable by the promise of whoever registered it; a loaded
+        // object's segment while the object is loaded.
         unsafe {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
-                if !granules.may_hold(w) {
-                    return;
-                }
-                let target = if last_hit.0 <= w && w < last_hit.1 {
-                    Some(last_hit)
+                let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) % SLOTS;
+                let (rs, re, unpinned) = seen_regions[slot];
+                let managed = if rs <= w && w < re {
+                    unpinned.then_some(rs)
                 } else {
-                    let i = targets.partition_point(|t| t.0 <= w);
-                    (i > 0 && w < targets[i - 1].1).then(|| targets[i - 1])
+                    reader.managed_region(w).and_then(|r| {
+                        let unpinned = r.is_unpinned_managed();
+                        seen_regions[slot] =
+                            (r.start, r.start.saturating_add(r.size.max(1)), unpinned);
+                        unpinned.then_some(r.start)
+                    })
                 };
-                if let Some(t) = target {
-                    last_hit = t;
-                    hits.push((offset, w, t.0));
-                }
+                let target = if let Some(s) = managed {
+                    Target::Managed(s)
+                } else if heap && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
+                {
+                    Target::Heap(w)
+                } else {
+                    return;
+                };
+                hits.push((n, offset, w, target));
             })
         };
-        if hits.is_empty() {
+    }
+    drop(reader);
+    if hits.is_empty() {
+        return Vec::new();
+    }
+    // Judged once a target: a region C declared it retains is mode 1's.
+    let strict = crate::mode::strict();
+    let mut judged: Vec<(usize, bool)> = Vec::new();
+    let mut counts = |start: usize| -> bool {
+        if let Some(&(_, yes)) = judged.iter().find(|(s, _)| *s == start) {
+            return yes;
+        }
+        let yes = registry::update(start, |r| {
+            r.retains == 0 && (strict || r.family == crate::family::FAMILY_RUST)
+        })
+        .unwrap_or(false);
+        judged.push((start, yes));
+        yes
+    };
+    let mut found = Vec::new();
+    // The checker's own bounds are statics that hold region starts.
+    let (rb, hb) = (registry::bound_words(), crate::heap::bound_words());
+    for (n, offset, value, target) in hits {
+        let span = &ranges.spans[n];
+        let word = span.start + offset;
+        if span.source == Source::Segment
+            && (ranges.in_root(word) || rb.contains(&word) || hb.contains(&word))
+        {
             continue;
         }
-        let holder = snapshot.holder(span);
-        found.extend(hits.into_iter().map(|(offset, value, target)| Finding {
-            holder: holder.clone(),
-            holder_start: span.start,
+        let offset = span.start - span.base + offset;
+        if let Target::Managed(s) = target {
+            if !counts(s) {
+                continue;
+            }
+        }
+        found.push(Finding {
+            holder: holder_of(ranges, span),
+            holder_start: span.base,
             offset,
             value,
             target,
-        }));
+        });
     }
     found
+}
+
+/// Every word of the ranges that points into `[start, end)`.
+fn find_into(ranges: &Ranges, start: usize, end: usize) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for span in &ranges.spans {
+        // SAFETY: as in `find`.
+        unsafe {
+            scan_words(span.start, span.len, start, end, |offset, value| {
+                found.push(Finding {
+                    holder: holder_of(ranges, span),
+                    holder_start: span.base,
+                    offset: span.start - span.base + offset,
+                    value,
+                    target: Target::Managed(start),
+                })
+            })
+        };
+    }
+    found
+}
+
+// ---- statics found holding a pointer during a call ---------------------------
+
+/// A static word found, when a call returned, holding a pointer that
+/// appeared during the call: C's keeping, named by the call. Statics are not
+/// read when memory is released (Rust's own hold pointers legitimately):
+/// these words are, while they still hold what they held.
+struct HeldWord {
+    word: usize,
+    value: usize,
+    call: (&'static str, Site),
+}
+
+static HELD_WORDS: Mutex<Vec<HeldWord>> = Mutex::new(Vec::new());
+
+fn held_words() -> MutexGuard<'static, Vec<HeldWord>> {
+    // Every change is completed before anything that could panic.
+    HELD_WORDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads a remembered static word, if its object is still loaded.
+fn read_static(word: usize) -> Option<usize> {
+    if !segments::contains(word, std::mem::size_of::<usize>()) {
+        return None;
+    }
+    // SAFETY: the word is aligned (found by the aligned scan) and lies in a
+    // loaded object's segment, which is mapped and readable.
+    Some(unsafe { std::ptr::read_volatile(word as *const usize) })
+}
+
+/// Remembers static words found holding a pointer that appeared during
+/// `call`; forgets the ones that no longer hold what they held.
+fn remember_words(found: &[&Finding], call: (&'static str, Site)) {
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut held = held_words();
+    held.retain(|h| read_static(h.word) == Some(h.value));
+    for f in found {
+        held.retain(|h| h.word != f.word());
+        held.push(HeldWord {
+            word: f.word(),
+            value: f.value,
+            call,
+        });
+    }
+}
+
+/// The remembered static words that still point into `[start, end)`.
+fn held_words_into(start: usize, end: usize) -> Vec<Finding> {
+    let _g = crate::bookkeeping::bookkeeping();
+    let mut held = held_words();
+    held.retain(|h| read_static(h.word) == Some(h.value));
+    held.iter()
+        .filter(|h| start <= h.value && h.value < end)
+        .map(|h| Finding {
+            holder: Holder::Static(Some(h.call)),
+            holder_start: h.word,
+            offset: 0,
+            value: h.value,
+            target: Target::Managed(start),
+        })
+        .collect()
 }
 
 // ---- the scans -------------------------------------------------------------
 
 /// What the last full scan found, by (word address, value): each finding is
-/// reported once. Its lock also serialises the scans.
+/// reported once, and a static's finding counts only if it was not there
+/// when the call began. Its lock also serialises the scans.
 static SEEN: Mutex<Option<HashSet<(usize, usize)>>> = Mutex::new(None);
 
 fn seen() -> MutexGuard<'static, Option<HashSet<(usize, usize)>>> {
@@ -442,6 +753,10 @@ thread_local! {
     /// This thread's part of `IN_CALLS`: what is left of it in the child of
     /// a `fork`, where the other threads' calls will never return.
     static OWN_CALLS: Cell<usize> = const { Cell::new(0) };
+    /// Whether the scan before this thread's outermost call ran: only then
+    /// does what is new in a static when it returns tell what the call
+    /// wrote (otherwise it may be Rust's, from before).
+    static BASELINE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The scans' lock, then the roots', held across `fork` (see `crate::fork`):
@@ -449,6 +764,8 @@ thread_local! {
 pub(crate) struct ForkLocks {
     _seen: MutexGuard<'static, Option<HashSet<(usize, usize)>>>,
     _roots: MutexGuard<'static, Vec<Root>>,
+    _held: MutexGuard<'static, Vec<HeldWord>>,
+    _watch: crate::writewatch::ForkLock,
 }
 
 /// Takes the scans' and the roots' locks for `fork`'s prepare handler;
@@ -457,6 +774,8 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
     ForkLocks {
         _seen: seen(),
         _roots: roots(),
+        _held: held_words(),
+        _watch: crate::writewatch::lock_for_fork(),
     }
 }
 
@@ -485,7 +804,8 @@ enum Moment {
 pub(crate) fn before_call(callee: &'static str, site: Site) {
     IN_CALLS.fetch_add(1, Ordering::SeqCst);
     let _ = OWN_CALLS.try_with(|n| n.set(n.get() + 1));
-    full_scan(Moment::BeforeCall(callee, site), 1);
+    let ran = full_scan(Moment::BeforeCall(callee, site), 1);
+    let _ = BASELINE.try_with(|b| b.set(ran));
 }
 
 /// Mode 2, after an outermost `call!` returned.
@@ -495,17 +815,22 @@ pub(crate) fn after_call(callee: &'static str, site: Site) {
     IN_CALLS.fetch_sub(1, Ordering::SeqCst);
     let _ = OWN_CALLS.try_with(|n| n.set(n.get().saturating_sub(1)));
     if std::thread::panicking() {
+        crate::frame::forget_lent();
         return;
     }
     full_scan(Moment::AfterCall(callee, site), 0);
+    let _ = BASELINE.try_with(|b| b.set(false));
+    crate::frame::forget_lent();
 }
 
-/// Runs the mode-2 scan now: reads all tracked live C memory and every root,
-/// and reports each pointer to unpinned managed memory found there that the
-/// last scan did not see, as `StoredUnpinned` (rule P5). Mode 2 runs it
-/// before and after every outermost [`call!`](crate::call!) by itself; this
-/// is for a check at a moment of your choosing (after C code ran outside a
-/// `call!`, say), in any mode with checks on.
+/// Runs the mode-2 scan now: reads all tracked live C memory, every root
+/// and the writable segments of every loaded object, and reports each
+/// pointer to unpinned managed memory found in C memory or a root that the
+/// last scan did not see, as `StoredUnpinned` (rule P5). (A static's new
+/// pointer is not reported here: outside a call it is Rust's.) Mode 2 runs
+/// it before and after every outermost [`call!`](crate::call!) by itself;
+/// this is for a check at a moment of your choosing (after C code ran
+/// outside a `call!`, say), in any mode with checks on.
 ///
 /// ```
 /// use ffi_check::{capture, scan_c_memory, CBox, Managed, ViolationKind};
@@ -523,47 +848,89 @@ pub fn scan_c_memory() {
     full_scan(Moment::Now(Site::caller()), 0);
 }
 
-/// The scan for pointers into unpinned managed memory; `others` is how many
-/// calls in progress are this thread's own.
-/// Wipes the dead stack when dropped (see `heap::wipe_dead_stack`).
-#[cfg(feature = "interpose")]
-struct WipeOnDrop;
-
-#[cfg(feature = "interpose")]
-impl Drop for WipeOnDrop {
-    fn drop(&mut self) {
-        crate::heap::wipe_dead_stack();
-    }
-}
-
-fn full_scan(moment: Moment, own_calls: usize) {
+/// The scan for pointers into unpinned managed memory; `own_calls` is how
+/// many calls in progress are this thread's own. Returns whether it ran.
+///
+/// Who is blamed for a new finding: in tracked C memory or a root, whoever
+/// ran since the last scan (Rust before a call, C during it); in a static,
+/// only the call it appeared during (Rust's statics hold pointers to its
+/// own memory legitimately, so a static's new pointer outside a call is
+/// nobody's fault), and for a plain heap block only one the call lent (a
+/// C library's own bookkeeping in its statics may equal a block's start).
+/// A plain heap block is no violation to hold: C found holding one when a
+/// call returns is remembered, and judged at its free.
+fn full_scan(moment: Moment, own_calls: usize) -> bool {
     if !checks_on() {
-        return;
+        return false;
     }
-    // What the scan leaves on the dead stack (addresses inside C blocks)
-    // must not keep a leaked block reachable for another thread's leak scan.
     #[cfg(feature = "interpose")]
     let _wipe = WipeOnDrop;
+    let after = matches!(moment, Moment::AfterCall(..));
+    // A static's new word is the call's only if the scan before it ran.
+    let attributable = after && BASELINE.try_with(Cell::get).unwrap_or(false);
     let mut held_blocks = Vec::new();
+    let mut held_statics = Vec::new();
     let (new, overruns) = {
         let mut seen = seen();
         // Another thread's C may hold its call's loans right now.
         if IN_CALLS.load(Ordering::SeqCst) > own_calls {
-            return;
+            return false;
         }
-        let overruns = crate::guard::check_all();
-        let snapshot = Snapshot::take(true);
-        let found = find(&snapshot, &snapshot.targets);
-        if matches!(moment, Moment::AfterCall(..)) {
-            held_blocks = find_held_heap_blocks(&snapshot);
-        }
+        // With the write watch, only what was written since the last scan
+        // is read (guards included): the findings elsewhere are as they
+        // were.
+        let (ranges, partial, overruns) = match Ranges::gather_written() {
+            Some((ranges, written)) => (ranges, true, crate::guard::check_in(&written)),
+            None => (Ranges::gather(true), false, crate::guard::check_all()),
+        };
+        let found = find(&ranges, true);
+        let _g = crate::bookkeeping::bookkeeping();
         let previous = seen.take().unwrap_or_default();
-        let new: Vec<Finding> = found
-            .iter()
-            .filter(|f| !previous.contains(&f.key()))
-            .cloned()
-            .collect();
-        *seen = Some(found.iter().map(Finding::key).collect());
+        let mut new: Vec<Finding> = Vec::new();
+        for f in &found {
+            let is_new = !previous.contains(&f.key());
+            match (f.target, f.in_static()) {
+                (Target::Managed(_), false) if is_new => new.push(f.clone()),
+                (Target::Managed(_), true) if is_new && attributable => {
+                    new.push(f.clone());
+                    held_statics.push(f.clone());
+                }
+                // Remembered whoever wrote it (and before a call too: with
+                // the write watch, a word Rust wrote is not read again
+                // after the call).
+                (Target::Heap(block), false) if !matches!(moment, Moment::Now(_)) => {
+                    held_blocks.push(block)
+                }
+                // A static's word that happens to equal a block's start (a
+                // C library's own bookkeeping, say) is not a hold: only a
+                // block the call lent counts.
+                (Target::Heap(block), true)
+                    if is_new && attributable && crate::frame::was_lent(block) =>
+                {
+                    held_blocks.push(block);
+                    held_statics.push(f.clone());
+                }
+                _ => {}
+            }
+        }
+        let mut next = if partial {
+            let mut read: Vec<(usize, usize)> = ranges
+                .spans
+                .iter()
+                .map(|s| (s.start, s.start + s.len))
+                .collect();
+            read.sort_unstable();
+            let mut kept = previous;
+            kept.retain(|&(word, _)| {
+                let i = read.partition_point(|r| r.0 <= word);
+                !(i > 0 && word < read[i - 1].1)
+            });
+            kept
+        } else {
+            HashSet::new()
+        };
+        next.extend(found.iter().map(Finding::key));
+        *seen = Some(next);
         (new, overruns)
     };
     // Reported with no lock held: a report may panic.
@@ -589,46 +956,27 @@ fn full_scan(moment: Moment, own_calls: usize) {
         };
         crate::guard::report(o, call, site, when);
     }
+    if let Some(call) = call {
+        held_blocks.sort_unstable();
+        held_blocks.dedup();
+        remember_held(&held_blocks, call.1);
+        if !held_statics.is_empty() {
+            remember_words(&held_statics.iter().collect::<Vec<_>>(), call);
+        }
+    }
     for f in &new {
         report_finding(f, moment);
     }
-    if let Moment::AfterCall(_, site) = moment {
-        remember_held(&held_blocks, site);
-    }
-}
-
-/// The plain heap blocks of the tracking allocator (not yet known to the
-/// registry) that a word of the snapshot's C memory points to, by start.
-///
-/// Rust heap memory never moves, so C keeping such a pointer is no
-/// violation by itself: the block is remembered instead (made known to the
-/// registry), and its free while C memory still points into it is
-/// `FreedWhileRetained`, found by the scan at the free.
-fn find_held_heap_blocks(snapshot: &Snapshot) -> Vec<usize> {
-    let (lo, hi) = crate::heap::heap_bounds();
-    if lo >= hi {
-        return Vec::new();
-    }
-    let mut held = Vec::new();
-    for span in &snapshot.spans {
-        // SAFETY: as in `find`: live tracked C memory and registered roots
-        // are readable while the scan runs.
-        unsafe {
-            scan_words(span.start, span.len, lo, hi, |_, w| {
-                if crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted) {
-                    held.push(w);
-                }
-            })
-        };
-    }
-    held.sort_unstable();
-    held.dedup();
-    held
+    true
 }
 
 /// Makes each held heap block known to the registry, naming the call during
 /// which C was found holding it, so that its free is checked against the C
 /// memory that still points into it.
+///
+/// Rust heap memory never moves, so C keeping such a pointer is no
+/// violation by itself: its free while C memory still points into it is
+/// `FreedWhileRetained`, found by the scan at the free.
 #[cold]
 fn remember_held(blocks: &[usize], site: Site) {
     for &start in blocks {
@@ -678,10 +1026,12 @@ fn report_finding(f: &Finding, moment: Moment) {
     let v = v.note(held_by(f));
     // The regions in the order each kind's mode-1 reports use.
     let v = match moment {
-        Moment::AfterCall(..) => {
-            with_holder(v.region_at("retained region", f.target), f, "held in")
-        }
-        _ => with_holder(v, f, "C region written").region_at("points to", f.target),
+        Moment::AfterCall(..) => with_holder(
+            v.region_at("retained region", f.target_start()),
+            f,
+            "held in",
+        ),
+        _ => with_holder(v, f, "C region written").region_at("points to", f.target_start()),
     };
     emit(v);
 }
@@ -704,13 +1054,29 @@ fn held_by(f: &Finding) -> String {
                 f.offset, f.value
             )
         }
+        Holder::Static(since) => {
+            let word = f.word();
+            let name = segments::describe(word)
+                .unwrap_or_else(|| "a static of a loaded object".to_owned());
+            let since = match since {
+                Some((callee, site)) => format!(
+                    ", kept since the call to `{}` at {site}",
+                    crate::frame::callee_name(callee)
+                ),
+                None => String::new(),
+            };
+            format!(
+                "held by: {name} (the word at {word:#x}, the pointer {:#x}){since}",
+                f.value
+            )
+        }
     }
 }
 
 fn with_holder(v: Violation, f: &Finding, role: &'static str) -> Violation {
     match f.holder {
         Holder::Region(start) => v.region_at(role, start),
-        Holder::Root(_) => v,
+        Holder::Root(_) | Holder::Static(_) => v,
     }
 }
 
@@ -718,14 +1084,20 @@ fn with_holder(v: Violation, f: &Finding, role: &'static str) -> Violation {
 /// being dropped (`unpinned` false) or has just been unpinned: reports every
 /// word of C memory that still points into it, as `FreedWhileRetained`.
 /// Returns whether one was found (a dropped region is then kept).
+///
+/// It reads the tracked C memory and the roots, and of the statics only
+/// the words found keeping a pointer that appeared during a call.
 pub(crate) fn check_release(start: usize, size: usize, unpinned: bool) -> bool {
     if !checks_on() {
         return false;
     }
+    let end = start.saturating_add(size.max(1));
     let found = {
         let mut seen = seen();
-        let snapshot = Snapshot::take(false);
-        let found = find(&snapshot, &[(start, start.saturating_add(size.max(1)))]);
+        let ranges = Ranges::gather(false);
+        let _g = crate::bookkeeping::bookkeeping();
+        let mut found = find_into(&ranges, start, end);
+        found.extend(held_words_into(start, end));
         if unpinned {
             // Reported here as P3: the next full scan must not report the
             // same words again as P2.

@@ -14,67 +14,7 @@
 use crate::pointer_map::PointerWords;
 use crate::registry;
 
-/// Declares that a type holds no pointers, so lending it to C never scans
-/// it (Go's typed check gets this from the type's pointer bitmap).
-///
-/// Types with alignment below a pointer's (`[u8]`, `[u16]`, `[u32]`, `str`)
-/// are never scanned anyway; this trait is for 8-byte-aligned plain data
-/// such as `[u64]` or `[f64]`, through
-/// [`Managed::pointer_free`](crate::Managed::pointer_free).
-///
-/// # Safety
-/// No value of the type holds an address that C could use to reach managed
-/// memory. (An integer that happens to equal an address is harmless: the
-/// promise is about meaning, and only affects what is checked.)
-///
-/// ```
-/// use ffi_check::{Managed, PointerFree};
-/// #[derive(Clone, Copy)]
-/// #[repr(C)]
-/// struct Sample { t: f64, v: f64 }
-/// // SAFETY: two floats, no pointers.
-/// unsafe impl PointerFree for Sample {}
-/// let samples = Managed::from_vec(vec![Sample { t: 0.0, v: 1.0 }; 1024]).pointer_free();
-/// assert_eq!(samples.len(), 1024);
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not declared pointer-free (`ffi_check::PointerFree`)",
-    label = "may hold a pointer",
-    note = "derive `PointerFree` (crate `ffi-check-derive`) for a type of numbers, or `PointerMap` for one with pointers"
-)]
-pub unsafe trait PointerFree {}
-
-macro_rules! pointer_free {
-    ($($t:ty),*) => { $(
-        // SAFETY: a number or a bool holds no address C could follow.
-        unsafe impl PointerFree for $t {}
-    )* };
-}
-pointer_free!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    bool,
-    char,
-    ()
-);
-// SAFETY: text holds no addresses.
-unsafe impl PointerFree for str {}
-// SAFETY: a sequence of pointer-free elements holds no addresses.
-unsafe impl<T: PointerFree> PointerFree for [T] {}
-// SAFETY: as for slices.
-unsafe impl<T: PointerFree, const N: usize> PointerFree for [T; N] {}
+pub use crate::pointer_map::PointerFree;
 
 /// True when a value with this alignment and size could hold an aligned
 /// pointer, i.e. when lending it must scan it (a layout fact, kept with the

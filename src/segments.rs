@@ -170,6 +170,13 @@ fn current_generation() -> (u64, u64) {
     generation
 }
 
+/// The loader's counts of objects loaded and unloaded: they move whenever
+/// the set of segments may have, and are asked cheaply (one object visited),
+/// so a caller can keep [`writable`]'s answer until they do.
+pub(crate) fn generation() -> (u64, u64) {
+    current_generation()
+}
+
 fn table_holds(table: &Table, addr: usize, len: usize) -> bool {
     let i = table.ranges.partition_point(|&(start, _)| start <= addr);
     i > 0 && {

@@ -122,6 +122,18 @@ const LEAF_LEN: usize = 1 << LEAF_BITS;
 static ROOT: [AtomicPtr<AtomicU16>; 1 << ROOT_BITS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
 
+/// The addresses of the heap's bounds: statics of the checker that hold a
+/// block's start, which the mode-2 scan of the statics skips.
+pub(crate) fn bound_words() -> [usize; 2] {
+    [&HEAP_LO, &HEAP_HI].map(|a| a as *const AtomicUsize as usize)
+}
+
+/// Where the page map's root lies, `(start, len)`: the checker's own table,
+/// which the mode-2 scan of the program's statics skips.
+pub(crate) fn root_table() -> (usize, usize) {
+    (ROOT.as_ptr() as usize, std::mem::size_of_val(&ROOT))
+}
+
 #[inline(always)]
 fn leaf_slot(addr: usize) -> Option<(usize, usize)> {
     let page = addr >> PAGE_SHIFT;

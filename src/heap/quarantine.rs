@@ -19,17 +19,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 
-use backtrace::Backtrace;
-
 use crate::bookkeeping::{bookkeeping, map_anonymous, thread_address};
 use crate::site::Site;
+use crate::stackdepot::StackId;
 
 pub(crate) const SHARDS: usize = 16;
 
 pub(crate) struct Entry {
     pub p: usize,
     pub site: Option<Site>,
-    pub trace: Option<Box<Backtrace>>,
+    pub trace: Option<StackId>,
 }
 
 pub(crate) struct Ring {
@@ -194,7 +193,7 @@ pub(crate) fn my_shard() -> usize {
 
 /// Where a quarantined block was freed: the call site and the backtrace, as
 /// far as they were recorded.
-pub(crate) fn free_record(p: usize) -> (Option<Site>, Option<Backtrace>) {
+pub(crate) fn free_record(p: usize) -> (Option<Site>, Option<StackId>) {
     if let Some(site) = pending_site(p) {
         return (site, None);
     }
@@ -202,7 +201,7 @@ pub(crate) fn free_record(p: usize) -> (Option<Site>, Option<Backtrace>) {
     for shard in &QUARANTINE {
         let ring = shard.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = ring.find(p) {
-            return (e.site, e.trace.as_deref().cloned());
+            return (e.site, e.trace);
         }
     }
     (None, None)

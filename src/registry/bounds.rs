@@ -23,6 +23,13 @@ pub(super) static MANAGED_HI: AtomicUsize = AtomicUsize::new(0);
 /// registry entirely.
 pub(super) static EVER_TRACKED: AtomicBool = AtomicBool::new(false);
 
+/// The addresses of the bounds themselves: statics of the checker that
+/// hold the start of a tracked region, which the mode-2 scan of the
+/// program's statics must not take for a pointer kept.
+pub(crate) fn bound_words() -> [usize; 4] {
+    [&LO, &HI, &MANAGED_LO, &MANAGED_HI].map(|a| a as *const AtomicUsize as usize)
+}
+
 pub(super) fn widen(lo: &AtomicUsize, hi: &AtomicUsize, start: usize, size: usize) {
     // Load first: after warm-up the bounds rarely move, and a plain load
     // keeps the cache line shared between threads.

@@ -84,6 +84,12 @@ unsafe impl ZeroNode for Upper {}
 
 static ROOT: [AtomicPtr<Upper>; 1 << ROOT_BITS] =
     [const { AtomicPtr::new(null_mut()) }; 1 << ROOT_BITS];
+
+/// Where the directory's root lies, `(start, len)`: the checker's own
+/// table, which the mode-2 scan of the program's statics skips.
+pub(crate) fn root_table() -> (usize, usize) {
+    (ROOT.as_ptr() as usize, std::mem::size_of_val(&ROOT))
+}
 /// Serialises the creation of directory nodes (rare: once per 16 MiB of
 /// address space tracked).
 static DIRECTORY: Mutex<()> = Mutex::new(());

@@ -28,6 +28,7 @@
 //! - [`ids`]: region ids and thread serials.
 //! - [`bounds`]: the lowest and highest address ever tracked.
 //! - [`register`]: registering and forgetting regions.
+//! - [`live_c`]: the live C regions, listed for the mode-2 scan.
 //!
 //! This module holds the region types the rest of the crate sees, the
 //! operations on one record under its shard's lock ([`update`],
@@ -48,6 +49,7 @@ mod block;
 mod bounds;
 mod directory;
 mod ids;
+mod live_c;
 mod lookup;
 mod quarantine;
 mod recent;
@@ -61,9 +63,8 @@ mod unpinned;
 
 use std::sync::atomic::Ordering;
 
-use backtrace::Backtrace;
-
 use crate::site::Site;
+use crate::stackdepot::StackId;
 
 use block::PAGE_SHIFT;
 use ids::THREAD_BITS;
@@ -71,8 +72,12 @@ use record::W_INDICES;
 use shard::{shard_of, ShardInner, SHARDS};
 use sites::provenance_at;
 
-pub(crate) use bounds::{managed_bounds, nothing_live};
+pub(crate) use bounds::{bound_words, managed_bounds, nothing_live};
+pub(crate) use directory::root_table;
 pub(crate) use ids::{new_id, next_id, thread_serial};
+pub(crate) use live_c::{
+    hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in,
+};
 pub(crate) use lookup::{exact_facts, lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
 pub(crate) use recent::unpinned_managed_start;
@@ -149,13 +154,13 @@ pub(crate) struct Extra {
     /// The type name and the free site live in the record's interned
     /// provenance; here only when the provenance table is full.
     pub type_name: Option<&'static str>,
-    pub alloc_trace: Option<Backtrace>,
+    pub alloc_trace: Option<StackId>,
     pub free_site: Option<Site>,
-    pub free_trace: Option<Backtrace>,
+    pub free_trace: Option<StackId>,
     pub pin_site: Option<Site>,
-    pub pin_trace: Option<Backtrace>,
+    pub pin_trace: Option<StackId>,
     pub retain_site: Option<Site>,
-    pub retain_trace: Option<Backtrace>,
+    pub retain_trace: Option<StackId>,
     pub leak_reason: Option<String>,
 }
 
@@ -313,13 +318,13 @@ pub(crate) struct RegionDetail {
     pub type_name: Option<&'static str>,
     pub family: u8,
     pub alloc_site: Option<Site>,
-    pub alloc_trace: Option<Backtrace>,
+    pub alloc_trace: Option<StackId>,
     pub free_site: Option<Site>,
-    pub free_trace: Option<Backtrace>,
+    pub free_trace: Option<StackId>,
     pub pin_site: Option<Site>,
-    pub pin_trace: Option<Backtrace>,
+    pub pin_trace: Option<StackId>,
     pub retain_site: Option<Site>,
-    pub retain_trace: Option<Backtrace>,
+    pub retain_trace: Option<StackId>,
     pub leak_reason: Option<String>,
 }
 
@@ -336,13 +341,13 @@ impl RegionDetail {
             type_name: r.type_name.or(e.and_then(|e| e.type_name)),
             family: r.family,
             alloc_site: r.site,
-            alloc_trace: e.and_then(|e| e.alloc_trace.clone()),
+            alloc_trace: e.and_then(|e| e.alloc_trace),
             free_site: r.free_site.or(e.and_then(|e| e.free_site)),
-            free_trace: e.and_then(|e| e.free_trace.clone()),
+            free_trace: e.and_then(|e| e.free_trace),
             pin_site: e.and_then(|e| e.pin_site),
-            pin_trace: e.and_then(|e| e.pin_trace.clone()),
+            pin_trace: e.and_then(|e| e.pin_trace),
             retain_site: e.and_then(|e| e.retain_site),
-            retain_trace: e.and_then(|e| e.retain_trace.clone()),
+            retain_trace: e.and_then(|e| e.retain_trace),
             leak_reason: e.and_then(|e| e.leak_reason.clone()),
         }
     }
@@ -372,6 +377,7 @@ pub(crate) struct ForkLocks {
     _shards: [std::sync::MutexGuard<'static, ShardInner>; shard::NSHARDS],
     _directory: directory::ForkLocks,
     _sites: sites::ForkLock,
+    _live_c: live_c::ForkLock,
 }
 
 /// Takes the registry's locks for `fork`'s prepare handler.
@@ -380,5 +386,6 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
         _shards: shard::lock_all_for_fork(),
         _directory: directory::lock_for_fork(),
         _sites: sites::lock_for_fork(),
+        _live_c: live_c::lock_for_fork(),
     }
 }

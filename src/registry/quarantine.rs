@@ -69,9 +69,20 @@ pub(super) struct Quarantined {
     release: Release,
 }
 
-/// How many freed blocks, and how many of their bytes, each shard holds
-/// back from reuse: 64 Ki blocks / 64 MiB in all in mode 1, 1 Mi blocks /
-/// 256 MiB in mode 2.
+/// What a freed region costs the quarantine beyond its own bytes: its
+/// record, its quarantine entry, its boxed facts (the event backtraces are
+/// 4-byte ids into the stack depot) and the allocator's header of a block.
+/// The byte bound counts it, so a million freed 8-byte blocks are bounded by
+/// what they really hold, not by their 8 MiB of contents.
+const BOOKKEEPING_BYTES: usize = super::REGION_RECORD_BYTES
+    + std::mem::size_of::<Quarantined>()
+    + std::mem::size_of::<super::Extra>()
+    + 2 * std::mem::size_of::<usize>();
+
+/// How many freed blocks, and how many bytes (theirs and their
+/// bookkeeping's, [`BOOKKEEPING_BYTES`] each), each shard holds back from
+/// reuse: 64 Ki blocks / 64 MiB in all in mode 1, 1 Mi blocks / 256 MiB in
+/// mode 2.
 fn quarantine_limits() -> (usize, usize) {
     if crate::mode::full() {
         (1 << 14, 4 << 20)
@@ -95,7 +106,9 @@ pub(crate) fn mark_freed(
     release: Release,
 ) -> Option<RegionInfo> {
     let _bookkeeping = crate::bookkeeping::bookkeeping();
-    let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
+    let trace = crate::mode::event_backtraces()
+        .then(crate::stackdepot::capture)
+        .flatten();
     let mut w = shard_of(start).write();
     let Some((b, i)) = ShardInner::find_exact(start) else {
         drop(w);
@@ -136,7 +149,7 @@ pub(crate) fn mark_freed(
         size: before.size,
         release,
     });
-    w.quarantine_bytes += before.size;
+    w.quarantine_bytes += before.size + BOOKKEEPING_BYTES;
     let (max_blocks, max_bytes) = quarantine_limits();
     // At most a few evictions a free, kept on the stack (no allocation on
     // the common path: one free evicts one block at steady state); a
@@ -152,7 +165,7 @@ pub(crate) fn mark_freed(
         let Some(q) = w.quarantine.pop_front() else {
             break;
         };
-        w.quarantine_bytes -= q.size;
+        w.quarantine_bytes -= q.size + BOOKKEEPING_BYTES;
         let current =
             probe_exact(q.start).is_some_and(|r| r.id == q.id && r.state == RegionState::Freed);
         if current {
@@ -166,6 +179,9 @@ pub(crate) fn mark_freed(
         // memory. It is left alone (a leak, never a corruption).
     }
     drop(w);
+    if before.kind == super::RegionKind::C {
+        super::live_c::gone(start, before.id);
+    }
     crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
     for (q, r) in evicted.into_iter().flatten() {
         forget_removed(&r);

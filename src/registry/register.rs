@@ -17,6 +17,7 @@ use super::block::{PAGE_MASK, PAGE_SHIFT};
 use super::bounds::{widen, EVER_TRACKED, HI, LO, MANAGED_HI, MANAGED_LO};
 use super::directory::{leaf_exists, page_slot, PageSlot, FANOUT};
 use super::ids::{new_id, thread_serial, THREAD_BITS};
+use super::live_c;
 use super::lookup::{find, probe_exact};
 use super::shard::{read_stable, shard_of, ShardInner};
 use super::sites::{intern, Provenance};
@@ -68,7 +69,9 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let size = new.size.max(1);
     let end = new.start.saturating_add(size);
     let mut stale = purge(new.start, end);
-    let trace = crate::mode::event_backtraces().then(crate::bookkeeping::capture_backtrace);
+    let trace = crate::mode::event_backtraces()
+        .then(crate::stackdepot::capture)
+        .flatten();
     // The type name goes with the interned site, not into a boxed `Extra`:
     // most regions then need no allocation of the checker's own.
     let extra = trace.map(|trace| {
@@ -110,6 +113,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     });
     let replaced = shard_of(new.start).write().insert(new.start, region);
     stale.extend(replaced);
+    live_c::added(new.start, new.size, id, new.kind == RegionKind::C);
     if !EVER_TRACKED.load(Ordering::Relaxed) {
         EVER_TRACKED.store(true, Ordering::Relaxed);
     }
@@ -212,6 +216,9 @@ pub(crate) fn remove(start: usize) -> Option<RegionInfo> {
         family: r.family,
         flags: r.flags,
     };
+    if info.kind == RegionKind::C && info.state == RegionState::Live {
+        live_c::gone(start, info.id);
+    }
     forget_removed(&r);
     Some(info)
 }

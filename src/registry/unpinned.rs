@@ -97,6 +97,21 @@ impl ScanReader {
             .map(|r| r.start)
     }
 
+    /// The managed region (live or freed, pinned or not) that contains
+    /// `addr`, when the page filter lets `addr` through; `None` when no
+    /// live, unpinned managed region can contain it. For a caller that
+    /// remembers the region for the addresses around (the mode-2 scan).
+    #[inline]
+    pub(crate) fn managed_region(&mut self, addr: usize) -> Option<RegionInfo> {
+        if addr < MANAGED_LO.load(Ordering::Relaxed) || addr >= MANAGED_HI.load(Ordering::Relaxed) {
+            return None;
+        }
+        if !self.page_may_hold_unpinned(addr) {
+            return None;
+        }
+        self.lookup_managed(addr)
+    }
+
     /// False when no live, unpinned managed region contains an address of
     /// `addr`'s page: none starts in it (its count is zero), the region that
     /// reaches into it from before (its cover), if any, is not one, and no

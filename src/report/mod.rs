@@ -26,8 +26,8 @@ mod stats;
 
 pub use emit::capture;
 pub(crate) use emit::{emit, enter_callback, in_callback};
-pub(crate) use render::render_backtrace;
 use render::{current_thread_name, json_str, render_region, site_plain};
+pub(crate) use render::{render_backtrace, render_stack};
 pub use stats::{stats, Stats};
 
 /// The kinds of violation, one per way of breaking a rule of SPEC §2.

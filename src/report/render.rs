@@ -9,6 +9,7 @@ use backtrace::Backtrace;
 use super::ReportRegion;
 use crate::registry::{RegionKind, RegionState};
 use crate::site::Site;
+use crate::stackdepot::StackId;
 
 pub(super) fn site_plain(s: Site) -> String {
     match s.column() {
@@ -39,8 +40,8 @@ pub(super) fn render_region(out: &mut String, r: &ReportRegion) {
         let _ = write!(out, ", from `{}`", crate::family::family_name(d.family));
     }
     out.push_str(")\n");
-    let events: [(&str, Option<Site>, Option<&Backtrace>); 4] = [
-        ("allocated", d.alloc_site, d.alloc_trace.as_ref()),
+    let events: [(&str, Option<Site>, Option<StackId>); 4] = [
+        ("allocated", d.alloc_site, d.alloc_trace),
         (
             if d.pins == 0 {
                 "last pinned (unpinned since)"
@@ -48,10 +49,10 @@ pub(super) fn render_region(out: &mut String, r: &ReportRegion) {
                 "pinned"
             },
             d.pin_site,
-            d.pin_trace.as_ref(),
+            d.pin_trace,
         ),
-        ("retained by C", d.retain_site, d.retain_trace.as_ref()),
-        ("first freed", d.free_site, d.free_trace.as_ref()),
+        ("retained by C", d.retain_site, d.retain_trace),
+        ("first freed", d.free_site, d.free_trace),
     ];
     for (what, site, trace) in events {
         if site.is_none() && trace.is_none() {
@@ -64,8 +65,8 @@ pub(super) fn render_region(out: &mut String, r: &ReportRegion) {
             }
             None => out.push_str("(unknown site)\n"),
         }
-        if let Some(bt) = trace {
-            render_backtrace(out, bt, "          ");
+        if let Some(id) = trace {
+            render_stack(out, id, "          ");
         }
     }
     if let Some(reason) = &d.leak_reason {
@@ -78,17 +79,45 @@ pub(super) fn render_region(out: &mut String, r: &ReportRegion) {
 pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
     let mut bt = bt.clone();
     crate::bookkeeping::resolve_backtrace(&mut bt);
+    let symbols = bt.frames().iter().flat_map(|frame| {
+        frame.symbols().iter().map(|sym| {
+            (
+                sym.name().map(|n| format!("{n:#}")),
+                sym.filename().map(std::path::Path::to_path_buf),
+                sym.lineno(),
+            )
+        })
+    });
+    render_symbols(out, symbols, indent);
+}
+
+/// Resolves (only now, when printing) a stack stored in the depot and
+/// writes it as [`render_backtrace`] does.
+pub(crate) fn render_stack(out: &mut String, id: StackId, indent: &str) {
+    let mut symbols = Vec::new();
+    for ip in crate::stackdepot::frames(id) {
+        crate::bookkeeping::resolve_address(ip, |name, file, line| {
+            symbols.push((name, file, line))
+        });
+    }
+    render_symbols(out, symbols.into_iter(), indent);
+}
+
+/// Writes resolved frames (function name, file, line), innermost first,
+/// skipping the checker's and the runtime's.
+fn render_symbols(
+    out: &mut String,
+    symbols: impl Iterator<Item = (Option<String>, Option<std::path::PathBuf>, Option<u32>)>,
+    indent: &str,
+) {
     // Paths under the working directory print relative to it, as the sites
     // do; others (the standard library, dependencies) print in full.
     let cwd = std::env::current_dir().ok();
     let mut shown = 0;
     let mut started = false;
-    for frame in bt.frames() {
-        for sym in frame.symbols() {
-            let name = sym
-                .name()
-                .map(|n| format!("{n:#}"))
-                .unwrap_or_else(|| "<unknown>".into());
+    for (name, file, line) in symbols {
+        {
+            let name = name.unwrap_or_else(|| "<unknown>".into());
             if !started {
                 // Everything up to the first frame of the user's code: the
                 // capture machinery, the checker (Rust and C API), and the
@@ -137,7 +166,7 @@ pub(crate) fn render_backtrace(out: &mut String, bt: &Backtrace, indent: &str) {
                 return;
             }
             let _ = write!(out, "{indent}{shown}: {name}");
-            if let (Some(file), Some(line)) = (sym.filename(), sym.lineno()) {
+            if let (Some(file), Some(line)) = (file.as_deref(), line) {
                 let file = cwd
                     .as_deref()
                     .and_then(|cwd| file.strip_prefix(cwd).ok())

@@ -1,0 +1,379 @@
+//! The stack depot: every backtrace the checker keeps for an event (an
+//! allocation, a pin, a retain, a free), stored once as raw return
+//! addresses and named by a 4-byte [`StackId`], resolved to functions, files
+//! and lines only when a report prints it.
+//!
+//! The idea is LeakSanitizer's and AddressSanitizer's `sanitizer_stackdepot`:
+//! a program makes a few thousand distinct stacks and millions of events, so
+//! keeping each event's frames (a resolved-later `backtrace::Backtrace` is
+//! about a kilobyte with its boxed frames) costs most of mode 2's memory;
+//! keeping one id an event and each distinct stack once costs almost none.
+//!
+//! A capture walks the stack (along the frame pointers where the build keeps
+//! them, else with the platform unwinder) into a fixed buffer on the stack
+//! ([`MAX_FRAMES`] return addresses, no allocation), hashes the
+//! addresses and looks them up in one of [`SHARDS`] tables; only a stack
+//! never seen before is copied in. Nothing is ever removed: an id stays
+//! valid for the life of the process.
+//!
+//! Invariants: an id `(shard << SHARD_SHIFT) | (n + 1)` names entry `n` of
+//! that shard, whose frames are `frames[start..start + len]`; the hash index
+//! holds each entry's index once, under its hash; everything is reached
+//! through its shard's mutex, and allocated as bookkeeping.
+//!
+//! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping)
+//! and [`probe`](crate::probe)'s stack bounds.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::bookkeeping::bookkeeping;
+
+/// The most return addresses a stack keeps (the innermost ones).
+pub(crate) const MAX_FRAMES: usize = 32;
+
+const SHARDS: usize = 16;
+const SHARD_SHIFT: u32 = 28;
+
+/// A stored stack: 4 bytes wherever an event keeps its backtrace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct StackId(NonZeroU32);
+
+struct Entry {
+    hash: u64,
+    start: u32,
+    len: u32,
+}
+
+struct Shard {
+    /// Open addressing over the entries: 0 is empty, else index + 1.
+    index: Vec<u32>,
+    entries: Vec<Entry>,
+    frames: Vec<usize>,
+}
+
+impl Shard {
+    fn find_or_add(&mut self, hash: u64, ips: &[usize]) -> Option<u32> {
+        if self.entries.len() * 2 >= self.index.len() {
+            self.grow();
+        }
+        let mask = self.index.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            match self.index[slot] {
+                0 => break,
+                n => {
+                    let e = &self.entries[n as usize - 1];
+                    if e.hash == hash
+                        && self.frames[e.start as usize..(e.start + e.len) as usize] == *ips
+                    {
+                        return Some(n);
+                    }
+                }
+            }
+            slot = (slot + 1) & mask;
+        }
+        let n = u32::try_from(self.entries.len() + 1).ok()?;
+        let start = u32::try_from(self.frames.len()).ok()?;
+        if n >= 1 << SHARD_SHIFT {
+            return None;
+        }
+        self.frames.extend_from_slice(ips);
+        self.entries.push(Entry {
+            hash,
+            start,
+            len: ips.len() as u32,
+        });
+        self.index[slot] = n;
+        Some(n)
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.index.len() * 2).max(1024);
+        let mut index = vec![0u32; cap];
+        for (i, e) in self.entries.iter().enumerate() {
+            let mut slot = e.hash as usize & (cap - 1);
+            while index[slot] != 0 {
+                slot = (slot + 1) & (cap - 1);
+            }
+            index[slot] = i as u32 + 1;
+        }
+        self.index = index;
+    }
+
+    fn bytes(&self) -> usize {
+        self.index.capacity() * 4
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.frames.capacity() * std::mem::size_of::<usize>()
+    }
+}
+
+static DEPOT: [Mutex<Shard>; SHARDS] = [const {
+    Mutex::new(Shard {
+        index: Vec::new(),
+        entries: Vec::new(),
+        frames: Vec::new(),
+    })
+}; SHARDS];
+
+fn shard(i: usize) -> MutexGuard<'static, Shard> {
+    // Every change is completed before anything that could panic.
+    DEPOT[i].lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hash(ips: &[usize]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &ip in ips {
+        h = (h ^ ip as u64).wrapping_mul(0x0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    h
+}
+
+/// How stacks are walked: not decided yet, along the frame pointers, or
+/// with the platform unwinder.
+static WALKER: AtomicU8 = AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const FRAME_POINTERS: u8 = 1;
+const UNWINDER: u8 = 2;
+
+/// The caller's stack, stored (once) in the depot. `None` only when the
+/// stack is empty or the depot is full (2^28 distinct stacks a shard).
+///
+/// Where the build keeps frame pointers (`-C force-frame-pointers=yes`),
+/// the stack is walked along them: a few loads a frame. Whether it does is
+/// decided at the first capture, by walking the same stack both ways; if
+/// the two disagree, every capture uses the platform unwinder (DWARF unwind
+/// tables, about a microsecond and a half for a deep stack).
+#[inline(never)]
+pub(crate) fn capture() -> Option<StackId> {
+    let mut ips = [0usize; MAX_FRAMES];
+    let mut walker = WALKER.load(Ordering::Relaxed);
+    if walker == UNDECIDED {
+        walker = decide();
+    }
+    let n = if walker == FRAME_POINTERS {
+        walk_frame_pointers(&mut ips)
+    } else {
+        walk_unwinder(&mut ips)
+    };
+    intern(&ips[..n])
+}
+
+/// How stacks are walked, once decided: "frame pointers" or "unwinder".
+pub(crate) fn walker() -> &'static str {
+    if WALKER.load(Ordering::Relaxed) == UNDECIDED {
+        decide();
+    }
+    match WALKER.load(Ordering::Relaxed) {
+        FRAME_POINTERS => "frame pointers",
+        _ => "unwinder",
+    }
+}
+
+/// Walks the stack with the platform unwinder; returns how many return
+/// addresses it wrote.
+#[inline(never)]
+fn walk_unwinder(ips: &mut [usize; MAX_FRAMES]) -> usize {
+    let mut n = 0;
+    let _g = bookkeeping();
+    // SAFETY: the unwinder only reads this thread's stack and the loaded
+    // objects' unwind tables; the callback neither panics nor unwinds. The
+    // platform unwinder is thread-safe on its own: the `backtrace` crate's
+    // lock only serialises its symbolisation, which this does not do.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            ips[n] = frame.ip() as usize;
+            n += 1;
+            n < MAX_FRAMES
+        })
+    };
+    n
+}
+
+/// The frame pointer register.
+#[inline(always)]
+fn frame_pointer() -> usize {
+    #[allow(unused_assignments, unused_mut)]
+    let mut fp = 0usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads a register, nothing else.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads a register, nothing else.
+    unsafe {
+        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    fp
+}
+
+/// Walks the chain of frame records (`[fp]` the caller's frame pointer,
+/// `[fp + 8]` the return address) while it stays inside the live part of
+/// this thread's stack and goes up it; returns how many return addresses it
+/// wrote. Without frame pointers the chain is garbage, but it is never
+/// followed outside the stack, so the walk ends early rather than crashes.
+#[inline(never)]
+fn walk_frame_pointers(ips: &mut [usize; MAX_FRAMES]) -> usize {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    let (_, top) = crate::probe::stack_bounds();
+    let mut fp = frame_pointer();
+    let mut n = 0;
+    while n < MAX_FRAMES {
+        if fp < sp || fp % WORD != 0 || fp.checked_add(2 * WORD).map_or(true, |end| end > top) {
+            break;
+        }
+        // SAFETY: `[fp, fp + 16)` lies between this frame and the stack's
+        // top: the callers' frames, mapped and readable.
+        let (next, ra) = unsafe { (*(fp as *const usize), *((fp + WORD) as *const usize)) };
+        if ra == 0 {
+            break;
+        }
+        ips[n] = ra;
+        n += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    n
+}
+
+/// The first capture: walks the stack both ways and keeps the frame
+/// pointers if they found the same callers as the unwinder.
+#[cold]
+#[inline(never)]
+fn decide() -> u8 {
+    let (mut fp, mut unwound) = ([0usize; MAX_FRAMES], [0usize; MAX_FRAMES]);
+    let nf = walk_frame_pointers(&mut fp);
+    let n = walk_unwinder(&mut unwound);
+    let walker = if same_callers(&fp[..nf], &unwound[..n]) {
+        FRAME_POINTERS
+    } else {
+        UNWINDER
+    };
+    WALKER.store(walker, Ordering::Relaxed);
+    walker
+}
+
+/// Whether a frame-pointer walk found what the unwinder found from the same
+/// function: the unwinder's frames, from the first return address the
+/// frame pointers gave on, are the frame pointers' (at least four of them,
+/// all the way up, or up to the buffer's end).
+fn same_callers(fp: &[usize], unwound: &[usize]) -> bool {
+    let Some(at) = fp.first().and_then(|f| unwound.iter().position(|u| u == f)) else {
+        return false;
+    };
+    let rest = &unwound[at..];
+    let n = rest.len().min(fp.len());
+    n >= 4 && rest[..n] == fp[..n] && (fp.len() >= rest.len() || fp.len() == MAX_FRAMES)
+}
+
+/// Stores `ips` (innermost first) and returns its id.
+pub(crate) fn intern(ips: &[usize]) -> Option<StackId> {
+    if ips.is_empty() {
+        return None;
+    }
+    let h = hash(ips);
+    let s = (h >> 60) as usize % SHARDS;
+    let _g = bookkeeping();
+    let n = shard(s).find_or_add(h, ips)?;
+    NonZeroU32::new(((s as u32) << SHARD_SHIFT) | n).map(StackId)
+}
+
+/// The return addresses of a stored stack, innermost first.
+pub(crate) fn frames(id: StackId) -> Vec<usize> {
+    let (s, n) = (
+        (id.0.get() >> SHARD_SHIFT) as usize,
+        (id.0.get() & ((1 << SHARD_SHIFT) - 1)) as usize,
+    );
+    let _g = bookkeeping();
+    let shard = shard(s);
+    match shard.entries.get(n - 1) {
+        Some(e) => shard.frames[e.start as usize..(e.start + e.len) as usize].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// What the depot holds, in bytes (its tables' capacity).
+pub(crate) fn bytes() -> usize {
+    (0..SHARDS).map(|i| shard(i).bytes()).sum()
+}
+
+/// The depot's locks, held across `fork` (see `crate::fork`): leaves,
+/// taken last.
+pub(crate) struct ForkLocks {
+    _shards: [MutexGuard<'static, Shard>; SHARDS],
+}
+
+/// Takes every shard's lock, in index order, for `fork`'s prepare handler.
+pub(crate) fn lock_for_fork() -> ForkLocks {
+    ForkLocks {
+        // `from_fn` calls the closure in increasing index order.
+        _shards: std::array::from_fn(shard),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn captured_here() -> Option<StackId> {
+        capture()
+    }
+
+    #[test]
+    fn the_same_stack_is_stored_once() {
+        let a = intern(&[1, 2, 3]).unwrap();
+        let b = intern(&[1, 2, 3]).unwrap();
+        let c = intern(&[1, 2, 4]).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(frames(a), vec![1, 2, 3]);
+        assert_eq!(frames(c), vec![1, 2, 4]);
+        assert_eq!(intern(&[]), None);
+    }
+
+    #[test]
+    fn a_capture_in_a_loop_is_one_stack() {
+        let ids: Vec<_> = (0..100).map(|_| captured_here().unwrap()).collect();
+        assert!(ids.iter().all(|&id| id == ids[0]));
+        assert!(!frames(ids[0]).is_empty());
+        assert!(frames(ids[0]).len() <= MAX_FRAMES);
+    }
+
+    #[test]
+    fn the_walks_agree_only_on_the_same_callers() {
+        assert!(same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8]));
+        assert!(!same_callers(&[5, 6, 7], &[1, 5, 6, 7]), "too few to tell");
+        assert!(!same_callers(&[5, 6, 9, 8], &[1, 2, 5, 6, 7, 8]));
+        assert!(
+            !same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8, 9]),
+            "stopped early"
+        );
+        assert!(!same_callers(&[], &[1, 2]));
+    }
+
+    #[test]
+    fn the_frame_pointer_walk_stays_on_the_stack() {
+        let mut ips = [0usize; MAX_FRAMES];
+        // Whatever the build, the walk ends inside the buffer.
+        assert!(walk_frame_pointers(&mut ips) <= MAX_FRAMES);
+        assert!(walk_unwinder(&mut ips) > 0);
+    }
+
+    #[test]
+    fn many_distinct_stacks_keep_their_frames() {
+        let ids: Vec<_> = (0..5000usize)
+            .map(|i| (i, intern(&[i, i + 7, 99]).unwrap()))
+            .collect();
+        for (i, id) in ids {
+            assert_eq!(frames(id), vec![i, i + 7, 99]);
+        }
+    }
+}
