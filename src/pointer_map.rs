@@ -57,10 +57,17 @@ const LISTED: usize = 8;
 )]
 pub unsafe trait PointerFree {}
 
+/// The numbers, `bool`, `char` and `()`: pointer-free, and with an empty
+/// map that is used only as a field's (see [`PointerMap::LENT_BY_MAP`]).
 macro_rules! pointer_free {
     ($($t:ty),*) => { $(
-        // SAFETY: a number or a bool holds no address C could follow.
+        // SAFETY: a number, a bool or a char holds no address C could follow.
         unsafe impl PointerFree for $t {}
+        // SAFETY: as above.
+        unsafe impl PointerMap for $t {
+            const POINTERS: PointerWords = PointerWords::NONE;
+            const LENT_BY_MAP: bool = false;
+        }
     )* };
 }
 pointer_free!(
@@ -297,35 +304,6 @@ pub unsafe trait PointerMap: Sized {
     /// promise, and it is not read.
     const LENT_BY_MAP: bool = true;
 }
-
-macro_rules! no_pointers {
-    ($($t:ty),*) => { $(
-        // SAFETY: a number, a bool or a char holds no address C could follow.
-        unsafe impl PointerMap for $t {
-            const POINTERS: PointerWords = PointerWords::NONE;
-            const LENT_BY_MAP: bool = false;
-        }
-    )* };
-}
-no_pointers!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    bool,
-    char,
-    ()
-);
 
 // SAFETY: marks a type; holds nothing.
 unsafe impl<T: ?Sized> PointerMap for std::marker::PhantomData<T> {

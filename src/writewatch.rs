@@ -333,6 +333,12 @@ pub(crate) fn on() -> bool {
 /// Turns the watch off (`false`) or lets the next scan decide anew
 /// (`true`), for the benchmarks that compare it with the full scan.
 pub(crate) fn set_enabled(on: bool) {
+    replace_state(if on { State::Undecided } else { State::Off });
+}
+
+/// Closes the watch's descriptors, if it is on, and puts `next` in its
+/// place.
+fn replace_state(next: State) {
     let mut state = watch();
     if let State::On(w) = &*state {
         // SAFETY: the watch's descriptors, closed once: the state is
@@ -343,7 +349,7 @@ pub(crate) fn set_enabled(on: bool) {
         }
     }
     let _g = bookkeeping();
-    *state = if on { State::Undecided } else { State::Off };
+    *state = next;
 }
 
 /// For each of `ranges` (sorted by start, `(start, end)`), the parts that
@@ -412,16 +418,7 @@ pub(crate) fn lock_for_fork() -> ForkLock {
 /// child's registrations), so they are closed and the watch is decided
 /// again at the child's next scan.
 pub(crate) fn after_fork_in_child() {
-    let mut state = watch();
-    if let State::On(w) = &*state {
-        // SAFETY: the child's copies of the descriptors, closed once.
-        unsafe {
-            libc::close(w.uffd);
-            libc::close(w.pagemap);
-        }
-    }
-    let _g = bookkeeping();
-    *state = State::Undecided;
+    replace_state(State::Undecided);
 }
 
 #[cfg(test)]
