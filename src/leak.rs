@@ -247,15 +247,19 @@ fn unreachable_groups(
     }
     let blocks = crate::heap::unreachable_c_blocks(owned, stack_from);
     let _g = crate::bookkeeping::bookkeeping();
-    let mut by_site: HashMap<Option<Site>, (usize, usize, crate::heap::CBlock)> = HashMap::new();
+    // Grouped by the `call!` line and, with event backtraces on, the C
+    // stack that allocated (LeakSanitizer groups by stack).
+    type Key = (Option<Site>, Option<crate::stackdepot::StackId>);
+    let mut by_site: HashMap<Key, (usize, usize, crate::heap::CBlock)> = HashMap::new();
     for b in blocks {
-        let e = by_site.entry(b.alloc_site).or_insert((0, 0, b));
+        let key = (b.alloc_site, crate::heap::c_alloc_trace(b.start));
+        let e = by_site.entry(key).or_insert((0, 0, b));
         e.0 += 1;
         e.1 += b.size;
     }
     by_site
         .into_iter()
-        .map(|(site, (count, bytes, example))| LeakGroup {
+        .map(|((site, _), (count, bytes, example))| LeakGroup {
             site,
             count,
             bytes,

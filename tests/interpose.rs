@@ -245,6 +245,44 @@ fn leaked_c_string_is_reported_at_the_call_that_returned_it() {
 }
 
 #[test]
+fn with_backtraces_a_leak_group_shows_the_c_frame_that_allocated() {
+    const NAME: &str = "with_backtraces_a_leak_group_shows_the_c_frame_that_allocated";
+    if !alone_in_a_child(NAME) {
+        return;
+    }
+    if !checks() {
+        return;
+    }
+    ffi_check::set_event_backtraces(Some(true));
+    let scope = LeakCheck::start();
+    assert_eq!(lose_a_greeting(), 10);
+    wipe_stack();
+    let report = scope.finish();
+    ffi_check::set_event_backtraces(None);
+    assert_eq!(report.leaked_allocations(), 1, "{report}");
+    let line = line_of("let s = unsafe { call!(pc::pc_greeting(name.as_ptr())) };");
+    let text = report.to_string();
+    // The group names the Rust call and, under it, the stack that
+    // allocated, starting at C's frame: the interposed `malloc` is the
+    // checker's and is not shown.
+    let group = text
+        .split("Leak of 11 byte(s) in 1 allocation(s) of C memory allocated at ")
+        .nth(1)
+        .expect("the group");
+    assert!(
+        group.starts_with(&format!("tests/interpose.rs:{line}:")),
+        "{text}"
+    );
+    let first_frame = group.lines().nth(1).expect("a frame");
+    assert!(
+        first_frame.trim_start().starts_with("0: pc_greeting"),
+        "{text}"
+    );
+    assert!(group.contains("csrc/fixtures/plainc.c"), "{text}");
+    assert!(!group.contains("src/interpose"), "{text}");
+}
+
+#[test]
 fn a_block_c_loses_is_a_leak() {
     if !alone_in_a_child("a_block_c_loses_is_a_leak") {
         return;

@@ -45,13 +45,15 @@
 #![cfg_attr(not(any(debug_assertions, feature = "always")), allow(dead_code))]
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{meta_align, meta_of, meta_size, meta_state, page_count, page_count_or_create};
 use super::{HDR, KEY, LEAF_LEN, PAGE_SHIFT, ROOT};
 use crate::site::Site;
+use crate::stackdepot::StackId;
 
 extern "C" {
     fn __libc_malloc(size: usize) -> *mut c_void;
@@ -330,7 +332,63 @@ pub(crate) fn c_alloc(size: usize, align: usize, zeroed: bool) -> *mut c_void {
         unsafe { __libc_free(base) };
         return std::ptr::null_mut();
     }
+    if site != 0 && crate::mode::raw_event_backtraces() {
+        remember_trace(p);
+    }
     p as *mut c_void
+}
+
+// ---- allocation backtraces -------------------------------------------------------
+//
+// With event backtraces on, a C block allocated during a checked call keeps
+// the stack that allocated it (C's frames under the `call!`), for its
+// reports and its leak group. The header has no room for it, so the stacks
+// live beside, by block start, in a table that exists only once a trace was
+// taken: nothing of it is on the path of a `malloc` with backtraces off.
+//
+// Lock order: a quarantine ring (evicting a block) before `TRACES`. The
+// table's own memory is the checker's (`INTERNAL`), whose frees never come
+// back here, so holding `TRACES` while the map grows cannot re-enter it.
+
+static TRACES: Mutex<Option<HashMap<usize, StackId>>> = Mutex::new(None);
+/// Set once the first trace is kept: until then no free looks at the table.
+static ANY_TRACE: AtomicBool = AtomicBool::new(false);
+
+fn traces() -> MutexGuard<'static, Option<HashMap<usize, StackId>>> {
+    // Every change is completed before anything that could panic.
+    TRACES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cold]
+#[inline(never)]
+fn remember_trace(p: usize) {
+    let Some(id) = crate::stackdepot::capture() else {
+        return;
+    };
+    let _g = crate::bookkeeping::bookkeeping();
+    traces().get_or_insert_with(HashMap::new).insert(p, id);
+    ANY_TRACE.store(true, Ordering::Relaxed);
+}
+
+/// Forgets the trace of the C block at `p`, which goes back to glibc.
+#[inline]
+fn forget_trace(p: usize) {
+    if ANY_TRACE.load(Ordering::Relaxed) {
+        let _g = crate::bookkeeping::bookkeeping();
+        if let Some(map) = traces().as_mut() {
+            map.remove(&p);
+        }
+    }
+}
+
+/// The stack that allocated the C block at `start`, when event backtraces
+/// were on: for reports and leak groups only.
+pub(crate) fn c_alloc_trace(start: usize) -> Option<StackId> {
+    if !ANY_TRACE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let _g = crate::bookkeeping::bookkeeping();
+    traces().as_ref()?.get(&start).copied()
 }
 
 #[inline(always)]
@@ -373,6 +431,11 @@ fn uninstall(p: usize) {
 pub(crate) unsafe fn c_release(p: usize) {
     let meta = word(p, 16).load(Ordering::Acquire);
     let h = meta_align(meta).max(C_HDR);
+    // Only C's blocks have traces (the checker's own never do: the table's
+    // memory is among them).
+    if meta_state(meta) & (c_state::INTERNAL | c_state::RUST) == 0 {
+        forget_trace(p);
+    }
     uninstall(p);
     // SAFETY: p - h is what glibc returned for the block.
     unsafe { __libc_free((p - h) as *mut c_void) };
@@ -529,12 +592,14 @@ pub(crate) unsafe fn c_quarantine(p: usize, size: usize) {
 /// The quarantine's locks, held across `fork` (see `crate::fork`).
 pub(crate) struct ForkLocks {
     _rings: [MutexGuard<'static, Ring>; SHARDS],
+    _traces: MutexGuard<'static, Option<HashMap<usize, StackId>>>,
 }
 
-/// Takes every quarantine shard's lock, in index order.
+/// Takes every quarantine shard's lock, in index order, then the traces'.
 pub(crate) fn lock_for_fork() -> ForkLocks {
     ForkLocks {
         _rings: std::array::from_fn(ring),
+        _traces: traces(),
     }
 }
 

@@ -566,7 +566,7 @@ pub(crate) fn c_block_detail(block: crate::heap::CBlock) -> RegionDetail {
         type_name: None,
         family: crate::family::FAMILY_MALLOC,
         alloc_site: block.alloc_site,
-        alloc_trace: None,
+        alloc_trace: crate::heap::c_alloc_trace(block.start),
         free_site: block.free_site(),
         free_trace: None,
         pin_site: None,

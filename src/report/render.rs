@@ -103,6 +103,28 @@ pub(crate) fn render_stack(out: &mut String, id: StackId, indent: &str) {
     render_symbols(out, symbols.into_iter(), indent);
 }
 
+/// One of the C allocator's entry points that the `interpose` feature
+/// defines (`malloc`, `free`, …): unmangled names, told from glibc's by the
+/// checker's own source file.
+fn interposed_entry(name: &str, file: Option<&std::path::Path>) -> bool {
+    const ENTRIES: [&str; 11] = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "free",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "malloc_usable_size",
+    ];
+    ENTRIES.contains(&name)
+        && file
+            .is_some_and(|f| f.ends_with("src/interpose/mod.rs") || f.ends_with("src/interpose.rs"))
+}
+
 /// Writes resolved frames (function name, file, line), innermost first,
 /// skipping the checker's and the runtime's.
 fn render_symbols(
@@ -139,6 +161,7 @@ fn render_symbols(
                     || name.starts_with("<std::")
                     || name.starts_with("alloc::")
                     || name.starts_with("<alloc::")
+                    || interposed_entry(&name, file.as_deref())
                 {
                     continue;
                 }
