@@ -17,8 +17,38 @@
 use std::ffi::{CStr, CString};
 use std::hint::black_box;
 use std::os::raw::c_char;
+use std::time::Duration;
 
-use ffi_check::{call, CBox, Managed};
+use criterion::Criterion;
+use ffi_check::{call, set_mode, CBox, Managed, Mode, COMPILED_IN};
+
+/// The three variants in one criterion group, in mode 1, each named
+/// `name/<allocator>/mode1` (`plain_name` for the baseline).
+pub fn bench_variants(c: &mut Criterion, plain_name: &str, allocator: &str) {
+    let mut g = c.benchmark_group(format!("COMPILED_IN={COMPILED_IN}/ffi_workload"));
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    if COMPILED_IN {
+        set_mode(Mode::Check);
+    }
+    let mut i = 0u32;
+    type Variant = (String, fn(u32) -> usize);
+    let variants: [Variant; 3] = [
+        (plain_name.to_owned(), plain),
+        (format!("raw_pointers_call!/{allocator}/mode1"), raw_checked),
+        (format!("wrappers/{allocator}/mode1"), wrapped),
+    ];
+    for (name, run) in variants {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                run(black_box(i))
+            })
+        });
+    }
+    g.finish();
+}
 
 const BUF: usize = 256;
 const C_BLOCK: usize = 64;
