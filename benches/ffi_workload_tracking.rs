@@ -16,6 +16,7 @@ static GLOBAL: TrackingAllocator = TrackingAllocator::new();
 
 fn workload(c: &mut Criterion) {
     ffi_workload::bench_variants(c, "plain/TrackingAllocator/mode1", "TrackingAllocator");
+    ffi_workload::bench_mode2(c, "TrackingAllocator");
 }
 
 criterion_group!(benches, workload);

@@ -53,6 +53,35 @@ pub fn bench_variants(c: &mut Criterion, plain_name: &str, allocator: &str) {
 const BUF: usize = 256;
 const C_BLOCK: usize = 64;
 
+/// The checked variants again in mode 2 (event backtraces on, as mode 2
+/// has them by default), beside mode 1 in the same run: what mode 2 costs
+/// an allocation-heavy workload.
+pub fn bench_mode2(c: &mut Criterion, allocator: &str) {
+    if !COMPILED_IN {
+        return;
+    }
+    let mut g = c.benchmark_group("COMPILED_IN=true/ffi_workload_mode2");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    let mut i = 0u32;
+    type Variant = (&'static str, fn(u32) -> usize);
+    let variants: [Variant; 2] = [("raw_pointers_call!", raw_checked), ("wrappers", wrapped)];
+    for (name, run) in variants {
+        for (mode, label) in [(Mode::Check, "mode1"), (Mode::Full, "mode2")] {
+            set_mode(mode);
+            g.bench_function(format!("{name}/{allocator}/{label}"), |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    run(black_box(i))
+                })
+            });
+        }
+    }
+    set_mode(Mode::Check);
+    g.finish();
+}
+
 /// C fills the buffer it is lent.
 #[inline(never)]
 pub extern "C" fn fill(buf: *mut u8, len: usize, value: u8) -> usize {
