@@ -209,6 +209,20 @@ pub(crate) fn unreadable_range(start: usize, len: usize) -> Option<String> {
     ))
 }
 
+/// This process's mappings from `/proc/self/maps`, `(lo, hi)`; empty when
+/// the table cannot be read. (For the interposed allocator's leak scan.)
+#[cfg_attr(not(feature = "interpose"), allow(dead_code))]
+pub(crate) fn mappings() -> Vec<(usize, usize)> {
+    let _g = bookkeeping();
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(parse_line)
+        .map(|(lo, hi, _)| (lo, hi))
+        .collect()
+}
+
 /// `start-end perms ...` of one `/proc/self/maps` line.
 fn parse_line(line: &str) -> Option<(usize, usize, &str)> {
     let mut parts = line.split_ascii_whitespace();

@@ -150,9 +150,11 @@ static TABLE: RwLock<Table> = RwLock::new(Table {
     ranges: Vec::new(),
 });
 
-/// The loader's generation, asked cheaply: the walk stops at the first
-/// object (every object's description carries the counts).
-fn current_generation() -> (u64, u64) {
+/// The loader's counts of objects loaded and unloaded: they move whenever
+/// the set of segments may have, and are asked cheaply (the walk stops at
+/// the first object, whose description carries them), so a caller can keep
+/// [`writable`]'s answer until they do.
+pub(crate) fn generation() -> (u64, u64) {
     unsafe extern "C" fn first(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
@@ -168,13 +170,6 @@ fn current_generation() -> (u64, u64) {
     // given and never unwinds; `generation` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(first), (&mut generation as *mut (u64, u64)).cast()) };
     generation
-}
-
-/// The loader's counts of objects loaded and unloaded: they move whenever
-/// the set of segments may have, and are asked cheaply (one object visited),
-/// so a caller can keep [`writable`]'s answer until they do.
-pub(crate) fn generation() -> (u64, u64) {
-    current_generation()
 }
 
 fn table_holds(table: &Table, addr: usize, len: usize) -> bool {
@@ -195,7 +190,7 @@ pub(crate) fn contains(addr: usize, len: usize) -> bool {
         if table_holds(&table, addr, len) {
             return true;
         }
-        if table.generation == current_generation() {
+        if table.generation == generation() {
             return false;
         }
     }

@@ -121,19 +121,31 @@ fn a_raw_pointer_to_a_struct_on_the_stack_is_looked_through_by_its_type() {
         len: values.len(),
     };
     let p: *const FxView = &view;
-    let (sum, v) = capture(|| {
-        // SAFETY: the view names two live ints.
+    assert_looked_through(p, &values, 3);
+}
+
+/// A raw pointer to a view of `values` is looked through by its type: the
+/// unpinned ints are `UnpinnedNested`, and once pinned the call is clean.
+/// Both calls return `sum`.
+fn assert_looked_through(p: *const FxView, values: &Managed<[c_int]>, sum: i64) {
+    let (got, v) = capture(|| {
+        // SAFETY: the view names live ints.
         unsafe { call!(fixtures::fx_sum_view(p)) }
     });
-    assert_eq!(sum, 3);
-    assert_eq!(only(&v).kind(), ViolationKind::UnpinnedNested);
-    let sum = assert_clean(|| {
+    assert_eq!(got, sum);
+    assert_report_line(
+        only(&v),
+        ViolationKind::UnpinnedNested,
+        "P1",
+        "ffi-check: argument 1 of `fx_sum_view` has managed pointer to unpinned managed pointer",
+    );
+    let got = assert_clean(|| {
         let mut pinner = Pinner::new();
-        pinner.pin(&values);
+        pinner.pin(values);
         // SAFETY: as above, pinned.
         unsafe { call!(fixtures::fx_sum_view(p)) }
     });
-    assert_eq!(sum, 3);
+    assert_eq!(got, sum);
 }
 
 #[test]
@@ -242,25 +254,7 @@ fn a_raw_pointer_to_a_static_is_looked_through_by_its_type() {
         (*p).data = values.as_ptr();
         (*p).len = values.len();
     }
-    let (sum, v) = capture(|| {
-        // SAFETY: the view names two live ints.
-        unsafe { call!(fixtures::fx_sum_view(p.cast_const())) }
-    });
-    assert_eq!(sum, 9);
-    assert_report_line(
-        only(&v),
-        ViolationKind::UnpinnedNested,
-        "P1",
-        "ffi-check: argument 1 of `fx_sum_view` has managed pointer to unpinned managed pointer",
-    );
-    // Pinned, the same call is clean.
-    let sum = assert_clean(|| {
-        let mut pinner = Pinner::new();
-        pinner.pin(&values);
-        // SAFETY: as above, pinned.
-        unsafe { call!(fixtures::fx_sum_view(p.cast_const())) }
-    });
-    assert_eq!(sum, 9);
+    assert_looked_through(p.cast_const(), &values, 9);
     // SAFETY: as above; the view no longer names the ints.
     unsafe { (*p).data = std::ptr::null() };
 }

@@ -183,22 +183,6 @@ impl Graph {
     }
 }
 
-/// The mappings of this process from `/proc/self/maps`: `(lo, hi)`.
-fn mappings() -> Vec<(usize, usize)> {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return Vec::new();
-    };
-    maps.lines()
-        .filter_map(|l| {
-            let (lo, hi) = l.split_ascii_whitespace().next()?.split_once('-')?;
-            Some((
-                usize::from_str_radix(lo, 16).ok()?,
-                usize::from_str_radix(hi, 16).ok()?,
-            ))
-        })
-        .collect()
-}
-
 /// How far below the thread pointer the static TLS reaches (glibc's own
 /// figure when it tells, else a generous guess).
 fn static_tls_size() -> usize {
@@ -321,7 +305,7 @@ fn scan(regs: [usize; 6], my_sp: usize, owned: &dyn Fn(&CBlock) -> bool) -> Vec<
     }
     g.drain();
 
-    let maps = mappings();
+    let maps = crate::probe::mappings();
     let tls = static_tls_size();
     let my_tp = thread_pointer();
     let mut stacks: Vec<(usize, usize)> = Vec::new();
