@@ -19,7 +19,7 @@ use std::ptr::NonNull;
 use crate::cbox::CBox;
 use crate::frame::{self, callee_name, Frame};
 use crate::managed::Managed;
-use crate::mode::{checks_on, COMPILED_IN};
+use crate::mode::{checking_mode as mode_byte, checks_on, COMPILED_IN};
 use crate::pin::Pinned;
 use crate::pointer_map::LentMap;
 use crate::registry::{self, flags, RegionKind, RegionState};
@@ -29,11 +29,12 @@ use crate::site::Site;
 use crate::stderr::write_stderr;
 use std::mem::{align_of, size_of};
 
-/// True when `call!` takes its checked path: one relaxed load.
+/// The mode `call!` runs its call in: 0 (unchecked), 1 or 2, from one
+/// relaxed load. The checked path keeps it ([`Call::enter`]).
 #[doc(hidden)]
 #[inline(always)]
-pub fn checking() -> bool {
-    checks_on()
+pub fn checking_mode() -> u8 {
+    mode_byte()
 }
 
 /// The tag of [`Call::prev`] for a mode-2 outermost call (frames are
@@ -98,9 +99,10 @@ impl<'f> Call<'f> {
     }
 
     /// Makes this the thread's current call, until it drops. Called once the
-    /// `Call` is in its final place.
+    /// `Call` is in its final place, with the mode
+    /// [`checking_mode`] gave.
     #[inline(always)]
-    pub fn enter(&mut self) {
+    pub fn enter(&mut self, mode: u8) {
         let me: *const Frame = self.frame;
         // The thread's locals are never gone for this one (a constant
         // without a destructor): `None` is folded away. Were they gone,
@@ -110,7 +112,7 @@ impl<'f> Call<'f> {
             // Mode 2 scans around the outermost call only: during it, C may
             // hold what the outer call lent it. (`call!` has read the mode:
             // it is initialised.)
-            if prev.is_null() && crate::mode::raw_mode() == crate::mode::Mode::Full as u8 {
+            if prev.is_null() && mode == crate::mode::Mode::Full as u8 {
                 self.prev |= SCANS;
                 enter_scanned(self.frame);
             }

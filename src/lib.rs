@@ -386,7 +386,7 @@ pub use site::Site;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{
-        checking, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaFnItem, ViaRef,
+        checking_mode, enclosing_fn, run_callback, ArgWrap, Call, ViaCArg, ViaFnItem, ViaRef,
     };
     pub use crate::frame::Frame;
     pub use crate::pointer_map::{
@@ -485,25 +485,29 @@ pub mod __private {
 #[macro_export]
 macro_rules! call {
     ($($f:ident)::+ ( $($args:tt)* )) => {
-        // One relaxed load decides; compiled out, the test is a constant and
-        // only the plain call remains.
-        if $crate::__private::checking() {
-            #[allow(unused_imports)]
-            use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
-            #[allow(unused_imports)]
-            use $crate::__private::{
-                FreeMut as _, FreeRef as _, FreeWrapped as _, FreeWrappedMut as _, MapMut as _,
-                MapRef as _, MapWrapped as _, MapWrappedMut as _, NoMap as _,
-            };
-            let __ffi_check_frame = $crate::__private::Frame::new(stringify!($($f)::+));
-            let mut __ffi_check_call = $crate::__private::Call::new(&__ffi_check_frame);
-            let __ffi_check_call = &mut __ffi_check_call;
-            __ffi_check_call.enter();
-            $crate::__call_args!(@lower ($($f)::+) __ffi_check_call [] $($args)*)
-        } else {
-            #[allow(unused_imports)]
-            use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
-            $crate::__call_args!(@pass ($($f)::+) [] $($args)*)
+        // One relaxed load decides, and its mode is kept for the call (mode
+        // 2 scans around an outermost one); compiled out, the mode is a
+        // constant 0 and only the plain call remains.
+        match $crate::__private::checking_mode() {
+            0 => {
+                #[allow(unused_imports)]
+                use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
+                $crate::__call_args!(@pass ($($f)::+) [] $($args)*)
+            }
+            __ffi_check_mode => {
+                #[allow(unused_imports)]
+                use $crate::__private::{ViaCArg as _, ViaFnItem as _, ViaRef as _};
+                #[allow(unused_imports)]
+                use $crate::__private::{
+                    FreeMut as _, FreeRef as _, FreeWrapped as _, FreeWrappedMut as _,
+                    MapMut as _, MapRef as _, MapWrapped as _, MapWrappedMut as _, NoMap as _,
+                };
+                let __ffi_check_frame = $crate::__private::Frame::new(stringify!($($f)::+));
+                let mut __ffi_check_call = $crate::__private::Call::new(&__ffi_check_frame);
+                let __ffi_check_call = &mut __ffi_check_call;
+                __ffi_check_call.enter(__ffi_check_mode);
+                $crate::__call_args!(@lower ($($f)::+) __ffi_check_call [] $($args)*)
+            }
         }
     };
 }

@@ -104,6 +104,21 @@ pub(crate) fn checks_on() -> bool {
     }
 }
 
+/// The mode as a byte when checks run (1 or 2), else 0: the same one
+/// relaxed load as [`checks_on`], whose value `call!` keeps for the rest of
+/// the call (mode 2 scans around an outermost call) instead of reading it
+/// again.
+#[inline(always)]
+pub(crate) fn checking_mode() -> u8 {
+    if !COMPILED_IN {
+        return 0;
+    }
+    match MODE.load(Ordering::Relaxed) {
+        UNINIT => init_mode() as u8,
+        m => m,
+    }
+}
+
 /// The mode byte as stored, without reading the environment: `u8::MAX`
 /// while uninitialised. For the tracking allocator, which may run before
 /// `main` or while the environment's lock is held.
