@@ -37,8 +37,9 @@
 //! - a `FREED` block waits in the quarantine (its memory still allocated)
 //!   until it is evicted, and only eviction gives it back.
 //!
-//! Nothing here takes a lock on the allocation path; a C free takes one
-//! uncontended quarantine shard lock.
+//! Nothing here takes a lock on the allocation path; a C free of a small
+//! block joins a per-thread batch, and a full batch takes one uncontended
+//! quarantine shard lock for 33 blocks.
 
 // Without the checks compiled in the entry points that use this are not
 // either (see `crate::interpose`).
@@ -216,6 +217,66 @@ pub(crate) fn c_block_containing(addr: usize) -> Option<CBlock> {
             o -= HDR;
         }
         base = base.checked_sub(1 << PAGE_SHIFT)?;
+    }
+    None
+}
+
+/// Marks the pages of the bytes of a block about to be freed (`p`, `size`
+/// bytes) in `FREED_PAGES`: one load per page once they are marked.
+#[inline(always)]
+fn mark_freed_pages(p: usize, size: usize) {
+    let first = p >> PAGE_SHIFT;
+    let last = (p + size.max(1) - 1) >> PAGE_SHIFT;
+    for page in first..=last {
+        mark_page(&FREED_PAGES, page << PAGE_SHIFT);
+    }
+}
+
+/// The freed C block (waiting in the quarantine) that `addr` points into,
+/// at its start or at any byte inside it: an object handle, or a handle to
+/// a field of an object, used after C freed the object.
+///
+/// For a pointer into a page where no C block was ever freed this is a few
+/// loads (the bounds and one bit). Otherwise it reads back from `addr`, a
+/// granule (16 bytes) at a time, for the nearest header of ours, and
+/// `addr` is inside a block only if it is inside that one (blocks do not
+/// overlap). It reads only the pages the page map counts a header on (so
+/// mapped), skips the others unread, and goes no further back than the
+/// largest block the quarantine keeps.
+#[inline]
+pub(crate) fn c_freed_block_containing(addr: usize) -> Option<CBlock> {
+    let (lo, hi) = c_bounds();
+    if addr < lo || addr >= hi || !page_marked(&FREED_PAGES, addr) {
+        return None;
+    }
+    nearest_block(addr).filter(|b| b.freed())
+}
+
+/// The C block (C domain, live or freed) that contains `addr`, found by the
+/// walk back described at [`c_freed_block_containing`].
+#[inline(never)]
+fn nearest_block(addr: usize) -> Option<CBlock> {
+    const PAGE: usize = 1 << PAGE_SHIFT;
+    let lowest = addr.saturating_sub(SHARD_BYTES).max(C_HDR);
+    let mut p = addr & !(HDR - 1);
+    while p >= lowest {
+        // The candidates whose header is on this page: p - 16 on it.
+        let page = (p - HDR) & !(PAGE - 1);
+        if page_count(page).is_some_and(|c| c.load(Ordering::Relaxed) != 0) {
+            let floor = (page + HDR).max(lowest);
+            while p >= floor {
+                // SAFETY: a header of ours is on the page of p - 16 (its
+                // count is not zero), so the page is mapped, and p - 8 is
+                // on it, aligned; header words are accessed atomically.
+                let id = unsafe { &*((p - 8) as *const AtomicUsize) };
+                if id.load(Ordering::Acquire) == p ^ C_KEY {
+                    let b = read_block(p);
+                    return (b.is_c() && addr < p + b.size.max(1)).then_some(b);
+                }
+                p -= HDR;
+            }
+        }
+        p = page;
     }
     None
 }
@@ -518,6 +579,7 @@ pub(crate) fn mark_c_registered(p: usize) {
 #[inline]
 pub(crate) fn c_mark_freed(p: usize, site: Option<Site>) -> Result<CBlock, CBlock> {
     let before = read_block(p);
+    mark_freed_pages(p, before.size);
     let old = word(p, 16).fetch_or(c_state::FREED << super::STATE_SHIFT, Ordering::AcqRel);
     if meta_state(old) & c_state::FREED != 0 {
         return Err(before);
@@ -561,8 +623,45 @@ fn ring(i: usize) -> MutexGuard<'static, Ring> {
     RINGS[i].lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Freed blocks of at most this many bytes wait in a per-thread batch
+/// before their shard's lock is taken once for the whole batch: a batch
+/// holds 32 KiB at most, beside the shards' bound.
+const BATCH_MAX_SIZE: usize = 1024;
+/// Freed blocks a thread collects before it takes its shard's lock.
+const BATCH: usize = 32;
+
+thread_local! {
+    static PENDING: [Cell<usize>; BATCH] = const { [const { Cell::new(0) }; BATCH] };
+    static PENDING_LEN: Cell<usize> = const { Cell::new(0) };
+    /// 0: not asked yet; 1: batching, the flusher is registered; 2: no
+    /// batching on this thread (registering, or the thread is ending).
+    static BATCHING: Cell<u8> = const { Cell::new(0) };
+    /// Its destructor puts an ending thread's pending blocks into its shard.
+    static FLUSHER: Flusher = const { Flusher };
+}
+
+struct Flusher;
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        BATCHING.with(|b| b.set(2));
+        let n = PENDING_LEN.with(|l| l.replace(0));
+        if n == 0 {
+            return;
+        }
+        let mut r = ring(super::my_shard());
+        PENDING.with(|ps| {
+            for c in &ps[..n] {
+                // SAFETY: a pending block is ours, FREED and unused.
+                unsafe { push(&mut r, c.get()) };
+            }
+        });
+    }
+}
+
 /// Puts the freed block at `p` (marked `FREED`) into this thread's
-/// quarantine shard, giving back the oldest blocks beyond the bounds.
+/// quarantine: its batch, or its shard, giving back the oldest blocks
+/// beyond the shard's bounds.
 ///
 /// # Safety
 /// `p` is a FREED block of ours that its owner no longer uses.
@@ -572,7 +671,67 @@ pub(crate) unsafe fn c_quarantine(p: usize, size: usize) {
         // SAFETY: forwarded contract.
         return unsafe { c_release(p) };
     }
+    if size <= BATCH_MAX_SIZE {
+        match BATCHING.with(Cell::get) {
+            1 => {
+                let n = PENDING_LEN.with(Cell::get);
+                if n < BATCH {
+                    PENDING.with(|ps| ps[n].set(p));
+                    PENDING_LEN.with(|l| l.set(n + 1));
+                    return;
+                }
+                // SAFETY: forwarded contract.
+                return unsafe { flush_batch(p) };
+            }
+            0 => start_batching(),
+            _ => {}
+        }
+    }
     let mut r = ring(super::my_shard());
+    // SAFETY: forwarded contract.
+    unsafe { push(&mut r, p) };
+}
+
+/// The first small free on a thread registers the flusher's destructor
+/// (with the C library, which allocates for it: the frees meanwhile go
+/// straight to the shard).
+#[cold]
+fn start_batching() {
+    BATCHING.with(|b| b.set(2));
+    if FLUSHER.try_with(|_| ()).is_ok() {
+        BATCHING.with(|b| b.set(1));
+    }
+}
+
+/// Puts this thread's full batch and the block at `p` into its shard under
+/// one lock.
+///
+/// # Safety
+/// As [`c_quarantine`]'s.
+#[cold]
+#[inline(never)]
+unsafe fn flush_batch(p: usize) {
+    PENDING_LEN.with(|l| l.set(0));
+    let mut r = ring(super::my_shard());
+    PENDING.with(|ps| {
+        for c in ps {
+            // SAFETY: a pending block is ours, FREED and unused.
+            unsafe { push(&mut r, c.get()) };
+        }
+    });
+    // SAFETY: forwarded contract.
+    unsafe { push(&mut r, p) };
+}
+
+/// Adds the freed block at `p` to the ring, giving back its oldest blocks
+/// beyond the bounds.
+///
+/// # Safety
+/// `p` is a FREED block of ours, of at most `SHARD_BYTES`, that its owner
+/// no longer uses, and in no ring.
+#[inline]
+unsafe fn push(r: &mut Ring, p: usize) {
+    let size = meta_size(word(p, 16).load(Ordering::Relaxed));
     while r.len == SHARD_BLOCKS || r.bytes + size > SHARD_BYTES {
         let tail = (r.head + SHARD_BLOCKS - r.len) % SHARD_BLOCKS;
         let old = r.slots[tail];
@@ -652,20 +811,37 @@ pub(crate) fn wipe_dead_stack() {
 /// checked call was installed on it (never cleared): the mode-2 scan, which
 /// runs at every outermost call, walks only these pages, not the whole heap.
 /// Leaves of 2^18 bits come straight from `mmap`.
-static C_PAGES: [AtomicPtr<AtomicU64>; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)] =
+static C_PAGES: PageBits =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
+
+/// For every page, a bit set once a C block that covers part of it was
+/// freed (never cleared): a pointer into a page without it is into no
+/// freed C block, so the boundary's look for one (the hot path of every
+/// pointer argument nothing else knows) stops at one load there.
+static FREED_PAGES: PageBits =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
 const C_LEAF_WORDS: usize = LEAF_LEN / 64;
 
+/// A map of one bit per page, set once and never cleared; its leaves of
+/// 2^18 bits come straight from `mmap`.
+type PageBits = [AtomicPtr<AtomicU64>; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
+
 #[inline(always)]
 fn mark_c_page(addr: usize) {
+    mark_page(&C_PAGES, addr);
+}
+
+/// Sets the bit of the page of `addr` in `map` (a load only, once it is set).
+#[inline(always)]
+fn mark_page(map: &'static PageBits, addr: usize) {
     let page = addr >> PAGE_SHIFT;
     let root = page >> super::LEAF_BITS;
-    if root >= C_PAGES.len() {
+    if root >= map.len() {
         return;
     }
-    let mut leaf = C_PAGES[root].load(Ordering::Acquire);
+    let mut leaf = map[root].load(Ordering::Acquire);
     if leaf.is_null() {
-        leaf = create_c_leaf(root);
+        leaf = create_c_leaf(map, root);
         if leaf.is_null() {
             return;
         }
@@ -680,14 +856,32 @@ fn mark_c_page(addr: usize) {
     }
 }
 
+/// The bit of the page of `addr` in `map`.
+#[inline(always)]
+fn page_marked(map: &'static PageBits, addr: usize) -> bool {
+    let page = addr >> PAGE_SHIFT;
+    let root = page >> super::LEAF_BITS;
+    if root >= map.len() {
+        return false;
+    }
+    let leaf = map[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return false;
+    }
+    let i = page & (LEAF_LEN - 1);
+    // SAFETY: as in `mark_page`.
+    let w = unsafe { &*leaf.add(i / 64) };
+    w.load(Ordering::Relaxed) & (1u64 << (i % 64)) != 0
+}
+
 #[cold]
-fn create_c_leaf(root: usize) -> *mut AtomicU64 {
+fn create_c_leaf(map: &'static PageBits, root: usize) -> *mut AtomicU64 {
     let bytes = C_LEAF_WORDS * std::mem::size_of::<AtomicU64>();
     // Zeroed pages are valid `AtomicU64`s.
     let Some(fresh) = crate::bookkeeping::map_anonymous(bytes) else {
         return std::ptr::null_mut();
     };
-    match C_PAGES[root].compare_exchange(
+    match map[root].compare_exchange(
         std::ptr::null_mut(),
         fresh.cast(),
         Ordering::AcqRel,
