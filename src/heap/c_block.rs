@@ -37,9 +37,8 @@
 //! - a `FREED` block waits in the quarantine (its memory still allocated)
 //!   until it is evicted, and only eviction gives it back.
 //!
-//! Nothing here takes a lock on the allocation path; a C free of a small
-//! block joins a per-thread batch, and a full batch takes one uncontended
-//! quarantine shard lock for 33 blocks.
+//! Nothing here takes a lock on the allocation path; a C free takes one
+//! uncontended quarantine shard lock.
 
 // Without the checks compiled in the entry points that use this are not
 // either (see `crate::interpose`).
@@ -623,45 +622,8 @@ fn ring(i: usize) -> MutexGuard<'static, Ring> {
     RINGS[i].lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Freed blocks of at most this many bytes wait in a per-thread batch
-/// before their shard's lock is taken once for the whole batch: a batch
-/// holds 32 KiB at most, beside the shards' bound.
-const BATCH_MAX_SIZE: usize = 1024;
-/// Freed blocks a thread collects before it takes its shard's lock.
-const BATCH: usize = 32;
-
-thread_local! {
-    static PENDING: [Cell<usize>; BATCH] = const { [const { Cell::new(0) }; BATCH] };
-    static PENDING_LEN: Cell<usize> = const { Cell::new(0) };
-    /// 0: not asked yet; 1: batching, the flusher is registered; 2: no
-    /// batching on this thread (registering, or the thread is ending).
-    static BATCHING: Cell<u8> = const { Cell::new(0) };
-    /// Its destructor puts an ending thread's pending blocks into its shard.
-    static FLUSHER: Flusher = const { Flusher };
-}
-
-struct Flusher;
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        BATCHING.with(|b| b.set(2));
-        let n = PENDING_LEN.with(|l| l.replace(0));
-        if n == 0 {
-            return;
-        }
-        let mut r = ring(super::my_shard());
-        PENDING.with(|ps| {
-            for c in &ps[..n] {
-                // SAFETY: a pending block is ours, FREED and unused.
-                unsafe { push(&mut r, c.get()) };
-            }
-        });
-    }
-}
-
 /// Puts the freed block at `p` (marked `FREED`) into this thread's
-/// quarantine: its batch, or its shard, giving back the oldest blocks
-/// beyond the shard's bounds.
+/// quarantine shard, giving back the oldest blocks beyond the bounds.
 ///
 /// # Safety
 /// `p` is a FREED block of ours that its owner no longer uses.
@@ -671,67 +633,7 @@ pub(crate) unsafe fn c_quarantine(p: usize, size: usize) {
         // SAFETY: forwarded contract.
         return unsafe { c_release(p) };
     }
-    if size <= BATCH_MAX_SIZE {
-        match BATCHING.with(Cell::get) {
-            1 => {
-                let n = PENDING_LEN.with(Cell::get);
-                if n < BATCH {
-                    PENDING.with(|ps| ps[n].set(p));
-                    PENDING_LEN.with(|l| l.set(n + 1));
-                    return;
-                }
-                // SAFETY: forwarded contract.
-                return unsafe { flush_batch(p) };
-            }
-            0 => start_batching(),
-            _ => {}
-        }
-    }
     let mut r = ring(super::my_shard());
-    // SAFETY: forwarded contract.
-    unsafe { push(&mut r, p) };
-}
-
-/// The first small free on a thread registers the flusher's destructor
-/// (with the C library, which allocates for it: the frees meanwhile go
-/// straight to the shard).
-#[cold]
-fn start_batching() {
-    BATCHING.with(|b| b.set(2));
-    if FLUSHER.try_with(|_| ()).is_ok() {
-        BATCHING.with(|b| b.set(1));
-    }
-}
-
-/// Puts this thread's full batch and the block at `p` into its shard under
-/// one lock.
-///
-/// # Safety
-/// As [`c_quarantine`]'s.
-#[cold]
-#[inline(never)]
-unsafe fn flush_batch(p: usize) {
-    PENDING_LEN.with(|l| l.set(0));
-    let mut r = ring(super::my_shard());
-    PENDING.with(|ps| {
-        for c in ps {
-            // SAFETY: a pending block is ours, FREED and unused.
-            unsafe { push(&mut r, c.get()) };
-        }
-    });
-    // SAFETY: forwarded contract.
-    unsafe { push(&mut r, p) };
-}
-
-/// Adds the freed block at `p` to the ring, giving back its oldest blocks
-/// beyond the bounds.
-///
-/// # Safety
-/// `p` is a FREED block of ours, of at most `SHARD_BYTES`, that its owner
-/// no longer uses, and in no ring.
-#[inline]
-unsafe fn push(r: &mut Ring, p: usize) {
-    let size = meta_size(word(p, 16).load(Ordering::Relaxed));
     while r.len == SHARD_BLOCKS || r.bytes + size > SHARD_BYTES {
         let tail = (r.head + SHARD_BLOCKS - r.len) % SHARD_BLOCKS;
         let old = r.slots[tail];
