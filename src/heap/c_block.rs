@@ -224,9 +224,18 @@ pub(crate) fn c_block_containing(addr: usize) -> Option<CBlock> {
 /// bytes) in `FREED_PAGES`: one load per page once they are marked.
 #[inline(always)]
 fn mark_freed_pages(p: usize, size: usize) {
-    let first = p >> PAGE_SHIFT;
+    mark_page(&FREED_PAGES, p);
     let last = (p + size.max(1) - 1) >> PAGE_SHIFT;
-    for page in first..=last {
+    if last != p >> PAGE_SHIFT {
+        mark_more_freed_pages(p >> PAGE_SHIFT, last);
+    }
+}
+
+/// The pages after the first of a freed block that spans several.
+#[cold]
+#[inline(never)]
+fn mark_more_freed_pages(first: usize, last: usize) {
+    for page in first + 1..=last {
         mark_page(&FREED_PAGES, page << PAGE_SHIFT);
     }
 }
@@ -572,19 +581,18 @@ pub(crate) fn mark_c_registered(p: usize) {
     }
 }
 
-/// Marks the C block at `p` freed at `site`. Its block as it was before,
-/// or `Err` with it when it was already freed (a double free, or a free
+/// Marks the C block at `p` (of `size` bytes, as its header says) freed at
+/// `site`. False when it was already freed (a double free, or a free
 /// racing another).
 #[inline]
-pub(crate) fn c_mark_freed(p: usize, site: Option<Site>) -> Result<CBlock, CBlock> {
-    let before = read_block(p);
-    mark_freed_pages(p, before.size);
+pub(crate) fn c_mark_freed(p: usize, size: usize, site: Option<Site>) -> bool {
+    mark_freed_pages(p, size);
     let old = word(p, 16).fetch_or(c_state::FREED << super::STATE_SHIFT, Ordering::AcqRel);
     if meta_state(old) & c_state::FREED != 0 {
-        return Err(before);
+        return false;
     }
     word(p, 24).store(site.map_or(0, Site::to_word), Ordering::Release);
-    Ok(before)
+    true
 }
 
 /// True once the tracking allocator is in use: Rust's heap is then told
