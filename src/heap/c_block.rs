@@ -250,20 +250,41 @@ fn mark_more_freed_pages(first: usize, last: usize) {
 /// `addr` is inside a block only if it is inside that one (blocks do not
 /// overlap). It reads only the pages the page map counts a header on (so
 /// mapped), skips the others unread, and goes no further back than the
-/// largest block the quarantine keeps.
+/// largest block the quarantine keeps. The block the last walk on this
+/// thread found is remembered: a pointer into it again (a loop over a
+/// buffer, a handle passed call after call) costs one header read, the
+/// header being read afresh each time (freed since, or given back and
+/// reused, the walk runs again).
 #[inline]
 pub(crate) fn c_freed_block_containing(addr: usize) -> Option<CBlock> {
     let (lo, hi) = c_bounds();
     if addr < lo || addr >= hi || !page_marked(&FREED_PAGES, addr) {
         return None;
     }
-    nearest_block(addr).filter(|b| b.freed())
+    let last = !LAST_FOUND.with(Cell::get);
+    let b = match c_header(last) {
+        Some(b) if addr >= last && addr < last + b.size.max(1) => b,
+        _ => {
+            let b = block_around(addr)?;
+            LAST_FOUND.with(|c| c.set(!b.start));
+            b
+        }
+    };
+    (b.is_c() && b.freed()).then_some(b)
 }
 
-/// The C block (C domain, live or freed) that contains `addr`, found by the
-/// walk back described at [`c_freed_block_containing`].
+thread_local! {
+    /// The start of the block the last walk of this thread found around a
+    /// pointer, complemented (!0: none): only a hint, its header is read
+    /// again each time. Complemented, it is no pointer to the block for the
+    /// leak scan, which reads this thread's TLS as a root.
+    static LAST_FOUND: Cell<usize> = const { Cell::new(!0) };
+}
+
+/// The block of ours (any domain, live or freed) that contains `addr`,
+/// found by the walk back described at [`c_freed_block_containing`].
 #[inline(never)]
-fn nearest_block(addr: usize) -> Option<CBlock> {
+fn block_around(addr: usize) -> Option<CBlock> {
     const PAGE: usize = 1 << PAGE_SHIFT;
     let lowest = addr.saturating_sub(SHARD_BYTES).max(C_HDR);
     let mut p = addr & !(HDR - 1);
@@ -279,7 +300,7 @@ fn nearest_block(addr: usize) -> Option<CBlock> {
                 let id = unsafe { &*((p - 8) as *const AtomicUsize) };
                 if id.load(Ordering::Acquire) == p ^ C_KEY {
                     let b = read_block(p);
-                    return (b.is_c() && addr < p + b.size.max(1)).then_some(b);
+                    return (addr < p + b.size.max(1)).then_some(b);
                 }
                 p -= HDR;
             }
