@@ -301,5 +301,59 @@ fn quarantine_rss(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, quarantine_rss, pairs, sqlite::bench);
+/// A C function that takes a pointer and does nothing with it.
+#[inline(never)]
+extern "C" fn take(p: *const u8) -> usize {
+    black_box(p) as usize
+}
+
+/// One `call!` (mode 1) whose argument points into a live C block of 4 KiB
+/// (its start, 16 bytes in, 2 KiB in; and 2 KiB into one of two blocks in
+/// turn, which defeats the per-thread memory of the last block found),
+/// beside a pointer into a `Vec` and no pointer at all: what the
+/// boundary's look for a freed C block around an argument costs an
+/// argument nothing else knows.
+fn calls(c: &mut Criterion) {
+    let mut g = c.benchmark_group("call_with_c_pointer");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(30);
+    set_mode(Mode::Check);
+    // SAFETY: a plain C block, freed at the end.
+    let block = unsafe { libc::malloc(4096) }.cast::<u8>().cast_const();
+    let rust = vec![1u8; 4096];
+    g.bench_function("no pointer (null)", |b| {
+        b.iter(|| call!(take(black_box(std::ptr::null()))))
+    });
+    for (name, offset) in [
+        ("start of a live C block", 0),
+        ("16 bytes into a live C block", 16),
+        ("2 KiB into a live 4 KiB C block", 2048),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| call!(take(black_box(block.wrapping_add(offset)))))
+        });
+    }
+    // SAFETY: a second plain C block, freed at the end.
+    let other = unsafe { libc::malloc(4096) }.cast::<u8>().cast_const();
+    let mut flip = false;
+    g.bench_function("2 KiB into one of two live C blocks, alternately", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let base = if flip { block } else { other };
+            call!(take(black_box(base.wrapping_add(2048))))
+        })
+    });
+    g.bench_function("2 KiB into a Vec of 4 KiB", |b| {
+        b.iter(|| call!(take(black_box(rust.as_ptr().wrapping_add(2048)))))
+    });
+    g.finish();
+    // SAFETY: allocated above, each freed once.
+    unsafe {
+        libc::free(block.cast_mut().cast());
+        libc::free(other.cast_mut().cast());
+    }
+}
+
+criterion_group!(benches, quarantine_rss, pairs, calls, sqlite::bench);
 criterion_main!(benches);

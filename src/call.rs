@@ -224,8 +224,8 @@ impl At<'_> {
                     frame::note_lent(block.start);
                 }
                 self.check_heap_block(block, mutable);
-            } else if c_block_freed(addr) {
-                self.report_freed(addr, addr);
+            } else if let Some(start) = freed_c_block(addr) {
+                self.report_freed(addr, start);
             } else if pointee > 0 && crate::probe::on_live_stack(addr, pointee) {
                 // SAFETY: the bytes lie between this frame and the top of
                 // the thread's stack, in the frames of the callers: mapped,
@@ -914,18 +914,20 @@ fn check_returned_pointer(addr: usize, callback: &'static str, site: Site) {
     emit(v);
 }
 
-/// A C block of the interposed allocator (feature `interpose`) starts at
-/// `addr` and was freed: an object handle used after C destroyed it.
+/// The start of the freed C block of the interposed allocator (feature
+/// `interpose`) that `addr` points into (its start or inside it): an
+/// object handle, or a handle to one of its fields, used after C destroyed
+/// the object.
 #[inline]
-fn c_block_freed(addr: usize) -> bool {
+fn freed_c_block(addr: usize) -> Option<usize> {
     #[cfg(feature = "interpose")]
     {
-        crate::heap::c_block_at(addr).is_some_and(|b| b.freed())
+        crate::heap::c_freed_block_containing(addr).map(|b| b.start)
     }
     #[cfg(not(feature = "interpose"))]
     {
         let _ = addr;
-        false
+        None
     }
 }
 

@@ -204,6 +204,117 @@ fn handle_used_after_c_destroyed_it_is_use_after_free() {
     );
 }
 
+#[test]
+fn handle_to_a_field_of_an_object_c_destroyed_is_use_after_free() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: a handle into the object (its `name` field) outlives the
+    // object; the freed block waits in the quarantine, so reading through
+    // the handle reads memory still allocated.
+    let (_, v) = capture(|| unsafe {
+        let o = call!(pc::pc_obj_new(7)); // the object
+        let slot = call!(pc::pc_obj_name_slot(o));
+        assert_eq!(call!(pc::pc_slot_len(slot)), 6);
+        call!(pc::pc_obj_destroy(o)); // destroys the object behind the field
+        let _ = call!(pc::pc_slot_len(slot));
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `pc_slot_len` is a pointer into freed memory",
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains("the pointer is 8 bytes into the freed region"),
+        "{text}"
+    );
+    let destroy = line_of("call!(pc::pc_obj_destroy(o)); // destroys the object behind the field");
+    let new = line_of("let o = call!(pc::pc_obj_new(7)); // the object");
+    assert!(
+        text.contains(&format!("freed at tests/interpose.rs:{destroy}:")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("allocated at tests/interpose.rs:{new}:")),
+        "{text}"
+    );
+}
+
+#[test]
+fn pointer_deep_into_a_large_freed_c_buffer_is_use_after_free() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: a 64 KiB C buffer, freed by C, then a pointer 40,000 bytes
+    // into it crosses (the buffer waits in the quarantine: still mapped).
+    let (_, v) = capture(|| unsafe {
+        let buf = call!(pc::pc_buf_new(64 << 10));
+        let inside = buf.add(40_000);
+        assert_eq!(call!(pc::pc_peek(inside)), 0);
+        call!(pc::pc_take(buf.cast())); // C frees the buffer
+        let _ = call!(pc::pc_peek(inside));
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `pc_peek` is a pointer into freed memory",
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains("the pointer is 40000 bytes into the freed region"),
+        "{text}"
+    );
+    let take = line_of("call!(pc::pc_take(buf.cast())); // C frees the buffer");
+    assert!(
+        text.contains(&format!("freed at tests/interpose.rs:{take}:")),
+        "{text}"
+    );
+}
+
+#[test]
+fn pointers_into_live_c_blocks_are_clean() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: every pointer is into a live block; each block is freed once,
+    // after its last use. A freed neighbour sits beside the live ones.
+    let (_, v) = capture(|| unsafe {
+        let gone = call!(pc::pc_obj_new(1));
+        let o = call!(pc::pc_obj_new(7));
+        call!(pc::pc_obj_destroy(gone));
+        let slot = call!(pc::pc_obj_name_slot(o));
+        assert_eq!(call!(pc::pc_slot_len(slot)), 6);
+        let buf = call!(pc::pc_buf_new(64 << 10));
+        for at in [1, 16, 4095, 4096, 40_000, (64 << 10) - 1] {
+            assert_eq!(call!(pc::pc_peek(buf.add(at))), 0);
+        }
+        call!(pc::pc_take(buf.cast()));
+        call!(pc::pc_obj_destroy(o));
+    });
+    assert!(v.is_empty(), "{v:?}");
+}
+
+#[test]
+fn pointer_just_past_a_freed_c_block_is_not_blamed_on_it() {
+    if !checks() {
+        return;
+    }
+    // SAFETY: the pointer one past the freed block's end is only compared
+    // by the callee, never read.
+    let (_, v) = capture(|| unsafe {
+        let s = call!(pc::pc_greeting(c"abcdefghi".as_ptr())); // 16 bytes
+        let end = s.add(16).cast::<c_void>();
+        call!(pc::pc_take(s.cast()));
+        let h = call!(pc::pc_hold(end));
+        call!(pc::pc_holder_free(h));
+    });
+    let kinds = common::kinds(&v);
+    assert!(!kinds.contains(&ViolationKind::UseAfterFree), "{v:?}");
+}
+
 // ---- C3: leaks by reachability -----------------------------------------------------
 
 #[inline(never)]

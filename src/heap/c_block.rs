@@ -220,6 +220,96 @@ pub(crate) fn c_block_containing(addr: usize) -> Option<CBlock> {
     None
 }
 
+/// Marks the pages of the bytes of a block about to be freed (`p`, `size`
+/// bytes) in `FREED_PAGES`: one load per page once they are marked.
+#[inline(always)]
+fn mark_freed_pages(p: usize, size: usize) {
+    mark_page(&FREED_PAGES, p);
+    let last = (p + size.max(1) - 1) >> PAGE_SHIFT;
+    if last != p >> PAGE_SHIFT {
+        mark_more_freed_pages(p >> PAGE_SHIFT, last);
+    }
+}
+
+/// The pages after the first of a freed block that spans several.
+#[cold]
+#[inline(never)]
+fn mark_more_freed_pages(first: usize, last: usize) {
+    for page in first + 1..=last {
+        mark_page(&FREED_PAGES, page << PAGE_SHIFT);
+    }
+}
+
+/// The freed C block (waiting in the quarantine) that `addr` points into,
+/// at its start or at any byte inside it: an object handle, or a handle to
+/// a field of an object, used after C freed the object.
+///
+/// For a pointer into a page where no C block was ever freed this is a few
+/// loads (the bounds and one bit). Otherwise it reads back from `addr`, a
+/// granule (16 bytes) at a time, for the nearest header of ours, and
+/// `addr` is inside a block only if it is inside that one (blocks do not
+/// overlap). It reads only the pages the page map counts a header on (so
+/// mapped), skips the others unread, and goes no further back than the
+/// largest block the quarantine keeps. The block the last walk on this
+/// thread found is remembered: a pointer into it again (a loop over a
+/// buffer, a handle passed call after call) costs one header read, the
+/// header being read afresh each time (freed since, or given back and
+/// reused, the walk runs again).
+#[inline]
+pub(crate) fn c_freed_block_containing(addr: usize) -> Option<CBlock> {
+    let (lo, hi) = c_bounds();
+    if addr < lo || addr >= hi || !page_marked(&FREED_PAGES, addr) {
+        return None;
+    }
+    let last = !LAST_FOUND.with(Cell::get);
+    let b = match c_header(last) {
+        Some(b) if addr >= last && addr < last + b.size.max(1) => b,
+        _ => {
+            let b = block_around(addr)?;
+            LAST_FOUND.with(|c| c.set(!b.start));
+            b
+        }
+    };
+    (b.is_c() && b.freed()).then_some(b)
+}
+
+thread_local! {
+    /// The start of the block the last walk of this thread found around a
+    /// pointer, complemented (!0: none): only a hint, its header is read
+    /// again each time. Complemented, it is no pointer to the block for the
+    /// leak scan, which reads this thread's TLS as a root.
+    static LAST_FOUND: Cell<usize> = const { Cell::new(!0) };
+}
+
+/// The block of ours (any domain, live or freed) that contains `addr`,
+/// found by the walk back described at [`c_freed_block_containing`].
+#[inline(never)]
+fn block_around(addr: usize) -> Option<CBlock> {
+    const PAGE: usize = 1 << PAGE_SHIFT;
+    let lowest = addr.saturating_sub(SHARD_BYTES).max(C_HDR);
+    let mut p = addr & !(HDR - 1);
+    while p >= lowest {
+        // The candidates whose header is on this page: p - 16 on it.
+        let page = (p - HDR) & !(PAGE - 1);
+        if page_count(page).is_some_and(|c| c.load(Ordering::Relaxed) != 0) {
+            let floor = (page + HDR).max(lowest);
+            while p >= floor {
+                // SAFETY: a header of ours is on the page of p - 16 (its
+                // count is not zero), so the page is mapped, and p - 8 is
+                // on it, aligned; header words are accessed atomically.
+                let id = unsafe { &*((p - 8) as *const AtomicUsize) };
+                if id.load(Ordering::Acquire) == p ^ C_KEY {
+                    let b = read_block(p);
+                    return (addr < p + b.size.max(1)).then_some(b);
+                }
+                p -= HDR;
+            }
+        }
+        p = page;
+    }
+    None
+}
+
 // ---- the thread clock ------------------------------------------------------
 
 thread_local! {
@@ -512,18 +602,18 @@ pub(crate) fn mark_c_registered(p: usize) {
     }
 }
 
-/// Marks the C block at `p` freed at `site`. Its block as it was before,
-/// or `Err` with it when it was already freed (a double free, or a free
+/// Marks the C block at `p` (of `size` bytes, as its header says) freed at
+/// `site`. False when it was already freed (a double free, or a free
 /// racing another).
 #[inline]
-pub(crate) fn c_mark_freed(p: usize, site: Option<Site>) -> Result<CBlock, CBlock> {
-    let before = read_block(p);
+pub(crate) fn c_mark_freed(p: usize, size: usize, site: Option<Site>) -> bool {
+    mark_freed_pages(p, size);
     let old = word(p, 16).fetch_or(c_state::FREED << super::STATE_SHIFT, Ordering::AcqRel);
     if meta_state(old) & c_state::FREED != 0 {
-        return Err(before);
+        return false;
     }
     word(p, 24).store(site.map_or(0, Site::to_word), Ordering::Release);
-    Ok(before)
+    true
 }
 
 /// True once the tracking allocator is in use: Rust's heap is then told
@@ -652,20 +742,37 @@ pub(crate) fn wipe_dead_stack() {
 /// checked call was installed on it (never cleared): the mode-2 scan, which
 /// runs at every outermost call, walks only these pages, not the whole heap.
 /// Leaves of 2^18 bits come straight from `mmap`.
-static C_PAGES: [AtomicPtr<AtomicU64>; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)] =
+static C_PAGES: PageBits =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
+
+/// For every page, a bit set once a C block that covers part of it was
+/// freed (never cleared): a pointer into a page without it is into no
+/// freed C block, so the boundary's look for one (the hot path of every
+/// pointer argument nothing else knows) stops at one load there.
+static FREED_PAGES: PageBits =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
 const C_LEAF_WORDS: usize = LEAF_LEN / 64;
 
+/// A map of one bit per page, set once and never cleared; its leaves of
+/// 2^18 bits come straight from `mmap`.
+type PageBits = [AtomicPtr<AtomicU64>; 1 << (48 - PAGE_SHIFT - super::LEAF_BITS)];
+
 #[inline(always)]
 fn mark_c_page(addr: usize) {
+    mark_page(&C_PAGES, addr);
+}
+
+/// Sets the bit of the page of `addr` in `map` (a load only, once it is set).
+#[inline(always)]
+fn mark_page(map: &'static PageBits, addr: usize) {
     let page = addr >> PAGE_SHIFT;
     let root = page >> super::LEAF_BITS;
-    if root >= C_PAGES.len() {
+    if root >= map.len() {
         return;
     }
-    let mut leaf = C_PAGES[root].load(Ordering::Acquire);
+    let mut leaf = map[root].load(Ordering::Acquire);
     if leaf.is_null() {
-        leaf = create_c_leaf(root);
+        leaf = create_c_leaf(map, root);
         if leaf.is_null() {
             return;
         }
@@ -680,14 +787,32 @@ fn mark_c_page(addr: usize) {
     }
 }
 
+/// The bit of the page of `addr` in `map`.
+#[inline(always)]
+fn page_marked(map: &'static PageBits, addr: usize) -> bool {
+    let page = addr >> PAGE_SHIFT;
+    let root = page >> super::LEAF_BITS;
+    if root >= map.len() {
+        return false;
+    }
+    let leaf = map[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return false;
+    }
+    let i = page & (LEAF_LEN - 1);
+    // SAFETY: as in `mark_page`.
+    let w = unsafe { &*leaf.add(i / 64) };
+    w.load(Ordering::Relaxed) & (1u64 << (i % 64)) != 0
+}
+
 #[cold]
-fn create_c_leaf(root: usize) -> *mut AtomicU64 {
+fn create_c_leaf(map: &'static PageBits, root: usize) -> *mut AtomicU64 {
     let bytes = C_LEAF_WORDS * std::mem::size_of::<AtomicU64>();
     // Zeroed pages are valid `AtomicU64`s.
     let Some(fresh) = crate::bookkeeping::map_anonymous(bytes) else {
         return std::ptr::null_mut();
     };
-    match C_PAGES[root].compare_exchange(
+    match map[root].compare_exchange(
         std::ptr::null_mut(),
         fresh.cast(),
         Ordering::AcqRel,

@@ -49,9 +49,9 @@ mod quarantine;
 #[cfg(feature = "interpose")]
 #[cfg_attr(not(any(debug_assertions, feature = "always")), allow(unused_imports))]
 pub(crate) use c_block::{
-    c_alloc, c_alloc_trace, c_block_at, c_block_containing, c_clock, c_header, c_mark_freed,
-    c_quarantine, c_release, c_resize, c_state, for_each_live_c, foreign_free, foreign_usable_size,
-    mark_c_registered, wipe_dead_stack, CBlock,
+    c_alloc, c_alloc_trace, c_block_at, c_block_containing, c_clock, c_freed_block_containing,
+    c_header, c_mark_freed, c_quarantine, c_release, c_resize, c_state, for_each_live_c,
+    foreign_free, foreign_usable_size, mark_c_registered, wipe_dead_stack, CBlock,
 };
 #[cfg(feature = "interpose")]
 pub(crate) use c_reach::unreachable_c_blocks;

@@ -123,7 +123,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
                 return unsafe { heap::c_release(a) };
             }
             let site = crate::frame::current_site();
-            if heap::c_mark_freed(a, site).is_ok() {
+            if heap::c_mark_freed(a, b.size, site) {
                 // SAFETY: now FREED; its owner is done with it.
                 return unsafe { heap::c_quarantine(a, b.size) };
             }
@@ -358,7 +358,7 @@ fn free_registered(a: usize, b: CBlock, site: Option<Site>) {
         }
         Verdict::Untracked => {
             // The registry let go of it: an ordinary C block.
-            if heap::c_mark_freed(a, site).is_ok() {
+            if heap::c_mark_freed(a, b.size, site) {
                 // SAFETY: now FREED; its owner is done with it.
                 unsafe { heap::c_quarantine(a, b.size) };
             }
