@@ -432,6 +432,13 @@ pub mod __private {
         crate::stackdepot::capture_with_platform_unwinder().is_some()
     }
 
+    /// For the capture benchmarks: makes every event backtrace walk with
+    /// the platform unwinder, as before the cached unwind rules (`true`), or
+    /// with the cached rules again (`false`, the default).
+    pub fn set_platform_unwinder(on: bool) {
+        crate::stackdepot::set_platform_only(on);
+    }
+
     /// For the capture benchmarks: the stack walk alone (cached unwind
     /// rules, no depot), into `ips`; returns how many addresses it wrote.
     #[inline(never)]

@@ -25,6 +25,7 @@
 //! and [`unwind`](crate::unwind).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::bookkeeping;
@@ -142,8 +143,22 @@ fn hash(ips: &[usize]) -> u64 {
 #[inline(never)]
 pub(crate) fn capture() -> Option<StackId> {
     let mut ips = [0usize; MAX_FRAMES];
-    let n = crate::unwind::walk(&mut ips, 0);
+    let n = if PLATFORM_ONLY.load(Ordering::Relaxed) {
+        crate::unwind::platform(&mut ips, 0)
+    } else {
+        crate::unwind::walk(&mut ips, 0)
+    };
     intern(&ips[..n])
+}
+
+/// Whether every capture walks with the platform unwinder, as before the
+/// cached unwind rules (for the benchmarks' before-and-after in one run).
+static PLATFORM_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Makes every capture walk with the platform unwinder (`true`), or with
+/// the cached unwind rules again (`false`, the default).
+pub(crate) fn set_platform_only(on: bool) {
+    PLATFORM_ONLY.store(on, Ordering::Relaxed);
 }
 
 /// The caller's stack as [`capture`] stored it before the cached unwind
