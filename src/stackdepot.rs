@@ -122,12 +122,23 @@ fn shard(i: usize) -> MutexGuard<'static, Shard> {
     DEPOT[i].lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The hash of a stack: two lanes over alternate frames (so the
+/// multiplications of neighbouring frames overlap), then mixed.
 fn hash(ips: &[usize]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &ip in ips {
-        h = (h ^ ip as u64).wrapping_mul(0x0100_0000_01b3);
-        h ^= h >> 29;
+    const K: u64 = 0x0100_0000_01b3;
+    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x9e37_79b9_7f4a_7c15u64);
+    let mut pairs = ips.chunks_exact(2);
+    for pair in &mut pairs {
+        a = (a ^ pair[0] as u64).wrapping_mul(K);
+        b = (b ^ pair[1] as u64).wrapping_mul(K);
     }
+    if let [last] = pairs.remainder() {
+        a = (a ^ *last as u64).wrapping_mul(K);
+    }
+    let mut h = a ^ b.rotate_left(32) ^ ips.len() as u64;
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 32;
     h
 }
 

@@ -84,6 +84,13 @@ const RBP_OFF_BITS: u32 = 9;
 const CFA_OFF_SHIFT: u32 = 14;
 const MAX_CFA_OFF: u32 = (1 << (32 - CFA_OFF_SHIFT)) - 1;
 
+/// The offset from the CFA of the saved `rbp`, in a packed frame rule.
+#[inline(always)]
+fn rbp_offset(bits: u32) -> i32 {
+    // The 9-bit field, sign-extended, times 8.
+    (((bits << (32 - RBP_OFF_SHIFT - RBP_OFF_BITS)) as i32) >> (32 - RBP_OFF_BITS)) * 8
+}
+
 impl Rule {
     /// A frame rule, or `Slow` when its offsets do not fit the packing.
     fn frame(cfa_rbp: bool, cfa_off: i64, rbp: Rbp) -> Rule {
@@ -125,17 +132,15 @@ impl Rule {
         }
     }
 
+    #[cfg(test)]
     fn unpack(bits: u32) -> Option<Rule> {
         match bits & 3 {
             KIND_SLOW => Some(Rule::Slow),
             KIND_END => Some(Rule::End),
             KIND_FRAME => {
-                let off = bits >> RBP_OFF_SHIFT & ((1 << RBP_OFF_BITS) - 1);
-                // Sign-extend the 9-bit offset.
-                let off = ((off << (32 - RBP_OFF_BITS)) as i32) >> (32 - RBP_OFF_BITS);
                 let rbp = match bits >> RBP_SHIFT & 3 {
                     0 => Rbp::Same,
-                    RBP_AT => Rbp::At(off * 8),
+                    RBP_AT => Rbp::At(rbp_offset(bits)),
                     _ => Rbp::Unknown,
                 };
                 Some(Rule::Frame {
@@ -164,16 +169,14 @@ const ADDRESS_BITS: u32 = TABLE_BITS + 32;
 static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
 /// An entry is `tag << 32 | rule`, with `tag` the address's bits above
-/// `TABLE_BITS`: the slot gives the bits below them (`slot(pc)` is
-/// invertible given the tag), so a tag and a slot name one address.
+/// `TABLE_BITS` and the slot `(pc ^ tag) mod TABLE_LEN`: the slot and the
+/// tag give back the bits below (`pc mod TABLE_LEN = slot ^ tag mod
+/// TABLE_LEN`), so a tag and a slot name one address. An address whose tag
+/// does not fit 32 bits (above 2^47) is never stored, so never found.
 #[inline(always)]
-fn slot(pc: usize) -> Option<(usize, u64)> {
-    if pc >> ADDRESS_BITS != 0 {
-        return None;
-    }
-    let tag = (pc >> TABLE_BITS) as u64;
-    let spread = (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize;
-    Some(((pc ^ spread) & (TABLE_LEN - 1), tag))
+fn slot(pc: usize) -> (usize, u64) {
+    let tag = pc >> TABLE_BITS;
+    ((pc ^ tag) & (TABLE_LEN - 1), tag as u64)
 }
 
 #[cold]
@@ -221,30 +224,36 @@ fn table() -> *mut AtomicU64 {
     }
 }
 
-/// The rule at return address `pc` (or at the walk's first `pc`, just past
-/// an instruction of the walking function): cached, else read from the CFI
-/// of the instruction before it, which is the call.
+/// The packed rule at return address `pc` (or at the walk's first `pc`,
+/// just past an instruction of the walking function): cached, else read
+/// from the CFI of the instruction before it, which is the call.
+///
+/// # Safety
+/// `table` is the published table (not null).
 #[inline(always)]
-fn rule_at(table: *mut AtomicU64, pc: usize) -> Rule {
-    let Some((i, tag)) = slot(pc) else {
-        return read_rule(pc.wrapping_sub(1));
-    };
-    if table.is_null() {
-        return read_rule(pc.wrapping_sub(1));
-    }
+unsafe fn rule_bits(table: *mut AtomicU64, pc: usize) -> u32 {
+    let (i, tag) = slot(pc);
     // SAFETY: `table` is the live mapping of TABLE_LEN entries (never
     // unmapped once published) and `i < TABLE_LEN`.
     let entry = unsafe { &*table.add(i) };
     let e = entry.load(Ordering::Relaxed);
-    if e >> 32 == tag {
-        if let Some(rule) = Rule::unpack(e as u32) {
-            return rule;
-        }
+    if e >> 32 == tag && e as u32 != 0 {
+        e as u32
+    } else {
+        fill(entry, tag, pc)
     }
-    let rule = read_rule(pc.wrapping_sub(1));
-    // One word: a racing reader sees the old entry or this one, whole.
-    entry.store(tag << 32 | u64::from(rule.pack()), Ordering::Relaxed);
-    rule
+}
+
+/// Reads the rule at `pc` and caches it in `entry` (when its tag fits).
+#[cold]
+#[inline(never)]
+fn fill(entry: &AtomicU64, tag: u64, pc: usize) -> u32 {
+    let bits = read_rule(pc.wrapping_sub(1)).pack();
+    if pc >> ADDRESS_BITS == 0 {
+        // One word: a racing reader sees the old entry or this one, whole.
+        entry.store(tag << 32 | u64::from(bits), Ordering::Relaxed);
+    }
+    bits
 }
 
 // ---- reading a rule from the CFI ----------------------------------------
@@ -801,49 +810,47 @@ fn fast(
 ) -> Option<usize> {
     const WORD: usize = std::mem::size_of::<usize>();
     let (_, top) = crate::probe::stack_bounds();
+    // A word at `a` may be loaded when `bottom <= a <= bottom + limit`: in
+    // the callers' frames, below the stack's top.
     let bottom = sp;
-    // A load of `WORD` bytes at `a` stays in the callers' frames.
-    let on_stack = |a: usize| a >= bottom && a.checked_add(WORD).is_some_and(|end| end <= top);
+    let limit = top.checked_sub(bottom)?.checked_sub(WORD)?;
     let table = table();
+    if table.is_null() {
+        return None;
+    }
     let mut sp = sp;
-    let mut fp_known = true;
     let mut n = 0;
     while n < ips.len() {
-        let (cfa_rbp, cfa_off, rbp) = match rule_at(table, pc) {
-            Rule::Frame {
-                cfa_rbp,
-                cfa_off,
-                rbp,
-            } => (cfa_rbp, cfa_off, rbp),
-            Rule::End => break,
-            Rule::Slow => return None,
-        };
-        let base = if cfa_rbp {
-            if !fp_known {
-                return None;
+        // SAFETY: `table` is not null.
+        let bits = unsafe { rule_bits(table, pc) };
+        if bits & 3 != KIND_FRAME {
+            if bits & 3 == KIND_END {
+                break;
             }
-            fp
-        } else {
-            sp
-        };
-        let cfa = base.checked_add(cfa_off as usize)?;
-        // The CFA rises strictly: the return address lies at or above the
-        // current frame's stack pointer.
-        if cfa < sp + WORD || !on_stack(cfa - WORD) {
             return None;
         }
-        // SAFETY: `[cfa - 8, cfa)` is in the callers' frames (checked).
-        let ra = unsafe { *((cfa - WORD) as *const usize) };
-        match rbp {
-            Rbp::Same => {}
-            Rbp::At(m) => {
-                let at = cfa
-                    .checked_add_signed(m as isize)
-                    .filter(|&a| on_stack(a))?;
+        // An unknown `rbp` is 0: a CFA based on it falls below `sp`.
+        let base = if bits & CFA_RBP != 0 { fp } else { sp };
+        let cfa = base.wrapping_add((bits >> CFA_OFF_SHIFT) as usize);
+        // The CFA rises strictly: the return address lies at or above the
+        // current frame's stack pointer (and no sum wrapped around).
+        let ra_at = cfa.wrapping_sub(WORD);
+        if ra_at < sp || ra_at - bottom > limit {
+            return None;
+        }
+        // SAFETY: `[ra_at, ra_at + 8)` is in the callers' frames (checked).
+        let ra = unsafe { *(ra_at as *const usize) };
+        match bits >> RBP_SHIFT & 3 {
+            RBP_AT => {
+                let at = cfa.wrapping_add_signed(rbp_offset(bits) as isize);
+                if at.wrapping_sub(bottom) > limit {
+                    return None;
+                }
                 // SAFETY: `[at, at + 8)` is in the callers' frames (checked).
                 fp = unsafe { *(at as *const usize) };
             }
-            Rbp::Unknown => fp_known = false,
+            RBP_UNKNOWN => fp = 0,
+            _ => {}
         }
         sp = cfa;
         if ra == 0 {
@@ -1035,12 +1042,16 @@ mod tests {
 
     #[test]
     fn a_slot_and_a_tag_name_one_address() {
-        let a = 0x5555_5555_1234usize;
-        let b = a + (1 << TABLE_BITS);
-        let (sa, ta) = slot(a).unwrap();
-        let (sb, tb) = slot(b).unwrap();
-        assert!(sa != sb || ta != tb);
-        assert_eq!(slot(1 << 47), None);
+        let mut seen = std::collections::HashSet::new();
+        for a in (0x5555_5555_0000usize..0x5555_5556_0000).step_by(7) {
+            let (i, tag) = slot(a);
+            assert!(i < TABLE_LEN);
+            assert_eq!(
+                (tag as usize) << TABLE_BITS | ((i ^ tag as usize) & (TABLE_LEN - 1)),
+                a
+            );
+            assert!(seen.insert((i, tag)));
+        }
     }
 
     #[test]
