@@ -99,7 +99,7 @@ impl Rule {
         };
         let half = 1i32 << (RBP_OFF_BITS - 1);
         match rbp {
-            _ if cfa_off < 8 || cfa_off > MAX_CFA_OFF => Rule::Slow,
+            _ if !(8..=MAX_CFA_OFF).contains(&cfa_off) => Rule::Slow,
             Rbp::At(m) if m % 8 != 0 || m / 8 < -half || m / 8 >= half => Rule::Slow,
             _ => Rule::Frame {
                 cfa_rbp,
@@ -958,7 +958,7 @@ mod tests {
         assert_same((fast, slow));
         // Inside iterator adapters.
         let got: Vec<_> = (0..2)
-            .map(|i| chain_a(i))
+            .map(|i| chain_a(i + 1))
             .filter(|(f, _)| !f.is_empty())
             .collect();
         for pair in got {

@@ -90,7 +90,7 @@ fn through_a_c_frame() {
     assert_eq!(calls, 2);
     assert_eq!(found.len(), 2);
     for pair in found {
-        let this_test = through_a_c_frame as usize;
+        let this_test = through_a_c_frame as *const () as usize;
         // The walk went past the C frame into this test's own frame: one
         // return address lies in this function's first few KiB.
         assert!(
