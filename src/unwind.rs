@@ -21,8 +21,10 @@
 //! reads the same whichever walk took it.
 //!
 //! Invariants: the walk never faults. Every load is from `[rsp, top)` of
-//! the current thread's stack (`rsp` read at the walk's start: everything
-//! above it is the callers' frames, mapped), the CFA rises strictly from
+//! the current thread's stack (`rsp` read at the walk's start, inside the
+//! thread's stack: everything above it is the callers' frames, mapped; a
+//! walk that starts elsewhere, on a signal's alternate stack, is the
+//! platform unwinder's), the CFA rises strictly from
 //! frame to frame, and the walk ends at the buffer's end, at a return
 //! address without FDE or whose caller is undefined (the stack's outermost
 //! frame). Nothing on the walk allocates: the rule table is one anonymous
@@ -809,7 +811,12 @@ fn fast(
     mut fp: usize,
 ) -> Option<usize> {
     const WORD: usize = std::mem::size_of::<usize>();
-    let (_, top) = crate::probe::stack_bounds();
+    let (low, top) = crate::probe::stack_bounds();
+    // Off the thread's stack (a signal's alternate stack, a coroutine's),
+    // nothing above `sp` is known to be mapped: the platform unwinder's.
+    if sp < low {
+        return None;
+    }
     // A word at `a` may be loaded when `bottom <= a <= bottom + limit`: in
     // the callers' frames, below the stack's top.
     let bottom = sp;
@@ -1013,6 +1020,84 @@ mod tests {
             some[..all.len().min(some.len())]
         );
         assert!(!some.is_empty());
+    }
+
+    /// What the signal handler below found: both walks' lengths and
+    /// addresses (atomics: a handler takes no lock).
+    static SIGNAL_WALKS: [AtomicUsize; 2 + 2 * 16] = [const { AtomicUsize::new(0) }; 2 + 2 * 16];
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        let (mut a, mut b) = ([0usize; 16], [0usize; 16]);
+        let n = walk(&mut a, 0);
+        let m = platform(&mut b, 0);
+        SIGNAL_WALKS[0].store(n, Ordering::Relaxed);
+        SIGNAL_WALKS[1].store(m, Ordering::Relaxed);
+        for i in 0..16 {
+            SIGNAL_WALKS[2 + i].store(a[i], Ordering::Relaxed);
+            SIGNAL_WALKS[18 + i].store(b[i], Ordering::Relaxed);
+        }
+    }
+
+    /// Raises SIGUSR2 on this thread with `on_signal` as its handler, on an
+    /// alternate stack when `alt`; returns what the handler found.
+    fn walks_in_a_signal_handler(alt: bool) -> (Vec<usize>, Vec<usize>) {
+        let mut alt_stack = vec![0u8; 256 * 1024];
+        // SAFETY: installs a handler and (when `alt`) an alternate stack
+        // that outlives the one signal raised below; both are undone
+        // before `alt_stack` is freed.
+        unsafe {
+            let mut old_ss: libc::stack_t = std::mem::zeroed();
+            if alt {
+                let ss = libc::stack_t {
+                    ss_sp: alt_stack.as_mut_ptr().cast(),
+                    ss_flags: 0,
+                    ss_size: alt_stack.len(),
+                };
+                assert_eq!(libc::sigaltstack(&ss, &mut old_ss), 0);
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = if alt { libc::SA_ONSTACK } else { 0 };
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, &mut old), 0);
+            libc::raise(libc::SIGUSR2);
+            libc::sigaction(libc::SIGUSR2, &old, std::ptr::null_mut());
+            if alt {
+                let off = libc::stack_t {
+                    ss_sp: std::ptr::null_mut(),
+                    ss_flags: libc::SS_DISABLE,
+                    ss_size: 0,
+                };
+                libc::sigaltstack(&off, std::ptr::null_mut());
+            }
+        }
+        drop(alt_stack);
+        let get = |i: usize| SIGNAL_WALKS[i].load(Ordering::Relaxed);
+        let (n, m) = (get(0), get(1));
+        (
+            (0..n).map(|i| get(2 + i)).collect(),
+            (0..m).map(|i| get(18 + i)).collect(),
+        )
+    }
+
+    #[test]
+    fn a_signal_frame_is_left_to_the_platform_unwinder() {
+        // One test for both: the handler's results are process-wide.
+        for alt in [false, true] {
+            let before = fallbacks();
+            let (walked, unwound) = walks_in_a_signal_handler(alt);
+            assert!(
+                fallbacks() > before,
+                "the signal frame (alt stack: {alt}) fell back"
+            );
+            // The handler, the signal frame, `raise`, this file's two
+            // functions and the test harness's frames beyond them.
+            assert!(
+                walked.len() >= 8,
+                "the walk went on through the signal frame: {walked:x?}"
+            );
+            assert_eq!(walked, unwound);
+        }
     }
 
     #[test]
