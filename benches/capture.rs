@@ -12,6 +12,8 @@
 //!   without the depot.
 //! - `backtrace_unresolved` — `backtrace::Backtrace::new_unresolved()`, the
 //!   event backtrace before the stack depot.
+//! - `baseline` — the way down alone (the recursion below, and nothing at
+//!   its bottom): subtract it from the others.
 //!
 //! Each comes at the benchmark's own depth (`shallow`, about a dozen
 //! frames of criterion under the closure) and `deep`, sixteen frames of
@@ -56,6 +58,9 @@ fn variants(g: &mut Group<'_>, depth: u32, label: &str) {
         "capture/{label}: the walk sees {} frames (32 at most)",
         deeper(depth, &mut walk_cached)
     );
+    g.bench_function(format!("baseline/{label}"), |b| {
+        b.iter(|| deeper(depth, &mut || black_box(0usize)))
+    });
     g.bench_function(format!("depot/platform_unwinder/{label}"), |b| {
         b.iter(|| deeper(depth, &mut capture_event_stack_platform))
     });
