@@ -303,6 +303,7 @@
 //   thread is in), `probe` (safe reads of memory the checker has no record
 //   of), `segments` (the loaded objects' segments: where statics live),
 //   `stackdepot` (event backtraces, stored once as return addresses),
+//   `unwind` (the stack walk: cached unwind rules per return address),
 //   `writewatch` (the pages written since the last scan, from the kernel),
 //   `pointer_map` (where a type's pointers are: layouts only);
 // - the memory model: `heap` (the tracking allocator's block headers, page
@@ -359,6 +360,7 @@ mod site;
 mod stackdepot;
 mod stats;
 mod stderr;
+mod unwind;
 mod writewatch;
 
 pub use alloc::TrackingAllocator;
@@ -417,10 +419,52 @@ pub mod __private {
         crate::bookkeeping::capture_backtrace().frames().len()
     }
 
-    /// For the mode-2 benchmarks: how event stacks are walked in this build
-    /// ("frame pointers" or "unwinder").
-    pub fn stack_walker() -> &'static str {
+    /// For the mode-2 benchmarks: how event stacks are walked, and how many
+    /// walks the platform unwinder took over.
+    pub fn stack_walker() -> String {
         crate::stackdepot::walker()
+    }
+
+    /// For the capture benchmarks: an event backtrace stored in the stack
+    /// depot as it was before the cached unwind rules (every stack walked
+    /// by the platform unwinder). Returns whether one was stored.
+    pub fn capture_event_stack_platform() -> bool {
+        crate::stackdepot::capture_with_platform_unwinder().is_some()
+    }
+
+    /// For the capture benchmarks: makes every event backtrace walk with
+    /// the platform unwinder, as before the cached unwind rules (`true`), or
+    /// with the cached rules again (`false`, the default).
+    pub fn set_platform_unwinder(on: bool) {
+        crate::stackdepot::set_platform_only(on);
+    }
+
+    /// For the capture benchmarks: the stack walk alone (cached unwind
+    /// rules, no depot), into `ips`; returns how many addresses it wrote.
+    #[inline(never)]
+    pub fn walk_stack(ips: &mut [usize]) -> usize {
+        crate::unwind::walk(ips, 0)
+    }
+
+    /// For the unwinder's tests: the return addresses of the caller's
+    /// callers (the first is where the caller returns to), by the cached
+    /// unwind rules only; `None` where a frame has none.
+    #[inline(never)]
+    pub fn fast_stack(ips: &mut [usize]) -> Option<usize> {
+        crate::unwind::walk_fast(ips, 1)
+    }
+
+    /// For the unwinder's tests: the same addresses as [`fast_stack`], by
+    /// the platform unwinder (`_Unwind_Backtrace`).
+    #[inline(never)]
+    pub fn platform_stack(ips: &mut [usize]) -> usize {
+        crate::unwind::platform(ips, 1)
+    }
+
+    /// For the unwinder's tests: how many stack walks so far met a frame
+    /// without a cached rule and were done by the platform unwinder.
+    pub fn stack_walk_fallbacks() -> usize {
+        crate::unwind::fallbacks()
     }
 
     /// For the mode-2 benchmarks: turns the write watch off, or lets the

@@ -9,8 +9,8 @@
 //! about a kilobyte with its boxed frames) costs most of mode 2's memory;
 //! keeping one id an event and each distinct stack once costs almost none.
 //!
-//! A capture walks the stack (along the frame pointers where the build keeps
-//! them, else with the platform unwinder) into a fixed buffer on the stack
+//! A capture walks the stack (with [`unwind`](crate::unwind)'s cached
+//! unwind rules) into a fixed buffer on the stack
 //! ([`MAX_FRAMES`] return addresses, no allocation), hashes the
 //! addresses and looks them up in one of [`SHARDS`] tables; only a stack
 //! never seen before is copied in. Nothing is ever removed: an id stays
@@ -22,10 +22,10 @@
 //! through its shard's mutex, and allocated as bookkeeping.
 //!
 //! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping)
-//! and [`probe`](crate::probe)'s stack bounds.
+//! and [`unwind`](crate::unwind).
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::bookkeeping;
@@ -122,155 +122,73 @@ fn shard(i: usize) -> MutexGuard<'static, Shard> {
     DEPOT[i].lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The hash of a stack: two lanes over alternate frames (so the
+/// multiplications of neighbouring frames overlap), then mixed.
 fn hash(ips: &[usize]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &ip in ips {
-        h = (h ^ ip as u64).wrapping_mul(0x0100_0000_01b3);
-        h ^= h >> 29;
+    const K: u64 = 0x0100_0000_01b3;
+    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x9e37_79b9_7f4a_7c15u64);
+    let mut pairs = ips.chunks_exact(2);
+    for pair in &mut pairs {
+        a = (a ^ pair[0] as u64).wrapping_mul(K);
+        b = (b ^ pair[1] as u64).wrapping_mul(K);
     }
+    if let [last] = pairs.remainder() {
+        a = (a ^ *last as u64).wrapping_mul(K);
+    }
+    let mut h = a ^ b.rotate_left(32) ^ ips.len() as u64;
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 32;
     h
 }
-
-/// How stacks are walked: not decided yet, along the frame pointers, or
-/// with the platform unwinder.
-static WALKER: AtomicU8 = AtomicU8::new(UNDECIDED);
-const UNDECIDED: u8 = 0;
-const FRAME_POINTERS: u8 = 1;
-const UNWINDER: u8 = 2;
 
 /// The caller's stack, stored (once) in the depot. `None` only when the
 /// stack is empty or the depot is full (2^28 distinct stacks a shard).
 ///
-/// Where the build keeps frame pointers (`-C force-frame-pointers=yes`),
-/// the stack is walked along them: a few loads a frame. Whether it does is
-/// decided at the first capture, by walking the same stack both ways; if
-/// the two disagree, every capture uses the platform unwinder (DWARF unwind
-/// tables, about a microsecond and a half for a deep stack).
+/// The stack is walked with the cached unwind rules of
+/// [`unwind`](crate::unwind) (a table probe and a load or two a frame),
+/// or, where a frame has none, with the platform unwinder (DWARF unwind
+/// tables, about two microseconds for a deep stack); both give the same
+/// return addresses, the first being where the caller of `capture` returns
+/// to.
 #[inline(never)]
 pub(crate) fn capture() -> Option<StackId> {
     let mut ips = [0usize; MAX_FRAMES];
-    let mut walker = WALKER.load(Ordering::Relaxed);
-    if walker == UNDECIDED {
-        walker = decide();
-    }
-    let n = if walker == FRAME_POINTERS {
-        walk_frame_pointers(&mut ips)
+    let n = if PLATFORM_ONLY.load(Ordering::Relaxed) {
+        crate::unwind::platform(&mut ips, 0)
     } else {
-        walk_unwinder(&mut ips)
+        crate::unwind::walk(&mut ips, 0)
     };
     intern(&ips[..n])
 }
 
-/// How stacks are walked, once decided: "frame pointers" or "unwinder".
-pub(crate) fn walker() -> &'static str {
-    if WALKER.load(Ordering::Relaxed) == UNDECIDED {
-        decide();
-    }
-    match WALKER.load(Ordering::Relaxed) {
-        FRAME_POINTERS => "frame pointers",
-        _ => "unwinder",
-    }
+/// Whether every capture walks with the platform unwinder, as before the
+/// cached unwind rules (for the benchmarks' before-and-after in one run).
+static PLATFORM_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Makes every capture walk with the platform unwinder (`true`), or with
+/// the cached unwind rules again (`false`, the default).
+pub(crate) fn set_platform_only(on: bool) {
+    PLATFORM_ONLY.store(on, Ordering::Relaxed);
 }
 
-/// Walks the stack with the platform unwinder; returns how many return
-/// addresses it wrote.
+/// The caller's stack as [`capture`] stored it before the cached unwind
+/// rules: every capture walked by the platform unwinder. For the
+/// benchmarks, beside [`capture`].
 #[inline(never)]
-fn walk_unwinder(ips: &mut [usize; MAX_FRAMES]) -> usize {
-    let mut n = 0;
-    let _g = bookkeeping();
-    // SAFETY: the unwinder only reads this thread's stack and the loaded
-    // objects' unwind tables; the callback neither panics nor unwinds. The
-    // platform unwinder is thread-safe on its own: the `backtrace` crate's
-    // lock only serialises its symbolisation, which this does not do.
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            ips[n] = frame.ip() as usize;
-            n += 1;
-            n < MAX_FRAMES
-        })
-    };
-    n
+pub(crate) fn capture_with_platform_unwinder() -> Option<StackId> {
+    let mut ips = [0usize; MAX_FRAMES];
+    let n = crate::unwind::platform(&mut ips, 0);
+    intern(&ips[..n])
 }
 
-/// The frame pointer register.
-#[inline(always)]
-fn frame_pointer() -> usize {
-    #[allow(unused_assignments, unused_mut)]
-    let mut fp = 0usize;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: reads a register, nothing else.
-    unsafe {
-        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
-    };
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: reads a register, nothing else.
-    unsafe {
-        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
-    };
-    fp
-}
-
-/// Walks the chain of frame records (`[fp]` the caller's frame pointer,
-/// `[fp + 8]` the return address) while it stays inside the live part of
-/// this thread's stack and goes up it; returns how many return addresses it
-/// wrote. Without frame pointers the chain is garbage, but it is never
-/// followed outside the stack, so the walk ends early rather than crashes.
-#[inline(never)]
-fn walk_frame_pointers(ips: &mut [usize; MAX_FRAMES]) -> usize {
-    const WORD: usize = std::mem::size_of::<usize>();
-    let here = 0u8;
-    let sp = std::ptr::addr_of!(here) as usize;
-    let (_, top) = crate::probe::stack_bounds();
-    let mut fp = frame_pointer();
-    let mut n = 0;
-    while n < MAX_FRAMES {
-        if fp < sp || fp % WORD != 0 || fp.checked_add(2 * WORD).map_or(true, |end| end > top) {
-            break;
-        }
-        // SAFETY: `[fp, fp + 16)` lies between this frame and the stack's
-        // top: the callers' frames, mapped and readable.
-        let (next, ra) = unsafe { (*(fp as *const usize), *((fp + WORD) as *const usize)) };
-        if ra == 0 {
-            break;
-        }
-        ips[n] = ra;
-        n += 1;
-        if next <= fp {
-            break;
-        }
-        fp = next;
-    }
-    n
-}
-
-/// The first capture: walks the stack both ways and keeps the frame
-/// pointers if they found the same callers as the unwinder.
-#[cold]
-#[inline(never)]
-fn decide() -> u8 {
-    let (mut fp, mut unwound) = ([0usize; MAX_FRAMES], [0usize; MAX_FRAMES]);
-    let nf = walk_frame_pointers(&mut fp);
-    let n = walk_unwinder(&mut unwound);
-    let walker = if same_callers(&fp[..nf], &unwound[..n]) {
-        FRAME_POINTERS
-    } else {
-        UNWINDER
-    };
-    WALKER.store(walker, Ordering::Relaxed);
-    walker
-}
-
-/// Whether a frame-pointer walk found what the unwinder found from the same
-/// function: the unwinder's frames, from the first return address the
-/// frame pointers gave on, are the frame pointers' (at least four of them,
-/// all the way up, or up to the buffer's end).
-fn same_callers(fp: &[usize], unwound: &[usize]) -> bool {
-    let Some(at) = fp.first().and_then(|f| unwound.iter().position(|u| u == f)) else {
-        return false;
-    };
-    let rest = &unwound[at..];
-    let n = rest.len().min(fp.len());
-    n >= 4 && rest[..n] == fp[..n] && (fp.len() >= rest.len() || fp.len() == MAX_FRAMES)
+/// How event stacks are walked, and how many walks so far needed the
+/// platform unwinder, for the benchmarks' output.
+pub(crate) fn walker() -> String {
+    format!(
+        "cached unwind rules ({} walks fell back to the platform unwinder)",
+        crate::unwind::fallbacks()
+    )
 }
 
 /// Stores `ips` (innermost first) and returns its id.
@@ -348,23 +266,17 @@ mod tests {
     }
 
     #[test]
-    fn the_walks_agree_only_on_the_same_callers() {
-        assert!(same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8]));
-        assert!(!same_callers(&[5, 6, 7], &[1, 5, 6, 7]), "too few to tell");
-        assert!(!same_callers(&[5, 6, 9, 8], &[1, 2, 5, 6, 7, 8]));
-        assert!(
-            !same_callers(&[5, 6, 7, 8], &[1, 2, 5, 6, 7, 8, 9]),
-            "stopped early"
-        );
-        assert!(!same_callers(&[], &[1, 2]));
-    }
-
-    #[test]
-    fn the_frame_pointer_walk_stays_on_the_stack() {
-        let mut ips = [0usize; MAX_FRAMES];
-        // Whatever the build, the walk ends inside the buffer.
-        assert!(walk_frame_pointers(&mut ips) <= MAX_FRAMES);
-        assert!(walk_unwinder(&mut ips) > 0);
+    fn both_walks_store_the_same_stack() {
+        #[inline(never)]
+        fn both() -> (Option<StackId>, Option<StackId>) {
+            (capture(), capture_with_platform_unwinder())
+        }
+        let (fast, platform) = both();
+        let (fast, platform) = (frames(fast.unwrap()), frames(platform.unwrap()));
+        // Two call sites in `both`: the first addresses differ, the rest
+        // (`both`'s callers) are the same.
+        assert_eq!(fast[1..], platform[1..]);
+        assert!(fast.len() > 2);
     }
 
     #[test]

@@ -1,0 +1,1238 @@
+//! A fast stack walk: the return addresses of the caller's callers, found
+//! with one cached unwind rule per return address, as the sanitizers'
+//! unwinders do, with the platform unwinder behind it for the frames it
+//! cannot follow.
+//!
+//! The platform unwinder (`_Unwind_Backtrace`) reads and interprets the
+//! DWARF call-frame information (CFI) again for every frame of every walk:
+//! about two microseconds for thirty frames. On x86_64 System V nearly every
+//! compiled frame follows one shape: at a return address, the caller's
+//! canonical frame address (CFA) is `rsp + N` or `rbp + N`, the return
+//! address is at `CFA - 8`, and `rbp` is saved at `CFA + M` or unchanged.
+//! [`walk`] reads that rule once per return address from the CFI (the FDE
+//! `_Unwind_Find_FDE` finds, its CIE's and its own instructions run up to
+//! the address) and keeps it in a fixed table of atomic words; a walk is
+//! then, per frame, one table probe and one or two loads from the stack.
+//!
+//! A frame the rule cannot describe (a CFA given by an expression, as in a
+//! signal trampoline; a register rule other than "saved at an offset"; a
+//! signal frame) is marked slow, and a walk that meets one is done again by
+//! the platform unwinder, whole, with the same frames dropped, so a stack
+//! reads the same whichever walk took it.
+//!
+//! Invariants: the walk never faults. Every load is from `[rsp, top)` of
+//! the current thread's stack (`rsp` read at the walk's start, inside the
+//! thread's stack: everything above it is the callers' frames, mapped; a
+//! walk that starts elsewhere, on a signal's alternate stack, is the
+//! platform unwinder's), the CFA rises strictly from
+//! frame to frame, and the walk ends at the buffer's end, at a return
+//! address without FDE or whose caller is undefined (the stack's outermost
+//! frame). Nothing on the walk allocates: the rule table is one anonymous
+//! mapping, made once (outside every tracked heap and every scanned
+//! segment), and an entry is one `AtomicU64` holding both the address it is
+//! for and its rule, so a reader never sees half of another's write.
+//!
+//! A rule is read once per address: a library unloaded and another loaded
+//! at the same addresses would find the old rules (a walk through them may
+//! end early or find wrong callers, never fault).
+//!
+//! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping)
+//! and [`probe`](crate::probe)'s stack bounds.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use crate::bookkeeping::bookkeeping;
+
+/// How to find a frame's caller, at one return address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    /// The CFA is `rbp + cfa_off` (else `rsp + cfa_off`), the return
+    /// address is at `CFA - 8`, the caller's `rbp` as `rbp` says.
+    Frame {
+        cfa_rbp: bool,
+        cfa_off: u32,
+        rbp: Rbp,
+    },
+    /// A frame the rule cannot describe: the platform unwinder's.
+    Slow,
+    /// The outermost frame: no FDE, or the caller is undefined.
+    End,
+}
+
+/// Where the caller's `rbp` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rbp {
+    /// In `rbp` still.
+    Same,
+    /// At `CFA + offset`.
+    At(i32),
+    /// Nowhere the caller can use (a CFA based on it then is slow).
+    Unknown,
+}
+
+// A rule in 32 bits (0: no rule): the kind in bits 0-1, the CFA's base in
+// bit 2, `rbp`'s place in bits 3-4, its offset / 8 (signed) in bits 5-13,
+// the CFA's offset in bits 14-31.
+const KIND_FRAME: u32 = 1;
+const KIND_SLOW: u32 = 2;
+const KIND_END: u32 = 3;
+const CFA_RBP: u32 = 1 << 2;
+const RBP_SHIFT: u32 = 3;
+const RBP_AT: u32 = 1;
+const RBP_UNKNOWN: u32 = 2;
+const RBP_OFF_SHIFT: u32 = 5;
+const RBP_OFF_BITS: u32 = 9;
+const CFA_OFF_SHIFT: u32 = 14;
+const MAX_CFA_OFF: u32 = (1 << (32 - CFA_OFF_SHIFT)) - 1;
+
+/// The offset from the CFA of the saved `rbp`, in a packed frame rule.
+#[inline(always)]
+fn rbp_offset(bits: u32) -> i32 {
+    // The 9-bit field, sign-extended, times 8.
+    (((bits << (32 - RBP_OFF_SHIFT - RBP_OFF_BITS)) as i32) >> (32 - RBP_OFF_BITS)) * 8
+}
+
+impl Rule {
+    /// A frame rule, or `Slow` when its offsets do not fit the packing.
+    fn frame(cfa_rbp: bool, cfa_off: i64, rbp: Rbp) -> Rule {
+        let Ok(cfa_off) = u32::try_from(cfa_off) else {
+            return Rule::Slow;
+        };
+        let half = 1i32 << (RBP_OFF_BITS - 1);
+        match rbp {
+            _ if !(8..=MAX_CFA_OFF).contains(&cfa_off) => Rule::Slow,
+            Rbp::At(m) if m % 8 != 0 || m / 8 < -half || m / 8 >= half => Rule::Slow,
+            _ => Rule::Frame {
+                cfa_rbp,
+                cfa_off,
+                rbp,
+            },
+        }
+    }
+
+    fn pack(self) -> u32 {
+        match self {
+            Rule::Slow => KIND_SLOW,
+            Rule::End => KIND_END,
+            Rule::Frame {
+                cfa_rbp,
+                cfa_off,
+                rbp,
+            } => {
+                let (how, off) = match rbp {
+                    Rbp::Same => (0, 0),
+                    Rbp::At(m) => (RBP_AT, (m / 8) as u32 & ((1 << RBP_OFF_BITS) - 1)),
+                    Rbp::Unknown => (RBP_UNKNOWN, 0),
+                };
+                KIND_FRAME
+                    | if cfa_rbp { CFA_RBP } else { 0 }
+                    | how << RBP_SHIFT
+                    | off << RBP_OFF_SHIFT
+                    | cfa_off << CFA_OFF_SHIFT
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn unpack(bits: u32) -> Option<Rule> {
+        match bits & 3 {
+            KIND_SLOW => Some(Rule::Slow),
+            KIND_END => Some(Rule::End),
+            KIND_FRAME => {
+                let rbp = match bits >> RBP_SHIFT & 3 {
+                    0 => Rbp::Same,
+                    RBP_AT => Rbp::At(rbp_offset(bits)),
+                    _ => Rbp::Unknown,
+                };
+                Some(Rule::Frame {
+                    cfa_rbp: bits & CFA_RBP != 0,
+                    cfa_off: bits >> CFA_OFF_SHIFT,
+                    rbp,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+// ---- the rule table ------------------------------------------------------
+
+/// The table holds 2^TABLE_BITS entries, one way each: a newer rule for
+/// another address in the same slot replaces the older.
+const TABLE_BITS: u32 = 15;
+const TABLE_LEN: usize = 1 << TABLE_BITS;
+/// Addresses the table can hold: below 2^47, the user half of a 4-level
+/// address space, where every loaded object is.
+const ADDRESS_BITS: u32 = TABLE_BITS + 32;
+
+/// The table, mapped at first use; null until then (or if mapping failed:
+/// every rule is then read from the CFI each time).
+static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// An entry is `tag << 32 | rule`, with `tag` the address's bits above
+/// `TABLE_BITS` and the slot `(pc ^ tag) mod TABLE_LEN`: the slot and the
+/// tag give back the bits below (`pc mod TABLE_LEN = slot ^ tag mod
+/// TABLE_LEN`), so a tag and a slot name one address. An address whose tag
+/// does not fit 32 bits (above 2^47) is never stored, so never found.
+#[inline(always)]
+fn slot(pc: usize) -> (usize, u64) {
+    let tag = pc >> TABLE_BITS;
+    ((pc ^ tag) & (TABLE_LEN - 1), tag as u64)
+}
+
+#[cold]
+fn map_table() -> *mut AtomicU64 {
+    let bytes = TABLE_LEN * std::mem::size_of::<AtomicU64>();
+    // SAFETY: an anonymous private mapping, asked of the kernel; no memory
+    // of this process is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    // Zeroed pages: every entry empty. Two threads may map at once; one
+    // mapping wins, the other is given back.
+    match TABLE.compare_exchange(
+        std::ptr::null_mut(),
+        p.cast(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => p.cast(),
+        Err(winner) => {
+            // SAFETY: `p` is the mapping made above, seen by no one else.
+            unsafe { libc::munmap(p, bytes) };
+            winner
+        }
+    }
+}
+
+#[inline(always)]
+fn table() -> *mut AtomicU64 {
+    let t = TABLE.load(Ordering::Acquire);
+    if t.is_null() {
+        map_table()
+    } else {
+        t
+    }
+}
+
+/// The packed rule at return address `pc` (or at the walk's first `pc`,
+/// just past an instruction of the walking function): cached, else read
+/// from the CFI of the instruction before it, which is the call.
+///
+/// # Safety
+/// `table` is the published table (not null).
+#[inline(always)]
+unsafe fn rule_bits(table: *mut AtomicU64, pc: usize) -> u32 {
+    let (i, tag) = slot(pc);
+    // SAFETY: `table` is the live mapping of TABLE_LEN entries (never
+    // unmapped once published) and `i < TABLE_LEN`.
+    let entry = unsafe { &*table.add(i) };
+    let e = entry.load(Ordering::Relaxed);
+    if e >> 32 == tag && e as u32 != 0 {
+        e as u32
+    } else {
+        fill(entry, tag, pc)
+    }
+}
+
+/// Reads the rule at `pc` and caches it in `entry` (when its tag fits).
+#[cold]
+#[inline(never)]
+fn fill(entry: &AtomicU64, tag: u64, pc: usize) -> u32 {
+    let bits = read_rule(pc.wrapping_sub(1)).pack();
+    if pc >> ADDRESS_BITS == 0 {
+        // One word: a racing reader sees the old entry or this one, whole.
+        entry.store(tag << 32 | u64::from(bits), Ordering::Relaxed);
+    }
+    bits
+}
+
+// ---- reading a rule from the CFI ----------------------------------------
+
+/// `struct dwarf_eh_bases` of libgcc's `unwind-dw2-fde.h`.
+#[repr(C)]
+#[allow(dead_code)] // `tbase` and `dbase` are written by libgcc, never read.
+struct DwarfEhBases {
+    tbase: *mut c_void,
+    dbase: *mut c_void,
+    func: *mut c_void,
+}
+
+extern "C" {
+    /// libgcc's (exported from `libgcc_s`, which the standard library
+    /// links): the FDE that covers `pc`, or null; fills `bases`, `func`
+    /// being the FDE's first address. The platform unwinder calls it for
+    /// every frame it walks; it takes the loader's (recursive) lock, or
+    /// none where glibc has `_dl_find_object`.
+    fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8;
+}
+
+/// DWARF register numbers of x86_64 System V.
+const REG_RBP: u64 = 6;
+const REG_RSP: u64 = 7;
+const REG_RA: u64 = 16;
+
+/// The rule for the frame executing `target` (a call instruction's
+/// address, or the walk's own instruction).
+#[cold]
+#[inline(never)]
+fn read_rule(target: usize) -> Rule {
+    let mut bases = DwarfEhBases {
+        tbase: std::ptr::null_mut(),
+        dbase: std::ptr::null_mut(),
+        func: std::ptr::null_mut(),
+    };
+    let _g = bookkeeping();
+    // SAFETY: `_Unwind_Find_FDE` only reads the loaded objects' unwind
+    // tables and fills `bases`.
+    let fde = unsafe { _Unwind_Find_FDE(target as *mut c_void, &mut bases) };
+    if fde.is_null() {
+        return Rule::End;
+    }
+    // SAFETY: `fde` is an FDE of a loaded object's `.eh_frame`, mapped for
+    // as long as the object is loaded (it is: `target` is in it), with its
+    // CIE before it in the same section.
+    unsafe { rule_from_fde(fde, bases.func as usize, target) }.unwrap_or(Rule::Slow)
+}
+
+/// A cursor over CFI bytes, never past `end`.
+struct Bytes {
+    at: *const u8,
+    end: *const u8,
+}
+
+impl Bytes {
+    fn u8(&mut self) -> Option<u8> {
+        if self.at >= self.end {
+            return None;
+        }
+        // SAFETY: `at < end`, inside the CFI entry the cursor was made for.
+        let b = unsafe { *self.at };
+        // SAFETY: at most `end`, in (or one past) the same entry.
+        self.at = unsafe { self.at.add(1) };
+        Some(b)
+    }
+
+    fn skip(&mut self, n: u64) -> Option<()> {
+        let left = self.end as usize - self.at as usize;
+        let n = usize::try_from(n).ok().filter(|&n| n <= left)?;
+        // SAFETY: `n` bytes are left before `end`.
+        self.at = unsafe { self.at.add(n) };
+        Some(())
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut out = [0u8; N];
+        for b in &mut out {
+            *b = self.u8()?;
+        }
+        Some(out)
+    }
+
+    fn uleb(&mut self) -> Option<u64> {
+        let (mut v, mut shift) = (0u64, 0u32);
+        loop {
+            let b = self.u8()?;
+            if shift < 64 {
+                v |= u64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+    }
+
+    fn sleb(&mut self) -> Option<i64> {
+        let (mut v, mut shift) = (0i64, 0u32);
+        loop {
+            let b = self.u8()?;
+            if shift < 64 {
+                v |= i64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 {
+                if shift < 64 && b & 0x40 != 0 {
+                    v |= -1i64 << shift;
+                }
+                return Some(v);
+            }
+        }
+    }
+
+    /// Skips a pointer of encoding `enc` (`DW_EH_PE_*`); `None` for an
+    /// encoding whose size depends on where it lies (aligned).
+    fn skip_encoded(&mut self, enc: u8) -> Option<()> {
+        if enc == 0xff {
+            return Some(());
+        }
+        if enc & 0x70 == 0x50 {
+            return None;
+        }
+        match enc & 0x0f {
+            0x00 | 0x04 | 0x0c => self.skip(8),
+            0x03 | 0x0b => self.skip(4),
+            0x02 | 0x0a => self.skip(2),
+            0x01 => self.uleb().map(drop),
+            0x09 => self.sleb().map(drop),
+            _ => None,
+        }
+    }
+}
+
+/// What a register's rule is, for the registers the walk follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RegRule {
+    Same,
+    Offset(i64),
+    Undefined,
+    /// In another register, or by an expression: beyond the fast walk.
+    Other,
+}
+
+/// One row of the CFI table, for what the walk uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Row {
+    cfa_reg: u64,
+    cfa_off: i64,
+    /// False once the CFA is given by an expression.
+    cfa_plain: bool,
+    rbp: RegRule,
+    ra: RegRule,
+}
+
+impl Row {
+    fn set(&mut self, reg: u64, rule: RegRule) {
+        match reg {
+            REG_RBP => self.rbp = rule,
+            REG_RA => self.ra = rule,
+            _ => {}
+        }
+    }
+
+    fn restore(&mut self, reg: u64, init: &Row) {
+        match reg {
+            REG_RBP => self.rbp = init.rbp,
+            REG_RA => self.ra = init.ra,
+            _ => {}
+        }
+    }
+}
+
+/// The most `DW_CFA_remember_state`s in flight (compilers use one).
+const STATE_DEPTH: usize = 8;
+
+/// The CFI program state while running a CIE's and an FDE's instructions.
+struct Program {
+    row: Row,
+    /// The row after the CIE's instructions (`None` while running them).
+    init: Option<Row>,
+    saved: [Option<Row>; STATE_DEPTH],
+    depth: usize,
+    loc: usize,
+    target: usize,
+    code_align: u64,
+    data_align: i64,
+}
+
+impl Program {
+    /// Runs `insns` until the row covering `target` is complete; `None` on
+    /// an instruction the fast walk does not follow.
+    fn run(&mut self, mut insns: Bytes) -> Option<()> {
+        while let Some(op) = insns.u8() {
+            let (high, low) = (op >> 6, u64::from(op & 0x3f));
+            match high {
+                1 => {
+                    if self.advance(low)? {
+                        return Some(());
+                    }
+                }
+                2 => {
+                    let off = self.factored(insns.uleb()?)?;
+                    self.row.set(low, RegRule::Offset(off));
+                }
+                3 => {
+                    let init = self.init?;
+                    self.row.restore(low, &init);
+                }
+                _ => match op {
+                    0x00 => {}
+                    0x02 => {
+                        if self.advance(u64::from(insns.u8()?))? {
+                            return Some(());
+                        }
+                    }
+                    0x03 => {
+                        if self.advance(u64::from(u16::from_ne_bytes(insns.fixed()?)))? {
+                            return Some(());
+                        }
+                    }
+                    0x04 => {
+                        if self.advance(u64::from(u32::from_ne_bytes(insns.fixed()?)))? {
+                            return Some(());
+                        }
+                    }
+                    // offset_extended
+                    0x05 => {
+                        let reg = insns.uleb()?;
+                        let off = self.factored(insns.uleb()?)?;
+                        self.row.set(reg, RegRule::Offset(off));
+                    }
+                    // restore_extended
+                    0x06 => {
+                        let reg = insns.uleb()?;
+                        let init = self.init?;
+                        self.row.restore(reg, &init);
+                    }
+                    0x07 => self.row.set(insns.uleb()?, RegRule::Undefined),
+                    0x08 => self.row.set(insns.uleb()?, RegRule::Same),
+                    // register
+                    0x09 => {
+                        let reg = insns.uleb()?;
+                        insns.uleb()?;
+                        self.row.set(reg, RegRule::Other);
+                    }
+                    // remember_state
+                    0x0a => {
+                        *self.saved.get_mut(self.depth)? = Some(self.row);
+                        self.depth += 1;
+                    }
+                    // restore_state
+                    0x0b => {
+                        self.depth = self.depth.checked_sub(1)?;
+                        self.row = self.saved[self.depth]?;
+                    }
+                    // def_cfa
+                    0x0c => {
+                        self.row.cfa_reg = insns.uleb()?;
+                        self.row.cfa_off = i64::try_from(insns.uleb()?).ok()?;
+                        self.row.cfa_plain = true;
+                    }
+                    // def_cfa_register
+                    0x0d => self.row.cfa_reg = insns.uleb()?,
+                    // def_cfa_offset
+                    0x0e => self.row.cfa_off = i64::try_from(insns.uleb()?).ok()?,
+                    // def_cfa_expression
+                    0x0f => {
+                        let len = insns.uleb()?;
+                        insns.skip(len)?;
+                        self.row.cfa_plain = false;
+                    }
+                    // expression
+                    0x10 => {
+                        let reg = insns.uleb()?;
+                        let len = insns.uleb()?;
+                        insns.skip(len)?;
+                        self.row.set(reg, RegRule::Other);
+                    }
+                    // offset_extended_sf
+                    0x11 => {
+                        let reg = insns.uleb()?;
+                        let off = insns.sleb()?.checked_mul(self.data_align)?;
+                        self.row.set(reg, RegRule::Offset(off));
+                    }
+                    // def_cfa_sf
+                    0x12 => {
+                        self.row.cfa_reg = insns.uleb()?;
+                        self.row.cfa_off = insns.sleb()?.checked_mul(self.data_align)?;
+                        self.row.cfa_plain = true;
+                    }
+                    // def_cfa_offset_sf
+                    0x13 => self.row.cfa_off = insns.sleb()?.checked_mul(self.data_align)?,
+                    // val_offset, val_offset_sf
+                    0x14 | 0x15 => {
+                        let reg = insns.uleb()?;
+                        insns.uleb()?;
+                        self.row.set(reg, RegRule::Other);
+                    }
+                    // val_expression
+                    0x16 => {
+                        let reg = insns.uleb()?;
+                        let len = insns.uleb()?;
+                        insns.skip(len)?;
+                        self.row.set(reg, RegRule::Other);
+                    }
+                    // GNU_args_size: what a caller pushed; no bearing on the CFA.
+                    0x2e => {
+                        insns.uleb()?;
+                    }
+                    // GNU_negative_offset_extended
+                    0x2f => {
+                        let reg = insns.uleb()?;
+                        let off = self.factored(insns.uleb()?)?;
+                        self.row.set(reg, RegRule::Offset(off.checked_neg()?));
+                    }
+                    // set_loc and anything unknown: not followed.
+                    _ => return None,
+                },
+            }
+        }
+        Some(())
+    }
+
+    /// Moves the location by `delta` code units; true when that passes the
+    /// target (the row is complete).
+    fn advance(&mut self, delta: u64) -> Option<bool> {
+        let step = usize::try_from(delta.checked_mul(self.code_align)?).ok()?;
+        let next = self.loc.checked_add(step)?;
+        if next > self.target {
+            return Some(true);
+        }
+        self.loc = next;
+        Some(false)
+    }
+
+    fn factored(&self, off: u64) -> Option<i64> {
+        i64::try_from(off).ok()?.checked_mul(self.data_align)
+    }
+}
+
+/// The rule from an FDE, for `target` inside it.
+///
+/// # Safety
+/// `fde` points to an FDE in a mapped `.eh_frame`, its CIE before it.
+unsafe fn rule_from_fde(fde: *const u8, func: usize, target: usize) -> Option<Rule> {
+    // SAFETY: an FDE starts with its 4-byte length and 4-byte CIE offset,
+    // and holds `length` bytes after the length.
+    let (fde_len, cie_delta) = unsafe {
+        (
+            std::ptr::read_unaligned(fde.cast::<u32>()),
+            std::ptr::read_unaligned(fde.add(4).cast::<u32>()),
+        )
+    };
+    if fde_len < 4 || fde_len == u32::MAX {
+        return None;
+    }
+    // SAFETY: the CIE offset counts back from its own field to the CIE, in
+    // the same section.
+    let cie = unsafe { fde.add(4).sub(cie_delta as usize) };
+    // SAFETY: a CIE starts with its 4-byte length.
+    let cie_len = unsafe { std::ptr::read_unaligned(cie.cast::<u32>()) };
+    if cie_len < 4 || cie_len == u32::MAX {
+        return None;
+    }
+    let mut c = Bytes {
+        // SAFETY: past the length and the CIE id, inside the CIE.
+        at: unsafe { cie.add(8) },
+        // SAFETY: one past the CIE's last byte.
+        end: unsafe { cie.add(4 + cie_len as usize) },
+    };
+    let version = c.u8()?;
+    if version != 1 && version != 3 {
+        return None;
+    }
+    let mut aug = [0u8; 8];
+    let mut aug_len = 0;
+    loop {
+        match c.u8()? {
+            0 => break,
+            ch => {
+                *aug.get_mut(aug_len)? = ch;
+                aug_len += 1;
+            }
+        }
+    }
+    let aug = &aug[..aug_len];
+    let code_align = c.uleb()?;
+    let data_align = c.sleb()?;
+    let ra = if version == 1 {
+        u64::from(c.u8()?)
+    } else {
+        c.uleb()?
+    };
+    if ra != REG_RA {
+        return None;
+    }
+    let mut fde_enc = 0u8;
+    let has_z = aug.first() == Some(&b'z');
+    if has_z {
+        let len = c.uleb()?;
+        let mut data = Bytes {
+            at: c.at,
+            end: c.end,
+        };
+        c.skip(len)?;
+        data.end = c.at;
+        for &ch in &aug[1..] {
+            match ch {
+                b'R' => fde_enc = data.u8()?,
+                b'L' => {
+                    data.u8()?;
+                }
+                b'P' => {
+                    let enc = data.u8()?;
+                    data.skip_encoded(enc)?;
+                }
+                // A signal frame: the platform unwinder's.
+                b'S' => return Some(Rule::Slow),
+                _ => return None,
+            }
+        }
+    } else if !aug.is_empty() {
+        return None;
+    }
+    let mut f = Bytes {
+        // SAFETY: past the length and the CIE offset, inside the FDE.
+        at: unsafe { fde.add(8) },
+        // SAFETY: one past the FDE's last byte.
+        end: unsafe { fde.add(4 + fde_len as usize) },
+    };
+    // The initial location (`func` has it, decoded) and the range.
+    f.skip_encoded(fde_enc & 0x0f)?;
+    f.skip_encoded(fde_enc & 0x0f)?;
+    if has_z {
+        let len = f.uleb()?;
+        f.skip(len)?;
+    }
+    let mut program = Program {
+        row: Row {
+            cfa_reg: REG_RSP,
+            cfa_off: 0,
+            cfa_plain: true,
+            rbp: RegRule::Same,
+            ra: RegRule::Same,
+        },
+        init: None,
+        saved: [None; STATE_DEPTH],
+        depth: 0,
+        loc: func,
+        target,
+        code_align,
+        data_align,
+    };
+    program.run(c)?;
+    program.init = Some(program.row);
+    program.depth = 0;
+    program.run(f)?;
+    Some(rule_of_row(&program.row))
+}
+
+fn rule_of_row(row: &Row) -> Rule {
+    if row.ra == RegRule::Undefined {
+        return Rule::End;
+    }
+    if row.ra != RegRule::Offset(-8) || !row.cfa_plain {
+        return Rule::Slow;
+    }
+    let cfa_rbp = match row.cfa_reg {
+        REG_RSP => false,
+        REG_RBP => true,
+        _ => return Rule::Slow,
+    };
+    let rbp = match row.rbp {
+        RegRule::Same => Rbp::Same,
+        RegRule::Undefined => Rbp::Unknown,
+        RegRule::Offset(m) => match i32::try_from(m) {
+            Ok(m) => Rbp::At(m),
+            Err(_) => return Rule::Slow,
+        },
+        RegRule::Other => return Rule::Slow,
+    };
+    Rule::frame(cfa_rbp, row.cfa_off, rbp)
+}
+
+// ---- the walks -----------------------------------------------------------
+
+/// How many walks met a frame the fast walk does not follow and were done
+/// by the platform unwinder.
+static FALLBACKS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many walks the platform unwinder took over so far.
+pub(crate) fn fallbacks() -> usize {
+    FALLBACKS.load(Ordering::Relaxed)
+}
+
+/// The address of the next instruction, the stack pointer and the frame
+/// register, read in the function this expands in.
+macro_rules! registers {
+    () => {{
+        let (pc, sp, fp): (usize, usize, usize);
+        // SAFETY: reads three registers, nothing else. The three are read
+        // in one block, so they are one moment's, and `pc` lies in it.
+        unsafe {
+            std::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {fp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                fp = out(reg) fp,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        (pc, sp, fp)
+    }};
+}
+
+/// Writes the return addresses of the caller's callers into `ips`,
+/// innermost first, after dropping `skip` of them: called from `f`, the
+/// first is where `f` returns to. Returns how many it wrote. Walks with the
+/// cached rules, else (a frame they cannot follow) with the platform
+/// unwinder; both give the same addresses.
+#[inline(never)]
+pub(crate) fn walk(ips: &mut [usize], skip: usize) -> usize {
+    let (pc, sp, fp) = registers!();
+    match fast(ips, skip + 1, pc, sp, fp) {
+        Some(n) => n,
+        None => {
+            FALLBACKS.fetch_add(1, Ordering::Relaxed);
+            platform(ips, skip + 1)
+        }
+    }
+}
+
+/// As [`walk`] with the cached rules only: `None` where they cannot follow
+/// a frame.
+#[inline(never)]
+pub(crate) fn walk_fast(ips: &mut [usize], skip: usize) -> Option<usize> {
+    let (pc, sp, fp) = registers!();
+    fast(ips, skip + 1, pc, sp, fp)
+}
+
+/// The walk along the cached rules from a frame at `pc` whose `rsp` is
+/// `sp`; the first `drop` return addresses are not written.
+#[inline(always)]
+fn fast(
+    ips: &mut [usize],
+    mut drop: usize,
+    mut pc: usize,
+    sp: usize,
+    mut fp: usize,
+) -> Option<usize> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let (low, top) = crate::probe::stack_bounds();
+    // Off the thread's stack (a signal's alternate stack, a coroutine's),
+    // nothing above `sp` is known to be mapped: the platform unwinder's.
+    if sp < low {
+        return None;
+    }
+    // A word at `a` may be loaded when `bottom <= a <= bottom + limit`: in
+    // the callers' frames, below the stack's top.
+    let bottom = sp;
+    let limit = top.checked_sub(bottom)?.checked_sub(WORD)?;
+    let table = table();
+    if table.is_null() {
+        return None;
+    }
+    let mut sp = sp;
+    let mut n = 0;
+    while n < ips.len() {
+        // SAFETY: `table` is not null.
+        let bits = unsafe { rule_bits(table, pc) };
+        if bits & 3 != KIND_FRAME {
+            if bits & 3 == KIND_END {
+                break;
+            }
+            return None;
+        }
+        // An unknown `rbp` is 0: a CFA based on it falls below `sp`.
+        let base = if bits & CFA_RBP != 0 { fp } else { sp };
+        let cfa = base.wrapping_add((bits >> CFA_OFF_SHIFT) as usize);
+        // The CFA rises strictly: the return address lies at or above the
+        // current frame's stack pointer (and no sum wrapped around).
+        let ra_at = cfa.wrapping_sub(WORD);
+        if ra_at < sp || ra_at - bottom > limit {
+            return None;
+        }
+        // SAFETY: `[ra_at, ra_at + 8)` is in the callers' frames (checked).
+        let ra = unsafe { *(ra_at as *const usize) };
+        match bits >> RBP_SHIFT & 3 {
+            RBP_AT => {
+                let at = cfa.wrapping_add_signed(rbp_offset(bits) as isize);
+                if at.wrapping_sub(bottom) > limit {
+                    return None;
+                }
+                // SAFETY: `[at, at + 8)` is in the callers' frames (checked).
+                fp = unsafe { *(at as *const usize) };
+            }
+            RBP_UNKNOWN => fp = 0,
+            _ => {}
+        }
+        sp = cfa;
+        if ra == 0 {
+            break;
+        }
+        if drop > 0 {
+            drop -= 1;
+        } else {
+            ips[n] = ra;
+            n += 1;
+        }
+        pc = ra;
+    }
+    Some(n)
+}
+
+/// As [`walk`], with the platform unwinder (`_Unwind_Backtrace`) only.
+#[inline(never)]
+pub(crate) fn platform(ips: &mut [usize], skip: usize) -> usize {
+    if ips.is_empty() {
+        return 0;
+    }
+    // The unwinder's "CFA" of a frame is the stack pointer in it (the
+    // callee's CFA): the first frame whose stack pointer is above this
+    // local is this function's caller, at where this function returns to.
+    let here = 0u8;
+    let mark = std::hint::black_box(std::ptr::addr_of!(here)) as usize;
+    let (mut own, mut drop, mut n) = (false, skip + 1, 0);
+    let _g = bookkeeping();
+    // SAFETY: the unwinder only reads this thread's stack and the loaded
+    // objects' unwind tables; the callback neither panics nor unwinds. The
+    // platform unwinder is thread-safe on its own: the `backtrace` crate's
+    // lock only serialises its symbolisation, which this does not do.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            if !own {
+                own = frame.sp() as usize > mark;
+                if !own {
+                    return true;
+                }
+            }
+            let ip = frame.ip() as usize;
+            if ip == 0 {
+                return false;
+            }
+            if drop > 0 {
+                drop -= 1;
+                return true;
+            }
+            ips[n] = ip;
+            n += 1;
+            n < ips.len()
+        })
+    };
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: usize = 64;
+
+    /// The fast walk and the platform unwinder from the same function.
+    #[inline(never)]
+    fn both_here() -> (Vec<usize>, Vec<usize>) {
+        let (mut fast, mut slow) = ([0usize; N], [0usize; N]);
+        let nf = walk_fast(&mut fast, 0).expect("the fast walk follows every frame");
+        let ns = platform(&mut slow, 0);
+        std::hint::black_box(&mut fast);
+        (fast[..nf].to_vec(), slow[..ns].to_vec())
+    }
+
+    #[inline(never)]
+    fn chain_a(depth: usize) -> (Vec<usize>, Vec<usize>) {
+        if depth == 0 {
+            return both_here();
+        }
+        let r = chain_b(depth - 1);
+        std::hint::black_box(r)
+    }
+
+    #[inline(never)]
+    fn chain_b(depth: usize) -> (Vec<usize>, Vec<usize>) {
+        let r = chain_a(depth);
+        std::hint::black_box(r)
+    }
+
+    fn assert_same((fast, slow): (Vec<usize>, Vec<usize>)) {
+        assert!(fast.len() >= 4, "a few callers at least: {fast:x?}");
+        assert_eq!(fast, slow, "the fast walk's callers are the unwinder's");
+    }
+
+    #[test]
+    fn the_fast_walk_finds_the_unwinders_callers() {
+        assert_same(chain_a(5));
+    }
+
+    #[test]
+    fn through_std_frames_too() {
+        // A closure run by `thread::scope` on a new thread: the whole stack,
+        // down to the thread's start in the C library.
+        let (fast, slow) = std::thread::scope(|s| s.spawn(|| chain_a(3)).join().unwrap());
+        assert!(fast.len() < N, "the walk reached the thread's first frame");
+        assert_same((fast, slow));
+        // Inside iterator adapters.
+        let got: Vec<_> = (0..2)
+            .map(|i| chain_a(i + 1))
+            .filter(|(f, _)| !f.is_empty())
+            .collect();
+        for pair in got {
+            assert_same(pair);
+        }
+    }
+
+    #[test]
+    fn a_small_stack_is_walked_within_its_bounds() {
+        let pair = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| chain_a(2))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_same(pair);
+    }
+
+    #[inline(never)]
+    fn deep(depth: usize) -> (usize, [usize; 8], [usize; 8]) {
+        if depth > 0 {
+            return std::hint::black_box(deep(depth - 1));
+        }
+        let (mut fast, mut slow) = ([0usize; 8], [0usize; 8]);
+        let n = walk_fast(&mut fast, 0).unwrap();
+        let m = platform(&mut slow, 0);
+        assert_eq!(n, m);
+        (n, fast, slow)
+    }
+
+    #[test]
+    fn a_deep_stack_is_cut_at_the_buffer() {
+        let (n, fast, slow) = deep(40);
+        assert_eq!(n, 8);
+        assert_eq!(fast, slow);
+        // Eight returns into `deep` itself: one return address, repeated.
+        assert!(fast.iter().all(|&ip| ip == fast[0]));
+    }
+
+    #[test]
+    fn skip_drops_the_innermost() {
+        #[inline(never)]
+        fn skipped() -> (Vec<usize>, Vec<usize>) {
+            let (mut all, mut some) = ([0usize; 8], [0usize; 8]);
+            let n = walk(&mut all, 0);
+            let m = walk(&mut some, 2);
+            (all[2..n].to_vec(), some[..m].to_vec())
+        }
+        let (all, some) = skipped();
+        assert_eq!(
+            all[..all.len().min(some.len())],
+            some[..all.len().min(some.len())]
+        );
+        assert!(!some.is_empty());
+    }
+
+    /// What the signal handler below found: both walks' lengths and
+    /// addresses (atomics: a handler takes no lock).
+    static SIGNAL_WALKS: [AtomicUsize; 2 + 2 * 16] = [const { AtomicUsize::new(0) }; 2 + 2 * 16];
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        let (mut a, mut b) = ([0usize; 16], [0usize; 16]);
+        let n = walk(&mut a, 0);
+        let m = platform(&mut b, 0);
+        SIGNAL_WALKS[0].store(n, Ordering::Relaxed);
+        SIGNAL_WALKS[1].store(m, Ordering::Relaxed);
+        for i in 0..16 {
+            SIGNAL_WALKS[2 + i].store(a[i], Ordering::Relaxed);
+            SIGNAL_WALKS[18 + i].store(b[i], Ordering::Relaxed);
+        }
+    }
+
+    /// Raises SIGUSR2 on this thread with `on_signal` as its handler, on an
+    /// alternate stack when `alt`; returns what the handler found.
+    fn walks_in_a_signal_handler(alt: bool) -> (Vec<usize>, Vec<usize>) {
+        let mut alt_stack = vec![0u8; 256 * 1024];
+        // SAFETY: installs a handler and (when `alt`) an alternate stack
+        // that outlives the one signal raised below; both are undone
+        // before `alt_stack` is freed.
+        unsafe {
+            let mut old_ss: libc::stack_t = std::mem::zeroed();
+            if alt {
+                let ss = libc::stack_t {
+                    ss_sp: alt_stack.as_mut_ptr().cast(),
+                    ss_flags: 0,
+                    ss_size: alt_stack.len(),
+                };
+                assert_eq!(libc::sigaltstack(&ss, &mut old_ss), 0);
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = if alt { libc::SA_ONSTACK } else { 0 };
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, &mut old), 0);
+            libc::raise(libc::SIGUSR2);
+            libc::sigaction(libc::SIGUSR2, &old, std::ptr::null_mut());
+            if alt {
+                let off = libc::stack_t {
+                    ss_sp: std::ptr::null_mut(),
+                    ss_flags: libc::SS_DISABLE,
+                    ss_size: 0,
+                };
+                libc::sigaltstack(&off, std::ptr::null_mut());
+            }
+        }
+        drop(alt_stack);
+        let get = |i: usize| SIGNAL_WALKS[i].load(Ordering::Relaxed);
+        let (n, m) = (get(0), get(1));
+        (
+            (0..n).map(|i| get(2 + i)).collect(),
+            (0..m).map(|i| get(18 + i)).collect(),
+        )
+    }
+
+    #[test]
+    fn a_signal_frame_is_left_to_the_platform_unwinder() {
+        // One test for both: the handler's results are process-wide.
+        for alt in [false, true] {
+            let before = fallbacks();
+            let (walked, unwound) = walks_in_a_signal_handler(alt);
+            assert!(
+                fallbacks() > before,
+                "the signal frame (alt stack: {alt}) fell back"
+            );
+            // The handler, the signal frame, `raise`, this file's two
+            // functions and the test harness's frames beyond them.
+            assert!(
+                walked.len() >= 8,
+                "the walk went on through the signal frame: {walked:x?}"
+            );
+            assert_eq!(walked, unwound);
+        }
+    }
+
+    #[test]
+    fn rules_pack_and_unpack() {
+        let rules = [
+            Rule::Slow,
+            Rule::End,
+            Rule::frame(false, 8, Rbp::Same),
+            Rule::frame(true, 16, Rbp::At(-16)),
+            Rule::frame(false, 4096, Rbp::At(-2048)),
+            Rule::frame(false, 200, Rbp::At(2040)),
+            Rule::frame(true, 16, Rbp::Unknown),
+        ];
+        for r in rules {
+            assert!(matches!(r, Rule::Frame { .. } | Rule::Slow | Rule::End));
+            assert_eq!(Rule::unpack(r.pack()), Some(r));
+        }
+        assert!(matches!(
+            Rule::frame(true, 16, Rbp::At(-16)),
+            Rule::Frame { .. }
+        ));
+        assert_eq!(Rule::frame(false, 1 << 20, Rbp::Same), Rule::Slow);
+        assert_eq!(Rule::frame(false, 24, Rbp::At(-12)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 4, Rbp::Same), Rule::Slow);
+        assert_eq!(Rule::unpack(0), None);
+    }
+
+    #[test]
+    fn a_slot_and_a_tag_name_one_address() {
+        let mut seen = std::collections::HashSet::new();
+        for a in (0x5555_5555_0000usize..0x5555_5556_0000).step_by(7) {
+            let (i, tag) = slot(a);
+            assert!(i < TABLE_LEN);
+            assert_eq!(
+                (tag as usize) << TABLE_BITS | ((i ^ tag as usize) & (TABLE_LEN - 1)),
+                a
+            );
+            assert!(seen.insert((i, tag)));
+        }
+    }
+
+    #[test]
+    fn a_cfa_expression_is_slow_and_an_undefined_return_the_end() {
+        let base = Row {
+            cfa_reg: REG_RSP,
+            cfa_off: 16,
+            cfa_plain: true,
+            rbp: RegRule::Same,
+            ra: RegRule::Offset(-8),
+        };
+        assert_eq!(
+            rule_of_row(&base),
+            Rule::Frame {
+                cfa_rbp: false,
+                cfa_off: 16,
+                rbp: Rbp::Same
+            }
+        );
+        assert_eq!(
+            rule_of_row(&Row {
+                cfa_plain: false,
+                ..base
+            }),
+            Rule::Slow
+        );
+        assert_eq!(
+            rule_of_row(&Row {
+                ra: RegRule::Undefined,
+                ..base
+            }),
+            Rule::End
+        );
+        assert_eq!(rule_of_row(&Row { cfa_reg: 3, ..base }), Rule::Slow);
+        assert_eq!(
+            rule_of_row(&Row {
+                rbp: RegRule::Other,
+                ..base
+            }),
+            Rule::Slow
+        );
+    }
+
+    #[test]
+    fn a_cfi_program_runs_to_the_target_row() {
+        // push rbp; mov rbp, rsp; ... ; at func+1: CFA rsp+16, rbp at
+        // CFA-16; at func+4: CFA rbp+16.
+        let insns = [
+            0x41u8, // advance_loc 1
+            0x0e, 16, // def_cfa_offset 16
+            0x86, 2,    // offset rbp, 2 * -8
+            0x43, // advance_loc 3
+            0x0d, 6,    // def_cfa_register rbp
+            0x0a, // remember_state
+            0x48, // advance_loc 8
+            0x0c, 7, 8,    // def_cfa rsp 8
+            0xc6, // restore rbp
+            0x41, // advance_loc 1
+            0x0b, // restore_state
+        ];
+        let run = |target: usize| {
+            let mut p = Program {
+                row: Row {
+                    cfa_reg: REG_RSP,
+                    cfa_off: 8,
+                    cfa_plain: true,
+                    rbp: RegRule::Same,
+                    ra: RegRule::Offset(-8),
+                },
+                init: None,
+                saved: [None; STATE_DEPTH],
+                depth: 0,
+                loc: 1000,
+                target,
+                code_align: 1,
+                data_align: -8,
+            };
+            p.init = Some(p.row);
+            let range = insns.as_ptr_range();
+            p.run(Bytes {
+                at: range.start,
+                end: range.end,
+            })
+            .unwrap();
+            rule_of_row(&p.row)
+        };
+        let frame = |cfa_rbp, cfa_off, rbp| Rule::Frame {
+            cfa_rbp,
+            cfa_off,
+            rbp,
+        };
+        assert_eq!(run(1000), frame(false, 8, Rbp::Same));
+        assert_eq!(run(1001), frame(false, 16, Rbp::At(-16)));
+        assert_eq!(run(1004), frame(true, 16, Rbp::At(-16)));
+        assert_eq!(run(1011), frame(true, 16, Rbp::At(-16)));
+        assert_eq!(run(1012), frame(false, 8, Rbp::Same));
+        assert_eq!(run(1013), frame(true, 16, Rbp::At(-16)));
+    }
+}
