@@ -20,6 +20,12 @@
 //! `userfaultfd` holds it, say) is reported as written at every scan: read
 //! in full, never missed.
 //!
+//! The state the scans change (their locks, what they found) is kept in
+//! [`Unwatched`] memory, outside every loaded object's segments: a scan
+//! that took a lock in a static would dirty a watched page itself, and
+//! every call would then pay that page's write fault, its re-arming and
+//! its reading.
+//!
 //! Invariants: `registered` holds page-aligned, sorted, disjoint ranges,
 //! each registered with the file descriptor `uffd`; everything is reached
 //! under the [`WATCH`] mutex (the scans hold their own lock around it, so
@@ -28,9 +34,88 @@
 //! A ground-floor module: it uses [`bookkeeping`](crate::bookkeeping),
 //! [`mode`](crate::mode)'s environment reader and [`stderr`](crate::stderr).
 
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::bookkeeping;
+
+// ---- state kept off the watched pages ------------------------------------------
+
+/// A `static`'s value kept in memory of its own, mapped from the kernel on
+/// first use and never freed, instead of in the program's `.data`/`.bss`:
+/// changing it (taking a lock it holds) dirties no page of a loaded
+/// object's segments, which the write watch watches and the scans read.
+///
+/// `T` must be at most page-aligned. Only the pointer lives in the static,
+/// written once.
+pub(crate) struct Unwatched<T> {
+    ptr: AtomicPtr<T>,
+    init: fn() -> T,
+    /// Shared between threads as a `&T` would be.
+    _value: PhantomData<T>,
+}
+
+impl<T> Unwatched<T> {
+    /// A value made by `init` on first use.
+    pub(crate) const fn new(init: fn() -> T) -> Self {
+        Unwatched {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            init,
+            _value: PhantomData,
+        }
+    }
+
+    /// The value, made on first use.
+    #[inline]
+    pub(crate) fn get(&'static self) -> &'static T {
+        let p = self.ptr.load(Ordering::Acquire);
+        if p.is_null() {
+            return self.place();
+        }
+        // SAFETY: a non-null pointer was published by `place` (Release,
+        // read with Acquire) after the value was written; it is never freed
+        // nor written through again.
+        unsafe { &*p }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn place(&'static self) -> &'static T {
+        let _g = bookkeeping();
+        let size = std::mem::size_of::<T>().max(1);
+        let fresh = match crate::bookkeeping::map_anonymous(size) {
+            Some(m) if std::mem::align_of::<T>() <= page() => {
+                let m = m.cast::<T>();
+                // SAFETY: `m` is a fresh mapping of at least `size` bytes,
+                // page-aligned (so aligned for `T`), written once here.
+                unsafe { m.write((self.init)()) };
+                m
+            }
+            // Out of mappings: on the heap, as the checker's own.
+            _ => Box::into_raw(Box::new((self.init)())),
+        };
+        match self.ptr.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: just published; never freed.
+            Ok(_) => unsafe { &*fresh },
+            Err(won) => {
+                // Another thread placed its value first: ours was never
+                // shared, and is dropped (the mapping or box leaks; this
+                // happens at most once per racing thread).
+                // SAFETY: `fresh` holds a value written above and seen by
+                // no one else.
+                unsafe { std::ptr::drop_in_place(fresh) };
+                // SAFETY: as in `get`.
+                unsafe { &*won }
+            }
+        }
+    }
+}
 
 // ---- the kernel's interface (linux/userfaultfd.h, linux/fs.h) ----------------
 
@@ -124,14 +209,14 @@ enum State {
     On(Watch),
 }
 
-static WATCH: Mutex<State> = Mutex::new(State::Undecided);
+static WATCH: Unwatched<Mutex<State>> = Unwatched::new(|| Mutex::new(State::Undecided));
 
 /// Whether stderr was told which scan is in use.
 static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn watch() -> MutexGuard<'static, State> {
     // Every change is completed before anything that could panic.
-    WATCH.lock().unwrap_or_else(|e| e.into_inner())
+    WATCH.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn page() -> usize {
@@ -188,7 +273,11 @@ fn open() -> Result<Watch, String> {
         uffd,
         pagemap,
         registered: Vec::new(),
-        regions: vec![PageRegion::default(); 512],
+        // The kernel allocates a buffer of as many regions (at most 512)
+        // at every PAGEMAP_SCAN: past 341 of them it takes whole pages
+        // from the page allocator, a cost every call paid. A scan that
+        // fills the list is continued from where it stopped.
+        regions: vec![PageRegion::default(); 64],
     };
     // PAGEMAP_SCAN itself (Linux 6.7): tried on a page of our own.
     let probe = crate::bookkeeping::map_anonymous(page());

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{RegionKind, RegionState};
+use crate::writewatch::Unwatched;
 
 /// Whether the list is kept.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -31,14 +32,18 @@ pub(crate) struct Live {
     hulls: Option<Vec<(usize, usize)>>,
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live {
-    regions: BTreeMap::new(),
-    hulls: None,
+/// Off the watched pages (see `writewatch::Unwatched`): every scan takes
+/// this lock.
+static LIVE: Unwatched<Mutex<Live>> = Unwatched::new(|| {
+    Mutex::new(Live {
+        regions: BTreeMap::new(),
+        hulls: None,
+    })
 });
 
 fn live() -> MutexGuard<'static, Live> {
     // Every change is completed before anything that could panic.
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+    LIVE.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A region was registered: `[start, start + size)`, with `id`; listed
@@ -145,7 +150,9 @@ pub(crate) fn spans_in(from: usize, to: usize, mut f: impl FnMut(usize, usize)) 
 
 /// Switches the list on, filling it from the records the first time.
 fn switch_on() {
-    if !ON.swap(true, Ordering::AcqRel) {
+    // A load first: the flag is a static, and a swap would write its page
+    // at every scan.
+    if !ON.load(Ordering::Acquire) && !ON.swap(true, Ordering::AcqRel) {
         // From now on every insert and free keeps the list; the records
         // live before are added here, each under its shard's lock, so a
         // free that follows one is seen after its entry.
