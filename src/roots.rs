@@ -292,21 +292,19 @@ impl Ranges {
         let _g = crate::bookkeeping::bookkeeping();
         let roots = roots().clone();
         let segments = segment_spans();
-        let mut watched = registry::live_c_hulls(crate::writewatch::page());
-        watched.extend(
-            roots
-                .iter()
-                .map(|r| (r.start, r.start.saturating_add(r.len))),
-        );
-        // Whole segments are watched, the checker's own tables too (they
-        // change rarely, and are not read): one range, so one question to
-        // the kernel, per object.
-        watched.extend(
-            writable_segments()
-                .iter()
-                .map(|&(start, len)| (start, start + len)),
-        );
-        watched.sort_unstable();
+        let hulls = registry::live_c_hulls(crate::writewatch::page());
+        let mut extra: Vec<(usize, usize)> = roots
+            .iter()
+            .map(|r| (r.start, r.start.saturating_add(r.len)))
+            .collect();
+        // The checker's own big tables are left out of what is watched as
+        // well as of what is read: the kernel walks every page it is asked
+        // about, and they are most of the program's statics.
+        extra.extend(segments.iter().map(|s| (s.start, s.start + s.len)));
+        extra.sort_unstable();
+        // The live C regions' ranges come sorted (thousands of them, for a
+        // million small blocks): merged with the few others, not sorted.
+        let watched = merge_sorted(&hulls, &extra);
         let written = crate::writewatch::written(&watched)?;
         let mut spans = Vec::new();
         let clip = |spans: &mut Vec<Span>, span: Span, (ws, we): (usize, usize)| {
@@ -357,6 +355,22 @@ impl Ranges {
             .iter()
             .any(|r| r.start <= addr && addr - r.start < r.len)
     }
+}
+
+/// The ranges of two lists sorted by start, in one list sorted by start.
+fn merge_sorted(a: &[(usize, usize)], b: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if j == b.len() || (i < a.len() && a[i] <= b[j]) {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out
 }
 
 /// With the C allocator interposed, every live C heap block is C memory

@@ -454,7 +454,7 @@ pub(crate) fn written(ranges: &[(usize, usize)]) -> Option<Vec<(usize, usize)>> 
     let _g = bookkeeping();
     let page = page();
     // The pages the ranges cover, merged.
-    let mut hulls: Vec<(usize, usize)> = Vec::new();
+    let mut hulls: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
     for &(start, end) in ranges {
         if start >= end {
             continue;
@@ -468,28 +468,63 @@ pub(crate) fn written(ranges: &[(usize, usize)]) -> Option<Vec<(usize, usize)>> 
             _ => hulls.push((s, e)),
         }
     }
+    // Ranges a few pages apart are asked about as one: each question costs
+    // the kernel a few microseconds whatever its size, and a million small
+    // C blocks, with the checker's own records between them, make
+    // thousands of ranges. The pages between them are registered too;
+    // what is written there is reported and never read (the callers clip
+    // to their ranges), and a page there written again after a scan takes
+    // one write fault.
     let mut out = Vec::new();
-    for (s, e) in hulls {
-        if !w.is_registered(s, e) && !w.register(s, e - s) {
-            // Not watchable (another userfaultfd, a mapping that refuses):
-            // read whole, every time.
-            out.push((s, e));
-            continue;
+    let mut i = 0;
+    while i < hulls.len() {
+        let mut j = i + 1;
+        while j < hulls.len() && hulls[j].0 - hulls[j - 1].1 <= MERGE_GAP_PAGES * page {
+            j += 1;
         }
-        match w.scan(s, e) {
+        let (s, e) = (hulls[i].0, hulls[j - 1].1);
+        if j - i == 1 || !w.ask(s, e, &mut out) {
+            // One range, or a group the kernel will not watch whole (a
+            // mapping between that refuses): one question a range.
+            for &(s, e) in &hulls[i..j] {
+                if !w.ask(s, e, &mut out) {
+                    // Not watchable (another userfaultfd, a mapping that
+                    // refuses): read whole, every time.
+                    out.push((s, e));
+                }
+            }
+        }
+        i = j;
+    }
+    Some(out)
+}
+
+/// How far apart (in pages) two watched ranges may be and still be asked
+/// about in one `PAGEMAP_SCAN`.
+const MERGE_GAP_PAGES: usize = 16;
+
+impl Watch {
+    /// Appends the written pages of `[s, e)` (page-aligned) to `out`,
+    /// registering the range first if need be; false (and nothing
+    /// appended) when the kernel will not watch it.
+    fn ask(&mut self, s: usize, e: usize, out: &mut Vec<(usize, usize)>) -> bool {
+        if !self.is_registered(s, e) && !self.register(s, e - s) {
+            return false;
+        }
+        match self.scan(s, e) {
             Ok(pages) => out.extend(pages),
             Err(()) => {
                 // The mapping changed under the registration (unmapped and
                 // mapped again): register it anew and ask again.
-                w.registered.retain(|&(rs, re)| re <= s || e <= rs);
-                match w.register(s, e - s).then(|| w.scan(s, e)) {
+                self.registered.retain(|&(rs, re)| re <= s || e <= rs);
+                match self.register(s, e - s).then(|| self.scan(s, e)) {
                     Some(Ok(pages)) => out.extend(pages),
-                    _ => out.push((s, e)),
+                    _ => return false,
                 }
             }
         }
+        true
     }
-    Some(out)
 }
 
 /// The watch's lock, held across `fork` (see `crate::fork`).
