@@ -98,6 +98,22 @@ fn call_vs_tracked(c: &mut Criterion) {
         drop(words);
     }
     let blocks: Vec<CBox<u64>> = (0..1_000_000u64).map(CBox::new).collect();
+    // The pages the blocks (and their 16-byte guards) touch: what the
+    // write watch is asked about, for a cost per page.
+    let mut pages: Vec<usize> = blocks
+        .iter()
+        .flat_map(|b| {
+            let p = b.as_ptr() as usize;
+            [(p - 16) >> 12, (p + 8 + 16 - 1) >> 12]
+        })
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    println!(
+        "mode2/1M_blocks: the million 8-byte blocks touch {} pages",
+        pages.len()
+    );
+    drop(pages);
     both_scans(&mut g, "1M_blocks");
     drop(blocks);
     set_mode(Mode::Check);

@@ -771,8 +771,10 @@ fn held_words_into(start: usize, end: usize) -> Vec<Finding> {
 /// What the last full scan found, by (word address, value): each finding is
 /// reported once, and a static's finding counts only if it was not there
 /// when the call began. Its lock also serialises the scans.
-static SEEN: Unwatched<Mutex<Option<HashSet<(usize, usize)>>>> =
-    Unwatched::new(|| Mutex::new(None));
+/// The findings of the last scan, by (word address, value).
+type Seen = Option<HashSet<(usize, usize)>>;
+
+static SEEN: Unwatched<Mutex<Seen>> = Unwatched::new(|| Mutex::new(None));
 
 fn seen() -> MutexGuard<'static, Option<HashSet<(usize, usize)>>> {
     SEEN.get().lock().unwrap_or_else(|e| e.into_inner())
