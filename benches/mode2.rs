@@ -26,6 +26,11 @@
 //!   unresolved, from the same depth of this benchmark's stack).
 //! - `loop_40k` — not a criterion figure: the time of 40,000 iterations of
 //!   one `CBox` free plus one `call!`, printed once.
+//! - `stress_16_threads` — not a criterion figure: 16 threads, each in a
+//!   loop of one `CBox` allocation, one checked `call!` given its pointer
+//!   and its free, in mode 2 for 20 s (`FFI_CHECK_BENCH_STRESS_SECS`),
+//!   printing the iterations of all threads in each 5-s window: the rate
+//!   must hold to the end.
 //! - `rss_1M_frees` — not a criterion figure: the resident memory that a
 //!   million freed 8-byte `CBox`es (then `Managed`s) add in mode 2, printed
 //!   once, against the 256 MiB the mode-2 quarantine is documented to hold.
@@ -43,6 +48,13 @@ use ffi_check::{call, set_mode, CBox, Mode, COMPILED_IN};
 #[inline(never)]
 extern "C" fn add(a: i32, b: i32) -> i32 {
     black_box(a.wrapping_add(b))
+}
+
+/// A C function that reads the word it is given.
+#[inline(never)]
+extern "C" fn read_word(p: *const u64) -> u64 {
+    // SAFETY: every caller lends a live `u64`.
+    black_box(unsafe { p.read() })
 }
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -86,6 +98,22 @@ fn call_vs_tracked(c: &mut Criterion) {
         drop(words);
     }
     let blocks: Vec<CBox<u64>> = (0..1_000_000u64).map(CBox::new).collect();
+    // The pages the blocks (and their 16-byte guards) touch: what the
+    // write watch is asked about, for a cost per page.
+    let mut pages: Vec<usize> = blocks
+        .iter()
+        .flat_map(|b| {
+            let p = b.as_ptr() as usize;
+            [(p - 16) >> 12, (p + 8 + 16 - 1) >> 12]
+        })
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    println!(
+        "mode2/1M_blocks: the million 8-byte blocks touch {} pages",
+        pages.len()
+    );
+    drop(pages);
     both_scans(&mut g, "1M_blocks");
     drop(blocks);
     set_mode(Mode::Check);
@@ -169,6 +197,59 @@ fn loop_40k() {
     );
 }
 
+/// Sixteen threads allocating, calling and freeing in mode 2: the rate of
+/// each 5-s window, printed.
+fn stress_16_threads() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const THREADS: usize = 16;
+    const WINDOW: Duration = Duration::from_secs(5);
+    let secs = std::env::var("FFI_CHECK_BENCH_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(20)
+        .max(5);
+    set_mode(Mode::Full);
+    let done = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (done, count) = (done.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut i = t as u64;
+                while !done.load(Ordering::Relaxed) {
+                    let b = CBox::new(i);
+                    black_box(call!(read_word(b.as_ptr())));
+                    drop(b);
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += THREADS as u64;
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut windows = Vec::new();
+    let mut last = 0;
+    for w in 1..=secs / 5 {
+        std::thread::sleep((start + WINDOW * w as u32).saturating_duration_since(Instant::now()));
+        let now = count.load(Ordering::Relaxed);
+        windows.push(now - last);
+        last = now;
+    }
+    done.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    set_mode(Mode::Check);
+    let first = windows.first().copied().unwrap_or(0).max(1);
+    let worst = windows.iter().copied().min().unwrap_or(0);
+    println!(
+        "mode2/stress_16_threads: iterations per 5-s window (16 threads, CBox + call! + free, mode 2): {windows:?}; last/first {:.2}, worst/first {:.2}",
+        windows.last().copied().unwrap_or(0) as f64 / first as f64,
+        worst as f64 / first as f64
+    );
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     if !COMPILED_IN {
@@ -189,6 +270,9 @@ fn main() {
     }
     if only("mode2/loop_40k") {
         loop_40k();
+    }
+    if only("mode2/stress_16_threads") {
+        stress_16_threads();
     }
     capture(&mut c);
     call_vs_tracked(&mut c);

@@ -37,6 +37,7 @@ use std::sync::Mutex;
 use crate::registry::{self, NewRegion, RegionKind, Release};
 use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::site::Site;
+use crate::writewatch::Unwatched;
 
 /// Guard bytes on each side: 16 keeps the block as aligned as `malloc`'s.
 pub(crate) const GUARD: usize = 16;
@@ -45,12 +46,15 @@ pub(crate) const GUARD: usize = 16;
 const PATTERN: u8 = 0xFD;
 
 /// Live guarded blocks: the address C sees, and the block's size.
-static BLOCKS: Mutex<BTreeMap<usize, usize>> = Mutex::new(BTreeMap::new());
-static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Both off the watched pages (see `writewatch::Unwatched`): every mode-2
+/// scan takes the lock, and a `CBox` allocation or free changes both.
+static BLOCKS: Unwatched<Mutex<BTreeMap<usize, usize>>> =
+    Unwatched::new(|| Mutex::new(BTreeMap::new()));
+static COUNT: Unwatched<AtomicUsize> = Unwatched::new(|| AtomicUsize::new(0));
 
 fn blocks() -> std::sync::MutexGuard<'static, BTreeMap<usize, usize>> {
     // Every change is completed before anything that could panic.
-    BLOCKS.lock().unwrap_or_else(|e| e.into_inner())
+    BLOCKS.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The guarded blocks' lock, held across `fork` (see `crate::fork`).
@@ -90,7 +94,7 @@ pub(crate) fn alloc(size: usize) -> *mut c_void {
     // SAFETY: GUARD < total.
     let user = unsafe { base.add(GUARD) };
     blocks().insert(user as usize, size);
-    COUNT.fetch_add(1, Ordering::Relaxed);
+    COUNT.get().fetch_add(1, Ordering::Relaxed);
     user.cast()
 }
 
@@ -105,7 +109,7 @@ unsafe extern "C" fn free_guarded(user: *mut c_void) {
 
 /// Whether `user` is a live guarded block: its size if so.
 fn size_of(user: usize) -> Option<usize> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
+    if COUNT.get().load(Ordering::Relaxed) == 0 {
         return None;
     }
     blocks().get(&user).copied()
@@ -161,7 +165,7 @@ unsafe fn check_block(user: usize, size: usize) -> Option<Overrun> {
 /// Checks every live guarded block (a boundary crossing). Called with no
 /// registry lock held; the reports are made by the caller.
 pub(crate) fn check_all() -> Vec<Overrun> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
+    if COUNT.get().load(Ordering::Relaxed) == 0 {
         return Vec::new();
     }
     let blocks = blocks();
@@ -178,7 +182,7 @@ pub(crate) fn check_all() -> Vec<Overrun> {
 /// (sorted, disjoint `(start, end)`: the pages written since the last
 /// check, by the write watch): a guard nothing wrote is still intact.
 pub(crate) fn check_in(ranges: &[(usize, usize)]) -> Vec<Overrun> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
+    if COUNT.get().load(Ordering::Relaxed) == 0 {
         return Vec::new();
     }
     let blocks = blocks();
@@ -210,12 +214,12 @@ pub(crate) fn check_in(ranges: &[(usize, usize)]) -> Vec<Overrun> {
 /// Forgets the guarded block at `user`, checking its guards one last time.
 /// `None` when it is not a guarded block.
 fn forget(user: usize) -> Option<Option<Overrun>> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
+    if COUNT.get().load(Ordering::Relaxed) == 0 {
         return None;
     }
     let mut blocks = blocks();
     let size = blocks.remove(&user)?;
-    COUNT.fetch_sub(1, Ordering::Relaxed);
+    COUNT.get().fetch_sub(1, Ordering::Relaxed);
     // SAFETY: the block was live and guarded until just now, and its owner
     // is giving it up: nothing else touches it.
     Some(unsafe { check_block(user, size) })

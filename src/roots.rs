@@ -53,6 +53,7 @@ use crate::registry;
 use crate::report::{emit, msg, Violation, ViolationKind};
 use crate::segments;
 use crate::site::Site;
+use crate::writewatch::Unwatched;
 
 // ---- roots -----------------------------------------------------------------
 
@@ -84,11 +85,14 @@ impl Root {
     }
 }
 
-static ROOTS: Mutex<Vec<Root>> = Mutex::new(Vec::new());
+// The state the scans change lives off the watched pages (see
+// `writewatch::Unwatched`): a lock taken in a static would dirty the page
+// the next scan then re-arms and reads.
+static ROOTS: Unwatched<Mutex<Vec<Root>>> = Unwatched::new(|| Mutex::new(Vec::new()));
 
 fn roots() -> MutexGuard<'static, Vec<Root>> {
     // Every change is completed before anything that could panic.
-    ROOTS.lock().unwrap_or_else(|e| e.into_inner())
+    ROOTS.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Registers `[start, start + len)` as a root (replacing a root that starts
@@ -288,14 +292,19 @@ impl Ranges {
         let _g = crate::bookkeeping::bookkeeping();
         let roots = roots().clone();
         let segments = segment_spans();
-        let mut watched = registry::live_c_hulls(crate::writewatch::page());
-        watched.extend(
-            roots
-                .iter()
-                .map(|r| (r.start, r.start.saturating_add(r.len))),
-        );
-        watched.extend(segments.iter().map(|s| (s.start, s.start + s.len)));
-        watched.sort_unstable();
+        let hulls = registry::live_c_hulls(crate::writewatch::page());
+        let mut extra: Vec<(usize, usize)> = roots
+            .iter()
+            .map(|r| (r.start, r.start.saturating_add(r.len)))
+            .collect();
+        // The checker's own big tables are left out of what is watched as
+        // well as of what is read: the kernel walks every page it is asked
+        // about, and they are most of the program's statics.
+        extra.extend(segments.iter().map(|s| (s.start, s.start + s.len)));
+        extra.sort_unstable();
+        // The live C regions' ranges come sorted (thousands of them, for a
+        // million small blocks): merged with the few others, not sorted.
+        let watched = merge_sorted(&hulls, &extra);
         let written = crate::writewatch::written(&watched)?;
         let mut spans = Vec::new();
         let clip = |spans: &mut Vec<Span>, span: Span, (ws, we): (usize, usize)| {
@@ -346,6 +355,22 @@ impl Ranges {
             .iter()
             .any(|r| r.start <= addr && addr - r.start < r.len)
     }
+}
+
+/// The ranges of two lists sorted by start, in one list sorted by start.
+fn merge_sorted(a: &[(usize, usize)], b: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if j == b.len() || (i < a.len() && a[i] <= b[j]) {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out
 }
 
 /// With the C allocator interposed, every live C heap block is C memory
@@ -428,10 +453,11 @@ fn writable_segments() -> Vec<(usize, usize)> {
     // Taken only inside a scan, under `SEEN` (which `fork` holds): no
     // thread holds it across a fork.
     type Cached = ((u64, u64), Vec<(usize, usize)>);
-    static CACHE: Mutex<Cached> = Mutex::new(((u64::MAX, u64::MAX), Vec::new()));
+    static CACHE: Unwatched<Mutex<Cached>> =
+        Unwatched::new(|| Mutex::new(((u64::MAX, u64::MAX), Vec::new())));
     let _g = crate::bookkeeping::bookkeeping();
     let generation = segments::generation();
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = CACHE.get().lock().unwrap_or_else(|e| e.into_inner());
     if cache.0 != generation {
         let fresh: Vec<(usize, usize)> = segments::writable()
             .iter()
@@ -574,7 +600,9 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
     // ones, which the page filter cannot dismiss) asks the registry once a
     // region, not once a word. Valid for the scan, as a snapshot would be.
     const SLOTS: usize = 1 << 12;
-    let mut seen_regions = vec![(0usize, 0usize, false); SLOTS];
+    // Made at the first word inside the bounds: most scans (the few pages
+    // written since the last one) meet none.
+    let mut seen_regions: Vec<(usize, usize, bool)> = Vec::new();
     let mut hits: Vec<(usize, usize, usize, Target)> = Vec::new();
     for (n, span) in ranges.spans.iter().enumerate() {
         // SAFETY: a live tracked C region is readable while it is live (it
@@ -583,6 +611,9 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         // object's segment while the object is loaded.
         unsafe {
             scan_words(span.start, span.len, lo, hi, |offset, w| {
+                if seen_regions.is_empty() {
+                    seen_regions = vec![(0usize, 0usize, false); SLOTS];
+                }
                 let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) % SLOTS;
                 let (rs, re, unpinned) = seen_regions[slot];
                 let managed = if rs <= w && w < re {
@@ -685,11 +716,11 @@ struct HeldWord {
     call: (&'static str, Site),
 }
 
-static HELD_WORDS: Mutex<Vec<HeldWord>> = Mutex::new(Vec::new());
+static HELD_WORDS: Unwatched<Mutex<Vec<HeldWord>>> = Unwatched::new(|| Mutex::new(Vec::new()));
 
 fn held_words() -> MutexGuard<'static, Vec<HeldWord>> {
     // Every change is completed before anything that could panic.
-    HELD_WORDS.lock().unwrap_or_else(|e| e.into_inner())
+    HELD_WORDS.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads a remembered static word, if its object is still loaded.
@@ -740,14 +771,17 @@ fn held_words_into(start: usize, end: usize) -> Vec<Finding> {
 /// What the last full scan found, by (word address, value): each finding is
 /// reported once, and a static's finding counts only if it was not there
 /// when the call began. Its lock also serialises the scans.
-static SEEN: Mutex<Option<HashSet<(usize, usize)>>> = Mutex::new(None);
+/// The findings of the last scan, by (word address, value).
+type Seen = Option<HashSet<(usize, usize)>>;
+
+static SEEN: Unwatched<Mutex<Seen>> = Unwatched::new(|| Mutex::new(None));
 
 fn seen() -> MutexGuard<'static, Option<HashSet<(usize, usize)>>> {
-    SEEN.lock().unwrap_or_else(|e| e.into_inner())
+    SEEN.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Outermost checked calls in progress that scan (mode 2), on all threads.
-static IN_CALLS: AtomicUsize = AtomicUsize::new(0);
+static IN_CALLS: Unwatched<AtomicUsize> = Unwatched::new(|| AtomicUsize::new(0));
 
 thread_local! {
     /// This thread's part of `IN_CALLS`: what is left of it in the child of
@@ -784,7 +818,7 @@ pub(crate) fn lock_for_fork() -> ForkLocks {
 /// forever for calls that were under way on threads the child lacks.
 pub(crate) fn after_fork_in_child() {
     let own = OWN_CALLS.try_with(Cell::get).unwrap_or(0);
-    IN_CALLS.store(own, Ordering::SeqCst);
+    IN_CALLS.get().store(own, Ordering::SeqCst);
 }
 
 /// Why a full scan runs.
@@ -802,7 +836,7 @@ enum Moment {
 #[cold]
 #[inline(never)]
 pub(crate) fn before_call(callee: &'static str, site: Site) {
-    IN_CALLS.fetch_add(1, Ordering::SeqCst);
+    IN_CALLS.get().fetch_add(1, Ordering::SeqCst);
     let _ = OWN_CALLS.try_with(|n| n.set(n.get() + 1));
     let ran = full_scan(Moment::BeforeCall(callee, site), 1);
     let _ = BASELINE.try_with(|b| b.set(ran));
@@ -812,7 +846,7 @@ pub(crate) fn before_call(callee: &'static str, site: Site) {
 #[cold]
 #[inline(never)]
 pub(crate) fn after_call(callee: &'static str, site: Site) {
-    IN_CALLS.fetch_sub(1, Ordering::SeqCst);
+    IN_CALLS.get().fetch_sub(1, Ordering::SeqCst);
     let _ = OWN_CALLS.try_with(|n| n.set(n.get().saturating_sub(1)));
     if std::thread::panicking() {
         crate::frame::forget_lent();
@@ -873,7 +907,7 @@ fn full_scan(moment: Moment, own_calls: usize) -> bool {
     let (new, overruns) = {
         let mut seen = seen();
         // Another thread's C may hold its call's loans right now.
-        if IN_CALLS.load(Ordering::SeqCst) > own_calls {
+        if IN_CALLS.get().load(Ordering::SeqCst) > own_calls {
             return false;
         }
         // With the write watch, only what was written since the last scan

@@ -10,12 +10,14 @@
 //! and unloaded objects moves; [`describe`] names a static's section and
 //! symbol from the object's ELF symbol table, for reports only.
 //!
-//! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping).
+//! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping)
+//! and [`writewatch`](crate::writewatch)'s [`Unwatched`] cells.
 
 use std::ffi::{c_void, CStr};
 use std::sync::RwLock;
 
 use crate::bookkeeping::bookkeeping;
+use crate::writewatch::Unwatched;
 
 /// One `PT_LOAD` segment of a loaded object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,9 +147,13 @@ struct Table {
     ranges: Vec<(usize, usize)>,
 }
 
-static TABLE: RwLock<Table> = RwLock::new(Table {
-    generation: (u64::MAX, u64::MAX),
-    ranges: Vec::new(),
+/// Off the watched pages (see `writewatch::Unwatched`): a read lock writes
+/// the lock word, and `call!` asks here.
+static TABLE: Unwatched<RwLock<Table>> = Unwatched::new(|| {
+    RwLock::new(Table {
+        generation: (u64::MAX, u64::MAX),
+        ranges: Vec::new(),
+    })
 });
 
 /// The loader's counts of objects loaded and unloaded: they move whenever
@@ -180,15 +186,54 @@ fn table_holds(table: &Table, addr: usize, len: usize) -> bool {
     }
 }
 
+/// glibc's `_dl_find_object` (2.35 and later): which loaded object's
+/// mapping holds an address, found without the loader's lock. Looked up
+/// once; `None` on an older C library.
+type FindObject = unsafe extern "C" fn(*mut c_void, *mut c_void) -> libc::c_int;
+
+fn find_object() -> Option<FindObject> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // 0: not looked up yet; 1: absent; otherwise the function.
+    static FIND: AtomicUsize = AtomicUsize::new(0);
+    let mut f = FIND.load(Ordering::Relaxed);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
+        // looks the symbol up.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
+        f = if p.is_null() { 1 } else { p as usize };
+        FIND.store(f, Ordering::Relaxed);
+    }
+    // SAFETY: a non-null `_dl_find_object` from the C library, whose
+    // prototype is `int _dl_find_object(void *, struct dl_find_object *)`.
+    (f > 1).then(|| unsafe { std::mem::transmute::<usize, FindObject>(f) })
+}
+
+/// Whether `addr` lies in the mapping of some loaded object: `None` when
+/// the C library cannot say cheaply.
+fn in_some_object(addr: usize) -> Option<bool> {
+    let find = find_object()?;
+    // `struct dl_find_object` is 80 bytes on x86_64 (flags, four
+    // pointers, seven reserved words); room to spare.
+    let mut result = [0u64; 32];
+    // SAFETY: `find` is `_dl_find_object`, which only reads the loader's
+    // tables and writes one `struct dl_find_object` into `result`.
+    Some(unsafe { find(addr as *mut c_void, result.as_mut_ptr().cast()) } == 0)
+}
+
 /// True when `[addr, addr + len)` lies inside one segment of a loaded
 /// object: a static (or code) of the program or of a library. Answered
-/// from a cached table; a miss asks the loader whether objects came or
-/// went since, and re-reads the table only then.
+/// from a cached table; a miss first asks `_dl_find_object` (no lock)
+/// whether any object holds the address (most misses are heap or mapped
+/// memory: done), then the loader whether objects came or went since,
+/// and re-reads the table only then.
 pub(crate) fn contains(addr: usize, len: usize) -> bool {
     {
-        let table = TABLE.read().unwrap_or_else(|e| e.into_inner());
+        let table = TABLE.get().read().unwrap_or_else(|e| e.into_inner());
         if table_holds(&table, addr, len) {
             return true;
+        }
+        if in_some_object(addr) == Some(false) {
+            return false;
         }
         if table.generation == generation() {
             return false;
@@ -198,7 +243,7 @@ pub(crate) fn contains(addr: usize, len: usize) -> bool {
     let _g = bookkeeping();
     let mut ranges: Vec<(usize, usize)> = segments.iter().map(|s| (s.start, s.end())).collect();
     ranges.sort_unstable();
-    let mut table = TABLE.write().unwrap_or_else(|e| e.into_inner());
+    let mut table = TABLE.get().write().unwrap_or_else(|e| e.into_inner());
     *table = Table { generation, ranges };
     table_holds(&table, addr, len)
 }
@@ -369,6 +414,21 @@ mod tests {
         let local = [0u64; 4];
         assert!(!contains(local.as_ptr() as usize, 32));
         assert!(!contains(0x1234, 8));
+    }
+
+    /// The loader's lock-free lookup, where the C library has it, tells
+    /// the program's statics from the heap (a miss in the table is
+    /// answered by it).
+    #[test]
+    fn the_loader_tells_a_static_from_the_heap() {
+        let heap = Box::new([0u64; 4]);
+        let at_heap = in_some_object(&*heap as *const _ as usize);
+        let at_static = in_some_object(std::ptr::addr_of!(WITNESS) as usize);
+        match (at_heap, at_static) {
+            (Some(h), Some(s)) => assert!(!h && s),
+            (None, None) => eprintln!("no _dl_find_object here"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -20,6 +20,12 @@
 //! `userfaultfd` holds it, say) is reported as written at every scan: read
 //! in full, never missed.
 //!
+//! The state the scans change (their locks, what they found) is kept in
+//! [`Unwatched`] memory, outside every loaded object's segments: a scan
+//! that took a lock in a static would dirty a watched page itself, and
+//! every call would then pay that page's write fault, its re-arming and
+//! its reading.
+//!
 //! Invariants: `registered` holds page-aligned, sorted, disjoint ranges,
 //! each registered with the file descriptor `uffd`; everything is reached
 //! under the [`WATCH`] mutex (the scans hold their own lock around it, so
@@ -28,9 +34,88 @@
 //! A ground-floor module: it uses [`bookkeeping`](crate::bookkeeping),
 //! [`mode`](crate::mode)'s environment reader and [`stderr`](crate::stderr).
 
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::bookkeeping;
+
+// ---- state kept off the watched pages ------------------------------------------
+
+/// A `static`'s value kept in memory of its own, mapped from the kernel on
+/// first use and never freed, instead of in the program's `.data`/`.bss`:
+/// changing it (taking a lock it holds) dirties no page of a loaded
+/// object's segments, which the write watch watches and the scans read.
+///
+/// `T` must be at most page-aligned. Only the pointer lives in the static,
+/// written once.
+pub(crate) struct Unwatched<T> {
+    ptr: AtomicPtr<T>,
+    init: fn() -> T,
+    /// Shared between threads as a `&T` would be.
+    _value: PhantomData<T>,
+}
+
+impl<T> Unwatched<T> {
+    /// A value made by `init` on first use.
+    pub(crate) const fn new(init: fn() -> T) -> Self {
+        Unwatched {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            init,
+            _value: PhantomData,
+        }
+    }
+
+    /// The value, made on first use.
+    #[inline]
+    pub(crate) fn get(&'static self) -> &'static T {
+        let p = self.ptr.load(Ordering::Acquire);
+        if p.is_null() {
+            return self.place();
+        }
+        // SAFETY: a non-null pointer was published by `place` (Release,
+        // read with Acquire) after the value was written; it is never freed
+        // nor written through again.
+        unsafe { &*p }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn place(&'static self) -> &'static T {
+        let _g = bookkeeping();
+        let size = std::mem::size_of::<T>().max(1);
+        let fresh = match crate::bookkeeping::map_anonymous(size) {
+            Some(m) if std::mem::align_of::<T>() <= page() => {
+                let m = m.cast::<T>();
+                // SAFETY: `m` is a fresh mapping of at least `size` bytes,
+                // page-aligned (so aligned for `T`), written once here.
+                unsafe { m.write((self.init)()) };
+                m
+            }
+            // Out of mappings: on the heap, as the checker's own.
+            _ => Box::into_raw(Box::new((self.init)())),
+        };
+        match self.ptr.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: just published; never freed.
+            Ok(_) => unsafe { &*fresh },
+            Err(won) => {
+                // Another thread placed its value first: ours was never
+                // shared, and is dropped (the mapping or box leaks; this
+                // happens at most once per racing thread).
+                // SAFETY: `fresh` holds a value written above and seen by
+                // no one else.
+                unsafe { std::ptr::drop_in_place(fresh) };
+                // SAFETY: as in `get`.
+                unsafe { &*won }
+            }
+        }
+    }
+}
 
 // ---- the kernel's interface (linux/userfaultfd.h, linux/fs.h) ----------------
 
@@ -124,14 +209,14 @@ enum State {
     On(Watch),
 }
 
-static WATCH: Mutex<State> = Mutex::new(State::Undecided);
+static WATCH: Unwatched<Mutex<State>> = Unwatched::new(|| Mutex::new(State::Undecided));
 
 /// Whether stderr was told which scan is in use.
 static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn watch() -> MutexGuard<'static, State> {
     // Every change is completed before anything that could panic.
-    WATCH.lock().unwrap_or_else(|e| e.into_inner())
+    WATCH.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn page() -> usize {
@@ -188,7 +273,11 @@ fn open() -> Result<Watch, String> {
         uffd,
         pagemap,
         registered: Vec::new(),
-        regions: vec![PageRegion::default(); 512],
+        // The kernel allocates a buffer of as many regions (at most 512)
+        // at every PAGEMAP_SCAN: past 341 of them it takes whole pages
+        // from the page allocator, a cost every call paid. A scan that
+        // fills the list is continued from where it stopped.
+        regions: vec![PageRegion::default(); 64],
     };
     // PAGEMAP_SCAN itself (Linux 6.7): tried on a page of our own.
     let probe = crate::bookkeeping::map_anonymous(page());
@@ -365,7 +454,7 @@ pub(crate) fn written(ranges: &[(usize, usize)]) -> Option<Vec<(usize, usize)>> 
     let _g = bookkeeping();
     let page = page();
     // The pages the ranges cover, merged.
-    let mut hulls: Vec<(usize, usize)> = Vec::new();
+    let mut hulls: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
     for &(start, end) in ranges {
         if start >= end {
             continue;
@@ -379,28 +468,63 @@ pub(crate) fn written(ranges: &[(usize, usize)]) -> Option<Vec<(usize, usize)>> 
             _ => hulls.push((s, e)),
         }
     }
+    // Ranges a few pages apart are asked about as one: each question costs
+    // the kernel a few microseconds whatever its size, and a million small
+    // C blocks, with the checker's own records between them, make
+    // thousands of ranges. The pages between them are registered too;
+    // what is written there is reported and never read (the callers clip
+    // to their ranges), and a page there written again after a scan takes
+    // one write fault.
     let mut out = Vec::new();
-    for (s, e) in hulls {
-        if !w.is_registered(s, e) && !w.register(s, e - s) {
-            // Not watchable (another userfaultfd, a mapping that refuses):
-            // read whole, every time.
-            out.push((s, e));
-            continue;
+    let mut i = 0;
+    while i < hulls.len() {
+        let mut j = i + 1;
+        while j < hulls.len() && hulls[j].0 - hulls[j - 1].1 <= MERGE_GAP_PAGES * page {
+            j += 1;
         }
-        match w.scan(s, e) {
+        let (s, e) = (hulls[i].0, hulls[j - 1].1);
+        if j - i == 1 || !w.ask(s, e, &mut out) {
+            // One range, or a group the kernel will not watch whole (a
+            // mapping between that refuses): one question a range.
+            for &(s, e) in &hulls[i..j] {
+                if !w.ask(s, e, &mut out) {
+                    // Not watchable (another userfaultfd, a mapping that
+                    // refuses): read whole, every time.
+                    out.push((s, e));
+                }
+            }
+        }
+        i = j;
+    }
+    Some(out)
+}
+
+/// How far apart (in pages) two watched ranges may be and still be asked
+/// about in one `PAGEMAP_SCAN`.
+const MERGE_GAP_PAGES: usize = 16;
+
+impl Watch {
+    /// Appends the written pages of `[s, e)` (page-aligned) to `out`,
+    /// registering the range first if need be; false (and nothing
+    /// appended) when the kernel will not watch it.
+    fn ask(&mut self, s: usize, e: usize, out: &mut Vec<(usize, usize)>) -> bool {
+        if !self.is_registered(s, e) && !self.register(s, e - s) {
+            return false;
+        }
+        match self.scan(s, e) {
             Ok(pages) => out.extend(pages),
             Err(()) => {
                 // The mapping changed under the registration (unmapped and
                 // mapped again): register it anew and ask again.
-                w.registered.retain(|&(rs, re)| re <= s || e <= rs);
-                match w.register(s, e - s).then(|| w.scan(s, e)) {
+                self.registered.retain(|&(rs, re)| re <= s || e <= rs);
+                match self.register(s, e - s).then(|| self.scan(s, e)) {
                     Some(Ok(pages)) => out.extend(pages),
-                    _ => out.push((s, e)),
+                    _ => return false,
                 }
             }
         }
+        true
     }
-    Some(out)
 }
 
 /// The watch's lock, held across `fork` (see `crate::fork`).

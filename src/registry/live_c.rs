@@ -20,25 +20,95 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{RegionKind, RegionState};
+use crate::writewatch::Unwatched;
 
 /// Whether the list is kept.
 static ON: AtomicBool = AtomicBool::new(false);
 
 /// The live C regions, start → (size, id), and the pages they cover,
-/// merged into ranges, as of the last change (`None` once stale).
+/// merged into ranges (`None` until a scan asks, or after stale entries
+/// were dropped), with the page size they were computed for. A region that
+/// comes or goes updates the ranges in place: a program that allocates and
+/// frees C memory around every call pays for the ranges near it, not a walk
+/// of all live regions.
 pub(crate) struct Live {
     regions: BTreeMap<usize, (usize, u64)>,
-    hulls: Option<Vec<(usize, usize)>>,
+    hulls: Option<(usize, Vec<(usize, usize)>)>,
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live {
-    regions: BTreeMap::new(),
-    hulls: None,
+/// The pages `[start, start + size)` touches, `page`-aligned.
+fn pages_of(start: usize, size: usize, page: usize) -> (usize, usize) {
+    (
+        start & !(page - 1),
+        start.saturating_add(size.max(1)).saturating_add(page - 1) & !(page - 1),
+    )
+}
+
+/// Adds the pages `[s, e)` to sorted, disjoint ranges that merge when they
+/// touch.
+fn add_pages(hulls: &mut Vec<(usize, usize)>, s: usize, e: usize) {
+    let i = hulls.partition_point(|h| h.1 < s);
+    let j = hulls.partition_point(|h| h.0 <= e);
+    if i == j {
+        hulls.insert(i, (s, e));
+    } else {
+        let merged = (s.min(hulls[i].0), e.max(hulls[j - 1].1));
+        hulls.splice(i..j, [merged]);
+    }
+}
+
+/// Takes the pages `[s, e)` out of the ranges (they lie in one of them).
+fn remove_pages(hulls: &mut Vec<(usize, usize)>, s: usize, e: usize) {
+    let i = hulls.partition_point(|h| h.1 <= s);
+    let Some(&(hs, he)) = hulls.get(i) else {
+        return;
+    };
+    if hs >= e {
+        return;
+    }
+    let pieces = [(hs, s.max(hs)), (e.min(he), he)];
+    hulls.splice(i..=i, pieces.into_iter().filter(|p| p.0 < p.1));
+}
+
+impl Live {
+    /// The region at `start` (`size` bytes) left the list: its pages that
+    /// no neighbour shares leave the ranges.
+    fn forget_pages(&mut self, start: usize, size: usize) {
+        let Some((page, hulls)) = &mut self.hulls else {
+            return;
+        };
+        let page = *page;
+        let (mut s, mut e) = pages_of(start, size, page);
+        // Regions do not overlap: only the one before can share the first
+        // page, and only the one after the last.
+        if let Some((&ps, &(plen, _))) = self.regions.range(..start).next_back() {
+            if pages_of(ps, plen, page).1 > s {
+                s += page;
+            }
+        }
+        if let Some((&ns, _)) = self.regions.range(start..).next() {
+            if ns & !(page - 1) < e {
+                e -= page;
+            }
+        }
+        if s < e {
+            remove_pages(hulls, s, e);
+        }
+    }
+}
+
+/// Off the watched pages (see `writewatch::Unwatched`): every scan takes
+/// this lock.
+static LIVE: Unwatched<Mutex<Live>> = Unwatched::new(|| {
+    Mutex::new(Live {
+        regions: BTreeMap::new(),
+        hulls: None,
+    })
 });
 
 fn live() -> MutexGuard<'static, Live> {
     // Every change is completed before anything that could panic.
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+    LIVE.get().lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A region was registered: `[start, start + size)`, with `id`; listed
@@ -71,8 +141,15 @@ pub(super) fn added(start: usize, size: usize, id: u64, c: bool) {
         _ if !c => {}
         Some(&(_, old)) if old > id => {}
         _ => {
+            if let Some(&(old_size, _)) = live.regions.get(&start) {
+                live.regions.remove(&start);
+                live.forget_pages(start, old_size);
+            }
             live.regions.insert(start, (size, id));
-            live.hulls = None;
+            if let Some((page, hulls)) = &mut live.hulls {
+                let (s, e) = pages_of(start, size, *page);
+                add_pages(hulls, s, e);
+            }
         }
     }
 }
@@ -84,9 +161,11 @@ pub(super) fn gone(start: usize, id: u64) {
     }
     let _g = crate::bookkeeping::bookkeeping();
     let mut live = live();
-    if live.regions.get(&start).is_some_and(|&(_, old)| old == id) {
-        live.regions.remove(&start);
-        live.hulls = None;
+    if let Some(&(size, old)) = live.regions.get(&start) {
+        if old == id {
+            live.regions.remove(&start);
+            live.forget_pages(start, size);
+        }
     }
 }
 
@@ -110,19 +189,26 @@ pub(crate) fn hulls(page: usize) -> Vec<(usize, usize)> {
     let _g = crate::bookkeeping::bookkeeping();
     let mut guard = live();
     let live = &mut *guard;
-    if live.hulls.is_none() {
-        let mut hulls: Vec<(usize, usize)> = Vec::new();
-        for (&start, &(size, _)) in &live.regions {
-            let s = start & !(page - 1);
-            let e = start.saturating_add(size.max(1)).saturating_add(page - 1) & !(page - 1);
-            match hulls.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => hulls.push((s, e)),
-            }
-        }
-        live.hulls = Some(hulls);
+    if !matches!(&live.hulls, Some((p, _)) if *p == page) {
+        live.hulls = Some((page, compute_hulls(&live.regions, page)));
     }
-    live.hulls.clone().unwrap_or_default()
+    live.hulls
+        .as_ref()
+        .map(|(_, h)| h.clone())
+        .unwrap_or_default()
+}
+
+/// The pages of all the regions, merged: one walk of them all.
+fn compute_hulls(regions: &BTreeMap<usize, (usize, u64)>, page: usize) -> Vec<(usize, usize)> {
+    let mut hulls: Vec<(usize, usize)> = Vec::new();
+    for (&start, &(size, _)) in regions {
+        let (s, e) = pages_of(start, size, page);
+        match hulls.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => hulls.push((s, e)),
+        }
+    }
+    hulls
 }
 
 /// Calls `f(start, size)` for every live C region that overlaps
@@ -145,7 +231,9 @@ pub(crate) fn spans_in(from: usize, to: usize, mut f: impl FnMut(usize, usize)) 
 
 /// Switches the list on, filling it from the records the first time.
 fn switch_on() {
-    if !ON.swap(true, Ordering::AcqRel) {
+    // A load first: the flag is a static, and a swap would write its page
+    // at every scan.
+    if !ON.load(Ordering::Acquire) && !ON.swap(true, Ordering::AcqRel) {
         // From now on every insert and free keeps the list; the records
         // live before are added here, each under its shard's lock, so a
         // free that follows one is seen after its entry.
@@ -164,4 +252,52 @@ pub(crate) struct ForkLock {
 
 pub(super) fn lock_for_fork() -> ForkLock {
     ForkLock { _live: live() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ranges kept in place as regions come and go are the ones a walk
+    /// of all regions computes, at every step (small regions sharing pages,
+    /// regions spanning pages, neighbours touching).
+    #[test]
+    fn ranges_kept_in_place_match_a_full_walk() {
+        const PAGE: usize = 4096;
+        let mut live = Live {
+            regions: BTreeMap::new(),
+            hulls: Some((PAGE, Vec::new())),
+        };
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for step in 0..20_000 {
+            // Slots of 64 bytes over 64 pages: a region takes a few slots.
+            let slot = (next() % 4096) as usize;
+            let start = 0x10_0000 + slot * 64;
+            let size = [8, 48, 64, 200, 5000, 9000][(next() % 6) as usize];
+            let end = start + size;
+            let overlaps = live
+                .regions
+                .range(..end)
+                .next_back()
+                .is_some_and(|(&s, &(len, _))| s + len.max(1) > start);
+            if let Some(&(len, _)) = live.regions.get(&start) {
+                live.regions.remove(&start);
+                live.forget_pages(start, len);
+            } else if !overlaps {
+                live.regions.insert(start, (size, step));
+                if let Some((page, hulls)) = &mut live.hulls {
+                    let (s, e) = pages_of(start, size, *page);
+                    add_pages(hulls, s, e);
+                }
+            }
+            let kept = &live.hulls.as_ref().unwrap().1;
+            assert_eq!(kept, &compute_hulls(&live.regions, PAGE), "step {step}");
+        }
+    }
 }
