@@ -16,8 +16,9 @@
 //!   of a Rust heap block (the tracking allocator's), of an interior
 //!   pointer, of the stack, static data, a mapping or a wild address is
 //!   `InvalidFree`; and the offending free is never carried out;
-//! - C2: a freed C block waits in a quarantine, so a pointer to it that
-//!   crosses a `call!` is `UseAfterFree` naming the free;
+//! - C2: a freed C block waits in a quarantine, so a pointer to it or
+//!   into it that crosses a `call!` is `UseAfterFree` naming the free
+//!   (`heap`'s walk back to the nearest header);
 //! - C3: leaks are found by reachability (`heap`'s leak scan);
 //! - a `CBox` (or any region the registry knows) freed or reallocated by C
 //!   through its user pointer is that region's free: its record is marked
