@@ -27,9 +27,10 @@
 //! platform unwinder's), the CFA rises strictly from
 //! frame to frame, and the walk ends at the buffer's end, at a return
 //! address without FDE or whose caller is undefined (the stack's outermost
-//! frame). Nothing on the walk allocates: the rule table is one anonymous
-//! mapping, made once (outside every tracked heap and every scanned
-//! segment), and an entry is one `AtomicU64` holding both the address it is
+//! frame). Nothing on the walk allocates (but the thread's stack bounds,
+//! asked once per thread, under the bookkeeping guard): the rule table is
+//! one anonymous mapping, made once (outside every tracked heap and every
+//! scanned segment), and an entry is one `AtomicU64` holding both the address it is
 //! for and its rule, so a reader never sees half of another's write.
 //!
 //! A rule is read once per address: a library unloaded and another loaded
@@ -166,8 +167,8 @@ const TABLE_LEN: usize = 1 << TABLE_BITS;
 /// address space, where every loaded object is.
 const ADDRESS_BITS: u32 = TABLE_BITS + 32;
 
-/// The table, mapped at first use; null until then (or if mapping failed:
-/// every rule is then read from the CFI each time).
+/// The table, mapped at first use; null until then (or while mapping
+/// fails: every walk is then the platform unwinder's).
 static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
 /// An entry is `tag << 32 | rule`, with `tag` the address's bits above
