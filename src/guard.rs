@@ -42,6 +42,10 @@ use crate::writewatch::Unwatched;
 /// Guard bytes on each side: 16 keeps the block as aligned as `malloc`'s.
 pub(crate) const GUARD: usize = 16;
 
+// The write watch covers this much around each C region (see
+// `registry::GUARD_PAD`): a write into a guard is seen by the next scan.
+const _: () = assert!(GUARD <= registry::GUARD_PAD);
+
 /// The guard pattern (MSVC's "no man's land" byte).
 const PATTERN: u8 = 0xFD;
 

@@ -36,11 +36,23 @@ pub(crate) struct Live {
     hulls: Option<(usize, Vec<(usize, usize)>)>,
 }
 
-/// The pages `[start, start + size)` touches, `page`-aligned.
+/// The widest guard a C region carries on each side: mode 2's guarded
+/// `CBox` blocks have their guard bytes just outside the region
+/// (`crate::guard::GUARD`, which asserts it fits), and the write watch must
+/// see C write there too (a block that starts on a page boundary has its
+/// front guard on the page before).
+pub(crate) const GUARD_PAD: usize = 16;
+
+/// The pages `[start, start + size)` and the guard bytes around it touch,
+/// `page`-aligned.
 fn pages_of(start: usize, size: usize, page: usize) -> (usize, usize) {
     (
-        start & !(page - 1),
-        start.saturating_add(size.max(1)).saturating_add(page - 1) & !(page - 1),
+        start.saturating_sub(GUARD_PAD) & !(page - 1),
+        start
+            .saturating_add(size.max(1))
+            .saturating_add(GUARD_PAD)
+            .saturating_add(page - 1)
+            & !(page - 1),
     )
 }
 
@@ -86,8 +98,8 @@ impl Live {
                 s += page;
             }
         }
-        if let Some((&ns, _)) = self.regions.range(start..).next() {
-            if ns & !(page - 1) < e {
+        if let Some((&ns, &(nlen, _))) = self.regions.range(start..).next() {
+            if pages_of(ns, nlen, page).0 < e {
                 e -= page;
             }
         }

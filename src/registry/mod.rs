@@ -76,7 +76,7 @@ pub(crate) use bounds::{bound_words, managed_bounds, nothing_live};
 pub(crate) use directory::root_table;
 pub(crate) use ids::{new_id, next_id, thread_serial};
 pub(crate) use live_c::{
-    hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in,
+    hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in, GUARD_PAD,
 };
 pub(crate) use lookup::{exact_facts, lookup, lookup_for_free};
 pub(crate) use quarantine::{mark_freed, Release};
