@@ -175,9 +175,8 @@ pub(crate) fn c_block_at(p: usize) -> Option<CBlock> {
 }
 
 /// The C block that contains `addr` (its start or an interior byte), found
-/// by reading back from `addr`, a page at a time, through safe probes.
-/// Cold: for reports of frees of interior pointers and pointers into freed
-/// blocks.
+/// by the walk back of [`c_freed_block_containing`]. Cold: for reports of
+/// frees of interior pointers.
 #[cold]
 pub(crate) fn c_block_containing(addr: usize) -> Option<CBlock> {
     if let Some(b) = c_block_at(addr) {
@@ -187,37 +186,7 @@ pub(crate) fn c_block_containing(addr: usize) -> Option<CBlock> {
     if addr < lo || addr >= hi {
         return None;
     }
-    const LOOK_BACK_PAGES: usize = 256;
-    let mut page = [0u8; 1 << PAGE_SHIFT];
-    let mut base = addr & !((1 << PAGE_SHIFT) - 1);
-    for _ in 0..LOOK_BACK_PAGES {
-        if base < lo.saturating_sub(C_HDR) & !((1 << PAGE_SHIFT) - 1) {
-            return None;
-        }
-        if !crate::probe::read(base, &mut page) {
-            return None;
-        }
-        // The identity words on this page, from `addr` down: the first
-        // header found is the nearest block at or below `addr`.
-        let top = if base + page.len() > addr {
-            addr - base
-        } else {
-            page.len()
-        };
-        let mut o = top & !(HDR - 1);
-        while o >= HDR {
-            let at = o - 8;
-            let id = usize::from_ne_bytes(page[at..at + 8].try_into().expect("8 bytes"));
-            let p = base + o;
-            if id == p ^ C_KEY {
-                let b = c_header(p)?;
-                return (b.is_c() && addr < p + b.size.max(1)).then_some(b);
-            }
-            o -= HDR;
-        }
-        base = base.checked_sub(1 << PAGE_SHIFT)?;
-    }
-    None
+    block_around(addr).filter(CBlock::is_c)
 }
 
 /// Marks the pages of the bytes of a block about to be freed (`p`, `size`
