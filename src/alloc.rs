@@ -27,9 +27,9 @@ use std::sync::atomic::Ordering;
 
 use crate::bookkeeping::{allocator_report, bookkeeping, guarded};
 use crate::heap::{
-    batch, block_at, freed_meta, header, inner_layout, install, meta_align, meta_size, meta_state,
-    my_shard, state, uninstall, words, Batch, Entry, BATCH, HAS_ORPHANS, ORPHANS, PENDING_P,
-    PENDING_SITE, QUARANTINE, SHARDS,
+    batch, block_at, freed_meta, header, inner_layout, install, local_ring, local_ring_if_any,
+    meta_align, meta_of, meta_size, meta_state, my_shard, state, uninstall, words, Batch, Entry,
+    LocalRing, BATCH, HAS_ORPHANS, ORPHANS, PENDING_P, PENDING_SITE, QUARANTINE, SHARDS,
 };
 use crate::registry::{self, RegionKind};
 use crate::report::{emit, Violation, ViolationKind};
@@ -141,6 +141,14 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 
     #[inline]
     unsafe fn alloc_impl(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        if let Some(p) = self.reuse_due(layout) {
+            if zeroed {
+                // SAFETY: the block is ours, `layout.size()` bytes, and now
+                // live for the caller alone.
+                unsafe { ptr::write_bytes(p, 0, layout.size()) };
+            }
+            return p;
+        }
         let Some((inner, h)) = inner_layout(layout.size(), layout.align()) else {
             return ptr::null_mut();
         };
@@ -173,6 +181,35 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         p as *mut u8
     }
 
+    /// The oldest block of this thread's local ring, when it is due (it has
+    /// waited its `cap` frees) and has exactly this layout: handed out again
+    /// as it is, header installed, instead of going back to the inner
+    /// allocator for `malloc` to hand out later. This is what the inner
+    /// allocator would do with it (give the memory just freed to the next
+    /// request of its size), minus the round trip through it and the page
+    /// map's two locked counts, and with the block still in the cache.
+    #[inline(always)]
+    fn reuse_due(&self, layout: Layout) -> Option<*mut u8> {
+        let ring = local_ring_if_any()?;
+        if ring.len() <= ring.cap() {
+            return None;
+        }
+        let p = ring.oldest()?;
+        // SAFETY: a block in a local ring is ours and FREED: still allocated
+        // from the inner allocator, its header mapped.
+        let (m, _) = unsafe { words(p) };
+        let live = meta_of(layout.size(), layout.align(), state::LIVE);
+        // Only a block that was plain (never promoted, lent or internal)
+        // with the very same size and alignment: its inner layout is the one
+        // `release` will give back.
+        if m.load(Ordering::Relaxed) != freed_meta(live) || guarded() {
+            return None;
+        }
+        ring.pop(layout.size());
+        m.store(live, Ordering::Release);
+        Some(p as *mut u8)
+    }
+
     /// Gives the block at `p` back to the inner allocator.
     ///
     /// # Safety
@@ -203,6 +240,13 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             // SAFETY: as the caller vouches.
             unsafe { self.push_locked(std::iter::once(Entry { p, site, trace })) };
             return;
+        }
+        if crate::mode::raw_mode() != crate::Mode::Full as u8 {
+            if let Some(ring) = local_ring(self.quarantine_blocks / SHARDS) {
+                // SAFETY: as the caller vouches.
+                unsafe { self.push_local(ring, p, size, site) };
+                return;
+            }
         }
         match batch(p, site) {
             Batch::Added => return,
@@ -239,6 +283,37 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 trace: None,
             })))
         };
+    }
+
+    /// Puts a freed block of `size` bytes into this thread's local ring
+    /// (mode 1), first giving back the oldest blocks beyond its bounds (the
+    /// due block a matching allocation did not take, and any the byte bound
+    /// asks for).
+    ///
+    /// # Safety
+    /// As for [`quarantine_block`](Self::quarantine_block); `ring` is this
+    /// thread's.
+    #[inline]
+    unsafe fn push_local(&self, ring: &LocalRing, p: usize, size: usize, site: Option<Site>) {
+        let max_bytes = self.quarantine_bytes / SHARDS;
+        while ring.len() > ring.cap() || (ring.len() > 0 && ring.bytes() + size > max_bytes) {
+            let Some(old) = ring.oldest() else { break };
+            // SAFETY: a block in a local ring is ours, FREED, and unused.
+            let old_meta = unsafe { words(old).0.load(Ordering::Acquire) };
+            ring.pop(meta_size(old_meta));
+            // SAFETY: as above; it left the ring just now.
+            unsafe {
+                self.evict(
+                    Entry {
+                        p: old,
+                        site: None,
+                        trace: None,
+                    },
+                    old_meta,
+                )
+            };
+        }
+        ring.push(p, site, size);
     }
 
     /// Pushes freed blocks into this thread's quarantine shard under one
@@ -320,7 +395,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let (m, _) = unsafe { words(p) };
         let freed = freed_meta(meta);
         m.store(freed, Ordering::Release);
-        let site = crate::frame::current_call().map(|(_, s)| s);
+        let site = crate::frame::current_site();
         // SAFETY: the block is ours, now FREED, and unused by its owner.
         unsafe { self.quarantine_block(p, freed, site) };
     }
@@ -343,7 +418,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             m.store(freed, Ordering::Release);
             return;
         }
-        let site = crate::frame::current_call().map(|(_, s)| s);
+        let site = crate::frame::current_site();
         registry::mark_freed(p, None, site, registry::Release::Nothing);
         m.store(freed, Ordering::Release);
         // SAFETY: the block is ours, now FREED, and unused by its owner.

@@ -59,8 +59,8 @@ pub(crate) use c_reach::unreachable_c_blocks;
 pub use lent::HandedToC;
 pub(crate) use lent::{handed_to_c, note_lent_mut};
 pub(crate) use quarantine::{
-    batch, free_record, my_shard, Batch, Entry, BATCH, HAS_ORPHANS, ORPHANS, PENDING_P,
-    PENDING_SITE, QUARANTINE, SHARDS,
+    batch, free_record, local_ring, local_ring_if_any, my_shard, Batch, Entry, LocalRing, BATCH,
+    HAS_ORPHANS, ORPHANS, PENDING_P, PENDING_SITE, QUARANTINE, SHARDS,
 };
 
 /// The memory model's locks, held across `fork` (see `crate::fork`): the
@@ -188,7 +188,7 @@ fn page_count_or_create(addr: usize) -> Option<&'static AtomicU16> {
 // Headers.
 
 #[inline(always)]
-fn meta_of(size: usize, align: usize, st: usize) -> usize {
+pub(crate) fn meta_of(size: usize, align: usize, st: usize) -> usize {
     size | ((align.trailing_zeros() as usize) << ALIGN_SHIFT) | (st << STATE_SHIFT)
 }
 

@@ -9,14 +9,24 @@
 //! memory returns to; this file holds the data and answers where a
 //! quarantined block was freed ([`free_record`]).
 //!
-//! Invariants: a block is in at most one place (a batch, the orphans or one
-//! ring), and only while its header is `FREED`; a ring's buffer comes from
-//! `mmap` and is reached only through its shard's mutex.
+//! Mode 1 (without event backtraces) puts a freed block into its thread's
+//! own ring instead ([`LocalRing`]): no lock, no batch, and the block that
+//! has waited its turn is the one the thread's next allocation of the same
+//! layout gets back, while its memory and header are still in the cache.
+//! The local ring holds as many blocks and bytes as a shard does, so a
+//! thread's use-after-free window is the same as with the shards; mode 2
+//! (and any mode with event backtraces, which the local ring does not
+//! store) keeps the shards.
+//!
+//! Invariants: a block is in at most one place (a batch, the orphans, one
+//! ring or one local ring), and only while its header is `FREED`; a ring's
+//! buffer comes from `mmap` and is reached only through its shard's mutex;
+//! a local ring is changed only by the thread that owns it, and read by
+//! others only through its slots' atomics.
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::{bookkeeping, map_anonymous, thread_address};
@@ -118,6 +128,13 @@ struct Flusher;
 impl Drop for Flusher {
     fn drop(&mut self) {
         BATCHING.with(|b| b.set(2));
+        // The blocks of this thread's local ring stay in it, quarantined,
+        // for the next thread that takes the ring over.
+        let ring = LOCAL.with(|l| l.replace(ptr::null()));
+        if !ring.is_null() {
+            // SAFETY: LOCAL only ever holds a `&'static LocalRing`.
+            unsafe { &*ring }.owned.store(false, Ordering::Release);
+        }
         let n = PENDING_LEN.with(|l| l.replace(0));
         if n == 0 {
             return;
@@ -146,22 +163,33 @@ pub(crate) enum Batch {
     Unavailable,
 }
 
-/// Adds a freed block to this thread's pending batch.
+/// True when this thread's flusher is registered, so that what the thread
+/// keeps for itself (its batch, its local ring) is handed over when it
+/// ends.
 #[inline]
-pub(crate) fn batch(p: usize, site: Option<Site>) -> Batch {
+fn flusher_ready() -> bool {
     match BATCHING.with(Cell::get) {
-        1 => {}
+        1 => true,
         0 => {
             // The first access registers the flusher's destructor (with the
             // C library, not through Rust's allocator); frees meanwhile go
             // straight to the shard.
             BATCHING.with(|b| b.set(2));
             if FLUSHER.try_with(|_| ()).is_err() {
-                return Batch::Unavailable;
+                return false;
             }
             BATCHING.with(|b| b.set(1));
+            true
         }
-        _ => return Batch::Unavailable,
+        _ => false,
+    }
+}
+
+/// Adds a freed block to this thread's pending batch.
+#[inline]
+pub(crate) fn batch(p: usize, site: Option<Site>) -> Batch {
+    if !flusher_ready() {
+        return Batch::Unavailable;
     }
     let n = PENDING_LEN.with(Cell::get);
     if n == BATCH {
@@ -191,10 +219,221 @@ pub(crate) fn my_shard() -> usize {
     (a >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - 4)
 }
 
+// ---------------------------------------------------------------------------
+// Mode 1's per-thread rings.
+
+/// How many threads can have a local ring at once; a thread beyond them
+/// uses the shards. As many as there are shards, so that the local rings
+/// together hold no more than the shards would.
+const LOCAL_RINGS: usize = SHARDS;
+
+/// One freed block in a local ring: its address (0 for a vacant slot) and
+/// the word of the site that freed it (`Site::to_word`, or 0).
+struct Slot {
+    p: AtomicUsize,
+    site: AtomicUsize,
+}
+
+/// A thread's own quarantine (mode 1): a ring of up to `cap + 1` freed
+/// blocks, in the order they were freed.
+///
+/// Invariants: only the thread that set `owned` (and holds the ring in its
+/// `LOCAL`) changes `head`, `len`, `bytes` and the slots; the other threads
+/// only read the slots (to say where a block was freed). A slot's `site` is
+/// written before its `p` (release), so a reader that sees `p`, then the
+/// site, then the same `p` again read the site of that free. `len` exceeds
+/// `cap` only between a free and the next allocation or free: the oldest
+/// block has then waited `cap` frees and is *due*.
+pub(crate) struct LocalRing {
+    owned: AtomicBool,
+    buf: AtomicPtr<Slot>,
+    /// The number of slots in `buf`: the block bound plus one.
+    slots: AtomicUsize,
+    head: AtomicUsize,
+    len: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl LocalRing {
+    const fn empty() -> LocalRing {
+        LocalRing {
+            owned: AtomicBool::new(false),
+            buf: AtomicPtr::new(ptr::null_mut()),
+            slots: AtomicUsize::new(0),
+            head: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> &Slot {
+        // SAFETY: `buf` holds `slots` slots (set before the ring is handed
+        // to its owner), never unmapped, and callers pass i < slots.
+        unsafe { &*self.buf.load(Ordering::Relaxed).add(i) }
+    }
+
+    /// How many blocks wait; more than `cap` when the oldest is due.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// The bytes the waiting blocks hold.
+    #[inline(always)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The most blocks the ring waits for before the oldest is due.
+    #[inline(always)]
+    pub(crate) fn cap(&self) -> usize {
+        self.slots.load(Ordering::Relaxed) - 1
+    }
+
+    /// The oldest block, if any.
+    #[inline(always)]
+    pub(crate) fn oldest(&self) -> Option<usize> {
+        if self.len() == 0 {
+            return None;
+        }
+        Some(
+            self.slot(self.head.load(Ordering::Relaxed))
+                .p
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    /// Adds a freed block of `size` bytes. The owner first makes room: at
+    /// most `cap` blocks wait before the push.
+    #[inline(always)]
+    pub(crate) fn push(&self, p: usize, site: Option<Site>, size: usize) {
+        let (slots, len) = (self.slots.load(Ordering::Relaxed), self.len());
+        debug_assert!(len < slots);
+        let mut i = self.head.load(Ordering::Relaxed) + len;
+        if i >= slots {
+            i -= slots;
+        }
+        let slot = self.slot(i);
+        slot.site
+            .store(site.map_or(0, Site::to_word), Ordering::Relaxed);
+        slot.p.store(p, Ordering::Release);
+        self.len.store(len + 1, Ordering::Relaxed);
+        self.bytes.store(self.bytes() + size, Ordering::Relaxed);
+    }
+
+    /// Takes the oldest block (of `size` bytes) out: it is no longer
+    /// quarantined here.
+    #[inline(always)]
+    pub(crate) fn pop(&self, size: usize) {
+        let head = self.head.load(Ordering::Relaxed);
+        self.slot(head).p.store(0, Ordering::Relaxed);
+        let next = head + 1;
+        let slots = self.slots.load(Ordering::Relaxed);
+        self.head
+            .store(if next == slots { 0 } else { next }, Ordering::Relaxed);
+        self.len.store(self.len() - 1, Ordering::Relaxed);
+        self.bytes
+            .store(self.bytes().saturating_sub(size), Ordering::Relaxed);
+    }
+
+    /// Where the block at `p` was freed, if it waits here. Any thread.
+    fn find(&self, p: usize) -> Option<Option<Site>> {
+        let buf = self.buf.load(Ordering::Acquire);
+        if buf.is_null() {
+            return None;
+        }
+        let slots = self.slots.load(Ordering::Acquire);
+        (0..slots).find_map(|i| {
+            let slot = self.slot(i);
+            if slot.p.load(Ordering::Acquire) != p {
+                return None;
+            }
+            let word = slot.site.load(Ordering::Acquire);
+            if slot.p.load(Ordering::Acquire) != p {
+                return None;
+            }
+            // SAFETY: a slot's site is 0 or a word `Site::to_word` made.
+            Some(unsafe { Site::from_word(word) })
+        })
+    }
+}
+
+static LOCAL_RING: [LocalRing; LOCAL_RINGS] = [const { LocalRing::empty() }; LOCAL_RINGS];
+
+thread_local! {
+    /// This thread's local ring, or null (none taken yet, or none free).
+    static LOCAL: Cell<*const LocalRing> = const { Cell::new(ptr::null()) };
+    /// Frees until this thread asks again for a local ring when none was
+    /// free.
+    static LOCAL_RETRY: Cell<u32> = const { Cell::new(0) };
+}
+
+/// This thread's local ring if it has one; no other work. For the
+/// allocation path, which only takes a due block out of it.
+#[inline(always)]
+pub(crate) fn local_ring_if_any() -> Option<&'static LocalRing> {
+    let r = LOCAL.try_with(Cell::get).ok()?;
+    // SAFETY: LOCAL only ever holds null or a `&'static LocalRing`.
+    unsafe { r.as_ref() }
+}
+
+/// This thread's local ring, taking a free one (sized for `cap` blocks) on
+/// first use. `None` when the thread cannot have one: its locals are going
+/// away, or every ring is taken (it then asks again now and then).
+#[inline]
+pub(crate) fn local_ring(cap: usize) -> Option<&'static LocalRing> {
+    match local_ring_if_any() {
+        Some(r) => Some(r),
+        None => take_local_ring(cap),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn take_local_ring(cap: usize) -> Option<&'static LocalRing> {
+    let wait = LOCAL_RETRY.try_with(Cell::get).ok()?;
+    if wait > 0 {
+        LOCAL_RETRY.with(|w| w.set(wait - 1));
+        return None;
+    }
+    if cap == 0 || !flusher_ready() {
+        return None;
+    }
+    for ring in &LOCAL_RING {
+        if ring
+            .owned
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        if ring.buf.load(Ordering::Relaxed).is_null() {
+            let Some(buf) = map_anonymous((cap + 1) * std::mem::size_of::<Slot>()) else {
+                ring.owned.store(false, Ordering::Release);
+                return None;
+            };
+            // Zeroed pages are vacant slots.
+            ring.slots.store(cap + 1, Ordering::Relaxed);
+            ring.buf.store(buf.cast(), Ordering::Release);
+        }
+        LOCAL.with(|l| l.set(ring));
+        return Some(ring);
+    }
+    LOCAL_RETRY.with(|w| w.set(4096));
+    None
+}
+
 /// Where a quarantined block was freed: the call site and the backtrace, as
 /// far as they were recorded.
 pub(crate) fn free_record(p: usize) -> (Option<Site>, Option<StackId>) {
     if let Some(site) = pending_site(p) {
+        return (site, None);
+    }
+    if let Some(site) = local_ring_if_any().and_then(|r| r.find(p)) {
+        return (site, None);
+    }
+    if let Some(site) = LOCAL_RING.iter().find_map(|r| r.find(p)) {
         return (site, None);
     }
     let _g = bookkeeping();
