@@ -128,6 +128,66 @@ fn a_block_freed_inside_a_call_names_that_call_without_backtraces() {
     assert!(v.to_string().contains("first freed"), "{v}");
 }
 
+/// Frees a boxed `u64` inside a call (so the free has a site without
+/// backtraces) and returns the dangling pointer.
+fn box_freed_inside_a_call() -> *const c_void {
+    unsafe extern "C" fn free_it(user: *mut c_void) -> *const c_void {
+        // SAFETY: `user` is the Box<u64> leaked below; it is taken back once.
+        drop(unsafe { Box::from_raw(user.cast::<u64>()) });
+        user
+    }
+    let user = Box::into_raw(Box::new(7u64)).cast::<c_void>();
+    // SAFETY: fx_call_producer calls free_it(user) and returns its result.
+    unsafe {
+        call!(fx_call_producer(
+            Some(free_it as unsafe extern "C" fn(*mut c_void) -> *const c_void),
+            user
+        ))
+    }
+}
+
+#[test]
+fn a_block_stays_quarantined_while_blocks_of_its_layout_churn() {
+    let (_, v) = capture(|| {
+        let back = box_freed_inside_a_call();
+        // A thousand blocks of the same layout made and freed meanwhile:
+        // none of them may be handed the quarantined block's memory.
+        let mut seen = Vec::with_capacity(1000);
+        for i in 0..1000u64 {
+            let b = std::hint::black_box(Box::new(i));
+            seen.push(&*b as *const u64 as usize);
+        }
+        assert!(!seen.contains(&(back as usize)), "reused too early");
+        // SAFETY: deliberately passes the freed block back to C.
+        unsafe { call!(fx_keep_silently(back)) };
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `fx_keep_silently`",
+    );
+    assert_eq!(v.regions()[0].free_site().map(|s| s.file()), Some(file!()));
+}
+
+#[test]
+fn a_block_freed_on_another_thread_is_reported_with_that_free_site() {
+    let back = std::thread::spawn(|| box_freed_inside_a_call() as usize)
+        .join()
+        .unwrap() as *const c_void;
+    let (_, v) = capture(|| {
+        // SAFETY: deliberately passes the freed block back to C.
+        unsafe { call!(fx_keep_silently(back)) };
+    });
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `fx_keep_silently`",
+    );
+    assert_eq!(v.regions()[0].free_site().map(|s| s.file()), Some(file!()));
+}
+
 // ---- rules P1, P2, P4 on plain heap memory -------------------------------------
 //
 // Rust heap memory never moves, so C holding a pointer to a plain heap block
