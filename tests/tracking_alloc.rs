@@ -14,7 +14,7 @@ use common::fixtures::*;
 use common::{assert_report, assert_rust_site, only};
 use ffi_check::{
     assert_clean, c_free, c_malloc, call, capture, leak_report, Pinner, RegionKind, RegionState,
-    TrackingAllocator, ViolationKind,
+    TrackingAllocator, Violation, ViolationKind,
 };
 
 #[global_allocator]
@@ -146,6 +146,17 @@ fn box_freed_inside_a_call() -> *const c_void {
     }
 }
 
+/// The one report of passing a block freed in this file back to C: a
+/// use-after-free naming `fx_keep_silently` and this file as the free site.
+fn assert_kept_block_was_freed_here(v: &Violation) {
+    assert_report(
+        v,
+        ViolationKind::UseAfterFree,
+        "argument 1 of `fx_keep_silently`",
+    );
+    assert_eq!(v.regions()[0].free_site().map(|s| s.file()), Some(file!()));
+}
+
 #[test]
 fn a_block_stays_quarantined_while_blocks_of_its_layout_churn() {
     let (_, v) = capture(|| {
@@ -161,13 +172,7 @@ fn a_block_stays_quarantined_while_blocks_of_its_layout_churn() {
         // SAFETY: deliberately passes the freed block back to C.
         unsafe { call!(fx_keep_silently(back)) };
     });
-    let v = only(&v);
-    assert_report(
-        v,
-        ViolationKind::UseAfterFree,
-        "argument 1 of `fx_keep_silently`",
-    );
-    assert_eq!(v.regions()[0].free_site().map(|s| s.file()), Some(file!()));
+    assert_kept_block_was_freed_here(only(&v));
 }
 
 #[test]
@@ -179,13 +184,7 @@ fn a_block_freed_on_another_thread_is_reported_with_that_free_site() {
         // SAFETY: deliberately passes the freed block back to C.
         unsafe { call!(fx_keep_silently(back)) };
     });
-    let v = only(&v);
-    assert_report(
-        v,
-        ViolationKind::UseAfterFree,
-        "argument 1 of `fx_keep_silently`",
-    );
-    assert_eq!(v.regions()[0].free_site().map(|s| s.file()), Some(file!()));
+    assert_kept_block_was_freed_here(only(&v));
 }
 
 // ---- rules P1, P2, P4 on plain heap memory -------------------------------------
