@@ -147,8 +147,11 @@ pub(crate) mod flags {
     pub const RELEASED: u8 = 1 << 3;
 }
 
-/// The rare, large facts about a region, boxed so the common record stays
-/// small: most regions never need any of them.
+/// The rare, large facts about a region, kept apart from the record (in its
+/// shard's slab, by index) so the common record stays small: most regions
+/// never need any of them. The slab holds them by value, so a region with
+/// event backtraces costs no allocation of its own: a million of them do
+/// not scatter a million small blocks of the checker's through C's heap.
 #[derive(Default)]
 pub(crate) struct Extra {
     /// The type name and the free site live in the record's interned
@@ -174,7 +177,7 @@ pub(crate) struct Region {
     pub type_name: Option<&'static str>,
     /// Where it was freed, once freed.
     pub free_site: Option<Site>,
-    pub extra: Option<Box<Extra>>,
+    pub extra: Option<Extra>,
     /// The region's id (upper 40 bits: unique for the first 2^40 regions)
     /// and the serial of the thread that created it (lower 24 bits).
     tag: u64,
@@ -330,7 +333,7 @@ pub(crate) struct RegionDetail {
 
 impl RegionDetail {
     fn of(start: usize, r: &Region) -> RegionDetail {
-        let e = r.extra.as_deref();
+        let e = r.extra.as_ref();
         RegionDetail {
             start,
             size: r.size,

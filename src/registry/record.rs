@@ -111,7 +111,7 @@ fn words_unpinned(words: &[u64; REC_WORDS]) -> bool {
 // ---- views: a record decoded for a writer, and encoded back (under the lock) ----
 
 impl ShardInner {
-    fn put_extra(&mut self, ix: u32, extra: Option<Box<Extra>>) -> u32 {
+    fn put_extra(&mut self, ix: u32, extra: Option<Extra>) -> u32 {
         match (ix, extra) {
             (0, None) => 0,
             (0, Some(e)) => match self.free_extras.pop() {

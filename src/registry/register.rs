@@ -72,13 +72,11 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let trace = crate::mode::event_backtraces()
         .then(crate::stackdepot::capture)
         .flatten();
-    // The type name goes with the interned site, not into a boxed `Extra`:
-    // most regions then need no allocation of the checker's own.
-    let extra = trace.map(|trace| {
-        Box::new(Extra {
-            alloc_trace: Some(trace),
-            ..Extra::default()
-        })
+    // The type name goes with the interned site, not into the `Extra`: most
+    // regions then need none.
+    let extra = trace.map(|trace| Extra {
+        alloc_trace: Some(trace),
+        ..Extra::default()
     });
     let type_name = new.type_name.map(|f| f());
     let region = Region {

@@ -55,8 +55,9 @@ pub(super) struct ShardInner {
     /// The pages of this shard that have a block, with their slots (a leak
     /// check visits them all, without walking the directory).
     pub(super) pages: Vec<(usize, &'static PageSlot)>,
-    /// The records' `Extra`s (a record holds its index plus one).
-    pub(super) extras: Vec<Option<Box<Extra>>>,
+    /// The records' `Extra`s, by value (a record holds its index plus one;
+    /// freed places are reused through `free_extras`).
+    pub(super) extras: Vec<Option<Extra>>,
     pub(super) free_extras: Vec<u32>,
     pub(super) quarantine: VecDeque<Quarantined>,
     pub(super) quarantine_bytes: usize,
@@ -242,9 +243,7 @@ impl ShardInner {
             b
         };
         b.shift_offs_up(at, len);
-        for j in (at..len).rev() {
-            b.copy_rec(j, b, j + 1);
-        }
+        b.move_recs_up(at, len);
         b.set_off(at, off);
         if view.is_unpinned_managed() {
             count_unpinned(start, true);
@@ -283,9 +282,7 @@ impl ShardInner {
             self.free_extras.push(extra_ix);
         }
         b.shift_offs_down(i, len);
-        for j in i + 1..len {
-            b.copy_rec(j, b, j - 1);
-        }
+        b.move_recs_down(i, len);
         slot.len.store(len as u32 - 1, Ordering::Relaxed);
         if len == 1 {
             slot.block.store(0, Ordering::Release);
