@@ -10,10 +10,13 @@
 //! header, the page map, the quarantine's rings) is the memory model's, one
 //! floor down in `heap`, where the checks that probe blocks find it too.
 //!
-//! A freed block waits in a bounded quarantine (sharded by thread, so there
-//! is no global lock) before its memory goes back to the inner allocator: a
+//! A freed block waits in a bounded quarantine before its memory is reused: a
 //! pointer into it meanwhile is `UseAfterFree`, named with the call that
-//! freed it (or, with event backtraces on, the backtrace of the free).
+//! freed it (or, with event backtraces on, the backtrace of the free). Each
+//! of the first sixteen threads to free keeps its frees in a ring of its own
+//! (no lock), and a block whose turn has come goes straight to the next
+//! allocation of the same layout; other threads batch theirs into shared
+//! shards. Either way there is no global lock.
 //!
 //! A block becomes *interesting* when it is pinned or retained: it is then
 //! promoted into the registry (by the pin front end), which knows pins, retains and
@@ -34,6 +37,7 @@ use crate::heap::{
 use crate::registry::{self, RegionKind};
 use crate::report::{emit, Violation, ViolationKind};
 use crate::site::Site;
+use crate::stackdepot::StackId;
 
 /// Checks on, without ever initialising the mode from the environment (the
 /// allocator may run before `main`, or while the environment lock is held):
@@ -82,7 +86,8 @@ fn checks_on_raw() -> bool {
 ///
 /// Freed blocks wait in a quarantine (by default up to 64 Ki blocks and
 /// 64 MiB, see [`quarantine`](TrackingAllocator::quarantine)) before their
-/// memory is reused. With checks off (`FFI_CHECK=0`), blocks are freed at
+/// memory is reused. Each thread holds its own share of it (a sixteenth of
+/// each bound) in a lock-free ring. With checks off (`FFI_CHECK=0`), blocks are freed at
 /// once and nothing is checked; the 16-byte header per block stays.
 ///
 /// The allocator cannot unwind: a violation it finds itself (a bad free) with
@@ -235,18 +240,21 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { self.release(p, meta) };
             return;
         }
-        if crate::mode::raw_event_backtraces() {
-            let trace = crate::stackdepot::capture();
+        let backtraces = crate::mode::raw_event_backtraces();
+        let trace = if backtraces {
+            crate::stackdepot::capture()
+        } else {
+            None
+        };
+        if let Some(ring) = local_ring(self.quarantine_blocks / SHARDS) {
+            // SAFETY: as the caller vouches.
+            unsafe { self.push_local(ring, p, size, site, trace) };
+            return;
+        }
+        if backtraces {
             // SAFETY: as the caller vouches.
             unsafe { self.push_locked(std::iter::once(Entry { p, site, trace })) };
             return;
-        }
-        if crate::mode::raw_mode() != crate::Mode::Full as u8 {
-            if let Some(ring) = local_ring(self.quarantine_blocks / SHARDS) {
-                // SAFETY: as the caller vouches.
-                unsafe { self.push_local(ring, p, size, site) };
-                return;
-            }
         }
         match batch(p, site) {
             Batch::Added => return,
@@ -285,8 +293,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         };
     }
 
-    /// Puts a freed block of `size` bytes into this thread's local ring
-    /// (mode 1), first giving back the oldest blocks beyond its bounds (the
+    /// Puts a freed block of `size` bytes into this thread's local ring,
+    /// first giving back the oldest blocks beyond its bounds (the
     /// due block a matching allocation did not take, and any the byte bound
     /// asks for).
     ///
@@ -294,7 +302,14 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// As for [`quarantine_block`](Self::quarantine_block); `ring` is this
     /// thread's.
     #[inline]
-    unsafe fn push_local(&self, ring: &LocalRing, p: usize, size: usize, site: Option<Site>) {
+    unsafe fn push_local(
+        &self,
+        ring: &LocalRing,
+        p: usize,
+        size: usize,
+        site: Option<Site>,
+        trace: Option<StackId>,
+    ) {
         let max_bytes = self.quarantine_bytes / SHARDS;
         while ring.len() > ring.cap() || (ring.len() > 0 && ring.bytes() + size > max_bytes) {
             let Some(old) = ring.oldest() else { break };
@@ -313,7 +328,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 )
             };
         }
-        ring.push(p, site, size);
+        ring.push(p, site, trace, size);
     }
 
     /// Pushes freed blocks into this thread's quarantine shard under one

@@ -40,6 +40,18 @@ const SHARD_SHIFT: u32 = 28;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct StackId(NonZeroU32);
 
+impl StackId {
+    /// The id as a word for an atomic slot (0 stands for none).
+    pub(crate) fn word(id: Option<StackId>) -> u32 {
+        id.map_or(0, |id| id.0.get())
+    }
+
+    /// The id a slot's word holds ([`StackId::word`]'s inverse).
+    pub(crate) fn from_word(word: u32) -> Option<StackId> {
+        NonZeroU32::new(word).map(StackId)
+    }
+}
+
 struct Entry {
     hash: u64,
     start: u32,

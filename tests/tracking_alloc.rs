@@ -187,6 +187,38 @@ fn a_block_freed_on_another_thread_is_reported_with_that_free_site() {
     assert_kept_block_was_freed_here(only(&v));
 }
 
+#[test]
+fn a_block_freed_on_another_thread_with_backtraces_is_reported_with_the_stack_of_its_free() {
+    // With event backtraces on, the freeing thread's quarantine keeps the
+    // stack of the free beside the block, and a report made on another
+    // thread prints it.
+    ffi_check::set_event_backtraces(Some(true));
+    let back = std::thread::spawn(|| box_freed_inside_a_call() as usize)
+        .join()
+        .unwrap() as *const c_void;
+    ffi_check::set_event_backtraces(None);
+    let (_, v) = capture(|| {
+        // SAFETY: deliberately passes the freed block back to C.
+        unsafe { call!(fx_keep_silently(back)) };
+    });
+    let v = only(&v);
+    assert_kept_block_was_freed_here(v);
+    let text = v.to_string();
+    let freed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("first freed at"))
+        .skip(1)
+        .take_while(|l| l.starts_with("          "))
+        .collect();
+    assert!(!freed.is_empty(), "no stack for the free: {text}");
+    if cfg!(debug_assertions) {
+        assert!(
+            freed.iter().any(|l| l.contains("box_freed_inside_a_call")),
+            "{text}"
+        );
+    }
+}
+
 // ---- rules P1, P2, P4 on plain heap memory -------------------------------------
 //
 // Rust heap memory never moves, so C holding a pointer to a plain heap block

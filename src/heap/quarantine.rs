@@ -9,14 +9,14 @@
 //! memory returns to; this file holds the data and answers where a
 //! quarantined block was freed ([`free_record`]).
 //!
-//! Mode 1 (without event backtraces) puts a freed block into its thread's
-//! own ring instead ([`LocalRing`]): no lock, no batch, and the block that
-//! has waited its turn is the one the thread's next allocation of the same
-//! layout gets back, while its memory and header are still in the cache.
-//! The local ring holds as many blocks and bytes as a shard does, so a
-//! thread's use-after-free window is the same as with the shards; mode 2
-//! (and any mode with event backtraces, which the local ring does not
-//! store) keeps the shards.
+//! A thread that has one of the [`LocalRing`]s (the first sixteen threads
+//! to free, in any mode) puts a freed block into its own ring instead: no
+//! lock, no batch, and the block that has waited its turn is the one the
+//! thread's next allocation of the same layout gets back, while its memory
+//! and header are still in the cache. A slot keeps the free's site and, with
+//! event backtraces on, its stack id. The local ring holds as many blocks
+//! and bytes as a shard does, so a thread's use-after-free window is the
+//! same as with the shards; a thread without a local ring uses the shards.
 //!
 //! Invariants: a block is in at most one place (a batch, the orphans, one
 //! ring or one local ring), and only while its header is `FREED`; a ring's
@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::{bookkeeping, map_anonymous, thread_address};
@@ -105,7 +105,7 @@ impl Ring {
 pub(crate) static QUARANTINE: [Mutex<Ring>; SHARDS] = [const { Mutex::new(Ring::EMPTY) }; SHARDS];
 
 /// Freed blocks a thread collects before it takes its shard's lock once for
-/// all of them (mode 1, without event backtraces).
+/// all of them (a thread without a local ring, event backtraces off).
 pub(crate) const BATCH: usize = 32;
 
 thread_local! {
@@ -220,28 +220,31 @@ pub(crate) fn my_shard() -> usize {
 }
 
 // ---------------------------------------------------------------------------
-// Mode 1's per-thread rings.
+// The per-thread rings.
 
 /// How many threads can have a local ring at once; a thread beyond them
 /// uses the shards. As many as there are shards, so that the local rings
 /// together hold no more than the shards would.
 const LOCAL_RINGS: usize = SHARDS;
 
-/// One freed block in a local ring: its address (0 for a vacant slot) and
-/// the word of the site that freed it (`Site::to_word`, or 0).
+/// One freed block in a local ring: its address (0 for a vacant slot), the
+/// word of the site that freed it (`Site::to_word`, or 0) and the stack of
+/// the free (`StackId::word`, or 0).
 struct Slot {
     p: AtomicUsize,
     site: AtomicUsize,
+    trace: AtomicU32,
 }
 
-/// A thread's own quarantine (mode 1): a ring of up to `cap + 1` freed
+/// A thread's own quarantine: a ring of up to `cap + 1` freed
 /// blocks, in the order they were freed.
 ///
 /// Invariants: only the thread that set `owned` (and holds the ring in its
 /// `LOCAL`) changes `head`, `len`, `bytes` and the slots; the other threads
-/// only read the slots (to say where a block was freed). A slot's `site` is
-/// written before its `p` (release), so a reader that sees `p`, then the
-/// site, then the same `p` again read the site of that free. `len` exceeds
+/// only read the slots (to say where a block was freed). A slot's `site` and
+/// `trace` are written before its `p` (release), so a reader that sees `p`,
+/// then the site and trace, then the same `p` again read those of that
+/// free. `len` exceeds
 /// `cap` only between a free and the next allocation or free: the oldest
 /// block has then waited `cap` frees and is *due*.
 pub(crate) struct LocalRing {
@@ -307,7 +310,7 @@ impl LocalRing {
     /// Adds a freed block of `size` bytes. The owner first makes room: at
     /// most `cap` blocks wait before the push.
     #[inline(always)]
-    pub(crate) fn push(&self, p: usize, site: Option<Site>, size: usize) {
+    pub(crate) fn push(&self, p: usize, site: Option<Site>, trace: Option<StackId>, size: usize) {
         let (slots, len) = (self.slots.load(Ordering::Relaxed), self.len());
         debug_assert!(len < slots);
         let mut i = self.head.load(Ordering::Relaxed) + len;
@@ -317,6 +320,7 @@ impl LocalRing {
         let slot = self.slot(i);
         slot.site
             .store(site.map_or(0, Site::to_word), Ordering::Relaxed);
+        slot.trace.store(StackId::word(trace), Ordering::Relaxed);
         slot.p.store(p, Ordering::Release);
         self.len.store(len + 1, Ordering::Relaxed);
         self.bytes.store(self.bytes() + size, Ordering::Relaxed);
@@ -337,8 +341,9 @@ impl LocalRing {
             .store(self.bytes().saturating_sub(size), Ordering::Relaxed);
     }
 
-    /// Where the block at `p` was freed, if it waits here. Any thread.
-    fn find(&self, p: usize) -> Option<Option<Site>> {
+    /// Where the block at `p` was freed (the site and the stack), if it
+    /// waits here. Any thread.
+    fn find(&self, p: usize) -> Option<(Option<Site>, Option<StackId>)> {
         let buf = self.buf.load(Ordering::Acquire);
         if buf.is_null() {
             return None;
@@ -350,11 +355,13 @@ impl LocalRing {
                 return None;
             }
             let word = slot.site.load(Ordering::Acquire);
+            let trace = slot.trace.load(Ordering::Acquire);
             if slot.p.load(Ordering::Acquire) != p {
                 return None;
             }
             // SAFETY: a slot's site is 0 or a word `Site::to_word` made.
-            Some(unsafe { Site::from_word(word) })
+            let site = unsafe { Site::from_word(word) };
+            Some((site, StackId::from_word(trace)))
         })
     }
 }
@@ -430,11 +437,11 @@ pub(crate) fn free_record(p: usize) -> (Option<Site>, Option<StackId>) {
     if let Some(site) = pending_site(p) {
         return (site, None);
     }
-    if let Some(site) = local_ring_if_any().and_then(|r| r.find(p)) {
-        return (site, None);
+    if let Some(found) = local_ring_if_any().and_then(|r| r.find(p)) {
+        return found;
     }
-    if let Some(site) = LOCAL_RING.iter().find_map(|r| r.find(p)) {
-        return (site, None);
+    if let Some(found) = LOCAL_RING.iter().find_map(|r| r.find(p)) {
+        return found;
     }
     let _g = bookkeeping();
     for shard in &QUARANTINE {
