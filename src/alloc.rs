@@ -186,8 +186,9 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         p as *mut u8
     }
 
-    /// The oldest block of this thread's local ring, when it is due (it has
-    /// waited its `cap` frees) and has exactly this layout: handed out again
+    /// A block of this thread's local ring that is due (one of its oldest
+    /// few, which has waited nearly its `cap` frees) and has exactly this
+    /// layout: handed out again
     /// as it is, header installed, instead of going back to the inner
     /// allocator for `malloc` to hand out later. This is what the inner
     /// allocator would do with it (give the memory just freed to the next
@@ -196,21 +197,33 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     #[inline(always)]
     fn reuse_due(&self, layout: Layout) -> Option<*mut u8> {
         let ring = local_ring_if_any()?;
-        if ring.len() <= ring.cap() {
+        if guarded() {
             return None;
         }
-        let p = ring.oldest()?;
-        // SAFETY: a block in a local ring is ours and FREED: still allocated
-        // from the inner allocator, its header mapped.
-        let (m, _) = unsafe { words(p) };
         let live = meta_of(layout.size(), layout.align(), state::LIVE);
-        // Only a block that was plain (never promoted, lent or internal)
-        // with the very same size and alignment: its inner layout is the one
-        // `release` will give back.
-        if m.load(Ordering::Relaxed) != freed_meta(live) || guarded() {
-            return None;
-        }
-        ring.pop(layout.size());
+        // Only a block that was plain (never promoted nor internal; lent to
+        // C as `*mut` it may have been: the lent list forgets it once it is
+        // live and not lent) with the very same size and alignment: its
+        // inner layout is the one `release` will give back.
+        let plain = freed_meta(live);
+        let lent = freed_meta(meta_of(
+            layout.size(),
+            layout.align(),
+            state::LIVE | state::LENT,
+        ));
+        // The ring's copy of the meta word picks the block; its header,
+        // which is the truth, confirms it (a block's state only gains bits).
+        let p = ring.take_due(layout.size(), |p, m| {
+            if m != plain && m != lent {
+                return false;
+            }
+            // SAFETY: a block in a local ring is ours and FREED: still
+            // allocated from the inner allocator, its header mapped.
+            let (now, _) = unsafe { words(p) };
+            now.load(Ordering::Relaxed) == m
+        })?;
+        // SAFETY: as above; the block is out of the ring, the caller's now.
+        let (m, _) = unsafe { words(p) };
         m.store(live, Ordering::Release);
         Some(p as *mut u8)
     }
@@ -248,7 +261,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         };
         if let Some(ring) = local_ring(self.quarantine_blocks / SHARDS) {
             // SAFETY: as the caller vouches.
-            unsafe { self.push_local(ring, p, size, site, trace) };
+            unsafe { self.push_local(ring, p, meta, site, trace) };
             return;
         }
         if backtraces {
@@ -293,7 +306,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         };
     }
 
-    /// Puts a freed block of `size` bytes into this thread's local ring,
+    /// Puts a freed block (its header holding `meta`) into this thread's local ring,
     /// first giving back the oldest blocks beyond its bounds (the
     /// due block a matching allocation did not take, and any the byte bound
     /// asks for).
@@ -306,13 +319,22 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         &self,
         ring: &LocalRing,
         p: usize,
-        size: usize,
+        meta: usize,
         site: Option<Site>,
         trace: Option<StackId>,
     ) {
+        let size = meta_size(meta);
         let max_bytes = self.quarantine_bytes / SHARDS;
-        while ring.len() > ring.cap() || (ring.len() > 0 && ring.bytes() + size > max_bytes) {
+        while ring.len() > ring.cap()
+            || (ring.len() > 0 && ring.bytes() + size > max_bytes)
+            || ring.is_full()
+        {
             let Some(old) = ring.oldest() else { break };
+            if old == 0 {
+                // A vacant slot: its block was taken back by an allocation.
+                ring.pop(0);
+                continue;
+            }
             // SAFETY: a block in a local ring is ours, FREED, and unused.
             let old_meta = unsafe { words(old).0.load(Ordering::Acquire) };
             ring.pop(meta_size(old_meta));
@@ -328,7 +350,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 )
             };
         }
-        ring.push(p, site, trace, size);
+        ring.push(p, meta, site, trace, size);
     }
 
     /// Pushes freed blocks into this thread's quarantine shard under one

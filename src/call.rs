@@ -270,11 +270,9 @@ impl At<'_> {
             }
         }
         if mutable {
-            crate::heap::note_lent_mut(
-                block.start,
-                callee_name(self.frame.callee),
-                self.frame.site,
-            );
+            // The callee's path as `call!` wrote it: the leak report
+            // shortens it to the function's name, a call need not.
+            crate::heap::note_lent_mut(block.start, self.frame.callee, self.frame.site);
         }
     }
 

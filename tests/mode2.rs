@@ -322,7 +322,11 @@ fn rust_writing_a_pinned_pointer_into_a_cbox_is_ok() {
 fn unpinning_what_a_c_table_holds_is_freed_while_retained() {
     let _mode = mode2();
     let table = Table::new(2);
-    let held = Managed::new(8u64);
+    // A size no other test of this file allocates: the tests run side by
+    // side, and another test's C memory may still hold a pointer to where
+    // one of its own blocks was, which a block of a common size could now
+    // occupy (that C memory would then rightly be reported as a holder).
+    let held = Managed::new([8u64; 29]);
     let mut pinner = Pinner::new();
     pinner.pin(&held);
     // SAFETY: pinned while C holds it (until the unpin below).

@@ -632,6 +632,43 @@ fn a_block_handed_to_c_with_into_raw_shows_in_the_leak_report() {
         .all(|h| h.addr != p as usize));
 }
 
+#[test]
+fn a_block_lent_again_after_its_memory_came_back_is_listed_once() {
+    let _slot = common::slot();
+    // Lent to C as `*mut`, then taken back and freed.
+    let first = Box::into_raw(Box::new([7u8; 40]));
+    // SAFETY: C keeps the pointer until it forgets it below.
+    unsafe { call!(fx_keep_silently(first.cast::<c_void>())) };
+    // SAFETY: C forgets it; Rust takes it back and frees it.
+    unsafe {
+        call!(fx_forget_silently());
+        drop(Box::from_raw(first));
+    }
+    // Blocks of its layout made and freed until one is handed its memory
+    // (from the thread's quarantine once it has waited its turn).
+    let again = (0..50_000)
+        .find_map(|_| {
+            let b = Box::new([0u8; 40]);
+            std::ptr::eq(&*b, first).then(|| Box::into_raw(b))
+        })
+        .expect("the memory comes back to an allocation of its layout");
+    // SAFETY: as above.
+    unsafe { call!(fx_keep_silently(again.cast::<c_void>())) };
+    let listed = leak_report()
+        .handed_to_c()
+        .iter()
+        .filter(|h| h.addr == again as usize)
+        .count();
+    // SAFETY: as above.
+    unsafe {
+        call!(fx_forget_silently());
+        drop(Box::from_raw(again));
+    }
+    if ffi_check::mode() != ffi_check::Mode::Off {
+        assert_eq!(listed, 1, "the block is listed once, for its latest loan");
+    }
+}
+
 // ---- ordinary Rust code is silent -----------------------------------------------
 
 #[test]

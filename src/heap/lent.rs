@@ -16,14 +16,17 @@ use crate::site::Site;
 struct Lent {
     addr: usize,
     site: Option<Site>,
-    callee: &'static str,
+    /// The callee's path as `call!` wrote it (named when listed).
+    callee_path: &'static str,
 }
 
 static LENT: Mutex<Vec<Lent>> = Mutex::new(Vec::new());
 
 /// Notes that the live block at `addr` was passed to C as a `*mut` pointer
 /// (what `Box::into_raw` and `CString::into_raw` produce). Once per block.
-pub(crate) fn note_lent_mut(addr: usize, callee: &'static str, site: Site) {
+/// `callee_path` is the callee as `call!` wrote it (`ffi::png_write`): it is
+/// shortened to the function's name only when the list is read.
+pub(crate) fn note_lent_mut(addr: usize, callee_path: &'static str, site: Site) {
     // A block lent before is known: one load, no locked instruction.
     match header(addr) {
         Some(meta) if meta_state(meta) & (state::LENT | state::INTERNAL | state::FREED) == 0 => {}
@@ -45,7 +48,7 @@ pub(crate) fn note_lent_mut(addr: usize, callee: &'static str, site: Site) {
     lent.push(Lent {
         addr,
         site: Some(site),
-        callee,
+        callee_path,
     });
 }
 
@@ -75,18 +78,25 @@ pub struct HandedToC {
 pub(crate) fn handed_to_c() -> Vec<HandedToC> {
     let _g = bookkeeping();
     let lent = LENT.lock().unwrap_or_else(|e| e.into_inner());
-    lent.iter()
-        .filter(|l| still_lent(l.addr))
+    // A block lent, freed, handed out again and lent again is listed twice
+    // (its header names its latest loan only): the latest entry is kept.
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<HandedToC> = lent
+        .iter()
+        .rev()
+        .filter(|l| seen.insert(l.addr) && still_lent(l.addr))
         .filter_map(|l| {
             let b = block_at(l.addr)?;
             Some(HandedToC {
                 addr: l.addr,
                 size: b.size,
-                callee: l.callee,
+                callee: crate::frame::callee_name(l.callee_path),
                 site: l.site,
             })
         })
-        .collect()
+        .collect();
+    out.reverse();
+    out
 }
 
 /// The lent list's lock, held across `fork` (see `crate::fork`).

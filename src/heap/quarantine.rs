@@ -222,38 +222,58 @@ pub(crate) fn my_shard() -> usize {
 // ---------------------------------------------------------------------------
 // The per-thread rings.
 
+/// How far behind the oldest block an allocation may take a block of its
+/// layout back: a block taken then has waited at least `cap - 8` frees
+/// instead of `cap`, and an allocation whose layout is not the oldest
+/// block's (frees come in the reverse order of allocations, so it seldom
+/// is) still finds the block it can reuse.
+const REUSE_WINDOW: usize = 8;
+
+/// The slots a ring has beyond its bound: one for the block that is due,
+/// and room for the vacant slots, which lie within the first
+/// `REUSE_WINDOW + 1`.
+const SPARE_SLOTS: usize = REUSE_WINDOW + 2;
+
 /// How many threads can have a local ring at once; a thread beyond them
 /// uses the shards. As many as there are shards, so that the local rings
 /// together hold no more than the shards would.
 const LOCAL_RINGS: usize = SHARDS;
 
-/// One freed block in a local ring: its address (0 for a vacant slot), the
-/// word of the site that freed it (`Site::to_word`, or 0) and the stack of
-/// the free (`StackId::word`, or 0).
+/// One freed block in a local ring: its address (0 for a vacant slot), its
+/// header's meta word when it was freed (so that an allocation looking for
+/// a block of its layout reads the ring, not the blocks), the word of the
+/// site that freed it (`Site::to_word`, or 0) and the stack of the free
+/// (`StackId::word`, or 0).
 struct Slot {
     p: AtomicUsize,
+    meta: AtomicUsize,
     site: AtomicUsize,
     trace: AtomicU32,
 }
 
-/// A thread's own quarantine: a ring of up to `cap + 1` freed
-/// blocks, in the order they were freed.
+/// A thread's own quarantine: a ring of up to `cap + 1` freed blocks, in
+/// the order they were freed, and the vacant slots of blocks an allocation
+/// took back from among the oldest few.
 ///
 /// Invariants: only the thread that set `owned` (and holds the ring in its
-/// `LOCAL`) changes `head`, `len`, `bytes` and the slots; the other threads
-/// only read the slots (to say where a block was freed). A slot's `site` and
-/// `trace` are written before its `p` (release), so a reader that sees `p`,
-/// then the site and trace, then the same `p` again read those of that
-/// free. `len` exceeds
-/// `cap` only between a free and the next allocation or free: the oldest
-/// block has then waited `cap` frees and is *due*.
+/// `LOCAL`) changes `head`, `len`, `holes`, `bytes` and the slots; the other
+/// threads only read the slots (to say where a block was freed). A slot's
+/// `site` and `trace` are written before its `p` (release), so a reader that
+/// sees `p`, then the site and trace, then the same `p` again read those of
+/// that free. `len` counts the slots from `head` on, `holes` the vacant ones
+/// among them (all within the first `REUSE_WINDOW + 1`, where they are
+/// made). The blocks exceed `cap` only between a free and the next
+/// allocation or free: the oldest block has then waited `cap` frees and is
+/// *due*.
 pub(crate) struct LocalRing {
     owned: AtomicBool,
     buf: AtomicPtr<Slot>,
-    /// The number of slots in `buf`: the block bound plus one.
+    /// The number of slots in `buf`: the block bound, plus one, plus room
+    /// for the vacant slots.
     slots: AtomicUsize,
     head: AtomicUsize,
     len: AtomicUsize,
+    holes: AtomicUsize,
     bytes: AtomicUsize,
 }
 
@@ -265,6 +285,7 @@ impl LocalRing {
             slots: AtomicUsize::new(0),
             head: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
+            holes: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
         }
     }
@@ -279,7 +300,15 @@ impl LocalRing {
     /// How many blocks wait; more than `cap` when the oldest is due.
     #[inline(always)]
     pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len.load(Ordering::Relaxed) - self.holes.load(Ordering::Relaxed)
+    }
+
+    /// Whether every slot is taken (blocks and vacant ones): the oldest must
+    /// go before another push. Never at steady state (the slots outnumber
+    /// what the bounds let wait); a guard for the push.
+    #[inline(always)]
+    pub(crate) fn is_full(&self) -> bool {
+        self.len.load(Ordering::Relaxed) >= self.slots.load(Ordering::Relaxed)
     }
 
     /// The bytes the waiting blocks hold.
@@ -291,13 +320,63 @@ impl LocalRing {
     /// The most blocks the ring waits for before the oldest is due.
     #[inline(always)]
     pub(crate) fn cap(&self) -> usize {
-        self.slots.load(Ordering::Relaxed) - 1
+        self.slots.load(Ordering::Relaxed) - SPARE_SLOTS
     }
 
-    /// The oldest block, if any.
+    /// Takes out a block that has waited at least `cap - REUSE_WINDOW`
+    /// frees (one of the oldest few) for which `fits(p, meta)` holds (`meta`
+    /// as it was pushed), and returns it; `size` is the bytes such a block
+    /// holds. The oldest is taken as
+    /// [`pop`](Self::pop) does; one behind it leaves a vacant slot, which
+    /// the ring passes over when it reaches the front. Only the owner.
+    #[inline(always)]
+    pub(crate) fn take_due(
+        &self,
+        size: usize,
+        fits: impl Fn(usize, usize) -> bool,
+    ) -> Option<usize> {
+        let len = self.len.load(Ordering::Relaxed);
+        // The block at position k (0: the oldest) has been followed by
+        // `len - 1 - k` frees (vacant slots were frees too).
+        let need = self.cap().saturating_sub(REUSE_WINDOW);
+        if len == 0 || len - 1 < need {
+            return None;
+        }
+        let last = (len - 1 - need).min(REUSE_WINDOW);
+        let (head, slots) = (
+            self.head.load(Ordering::Relaxed),
+            self.slots.load(Ordering::Relaxed),
+        );
+        for k in 0..=last {
+            let mut i = head + k;
+            if i >= slots {
+                i -= slots;
+            }
+            let slot = self.slot(i);
+            let p = slot.p.load(Ordering::Relaxed);
+            if p == 0 || !fits(p, slot.meta.load(Ordering::Relaxed)) {
+                continue;
+            }
+            if k == 0 {
+                self.pop(size);
+            } else {
+                slot.p.store(0, Ordering::Relaxed);
+                self.holes
+                    .store(self.holes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                self.bytes
+                    .store(self.bytes().saturating_sub(size), Ordering::Relaxed);
+            }
+            return Some(p);
+        }
+        None
+    }
+
+    /// The oldest slot's block, if the ring is not empty: 0 for a vacant
+    /// slot (a block taken out from behind the oldest), which the caller
+    /// pops with a size of 0.
     #[inline(always)]
     pub(crate) fn oldest(&self) -> Option<usize> {
-        if self.len() == 0 {
+        if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
         Some(
@@ -307,11 +386,21 @@ impl LocalRing {
         )
     }
 
-    /// Adds a freed block of `size` bytes. The owner first makes room: at
-    /// most `cap` blocks wait before the push.
+    /// Adds a freed block of `size` bytes whose header holds `meta`. The
+    /// owner first makes room: at most `cap` blocks wait before the push.
     #[inline(always)]
-    pub(crate) fn push(&self, p: usize, site: Option<Site>, trace: Option<StackId>, size: usize) {
-        let (slots, len) = (self.slots.load(Ordering::Relaxed), self.len());
+    pub(crate) fn push(
+        &self,
+        p: usize,
+        meta: usize,
+        site: Option<Site>,
+        trace: Option<StackId>,
+        size: usize,
+    ) {
+        let (slots, len) = (
+            self.slots.load(Ordering::Relaxed),
+            self.len.load(Ordering::Relaxed),
+        );
         debug_assert!(len < slots);
         let mut i = self.head.load(Ordering::Relaxed) + len;
         if i >= slots {
@@ -321,22 +410,29 @@ impl LocalRing {
         slot.site
             .store(site.map_or(0, Site::to_word), Ordering::Relaxed);
         slot.trace.store(StackId::word(trace), Ordering::Relaxed);
+        slot.meta.store(meta, Ordering::Relaxed);
         slot.p.store(p, Ordering::Release);
         self.len.store(len + 1, Ordering::Relaxed);
         self.bytes.store(self.bytes() + size, Ordering::Relaxed);
     }
 
-    /// Takes the oldest block (of `size` bytes) out: it is no longer
-    /// quarantined here.
+    /// Takes the oldest block (of `size` bytes; 0 for a vacant slot) out:
+    /// it is no longer quarantined here.
     #[inline(always)]
     pub(crate) fn pop(&self, size: usize) {
         let head = self.head.load(Ordering::Relaxed);
-        self.slot(head).p.store(0, Ordering::Relaxed);
+        let slot = self.slot(head);
+        if slot.p.load(Ordering::Relaxed) == 0 {
+            self.holes
+                .store(self.holes.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        }
+        slot.p.store(0, Ordering::Relaxed);
         let next = head + 1;
         let slots = self.slots.load(Ordering::Relaxed);
         self.head
             .store(if next == slots { 0 } else { next }, Ordering::Relaxed);
-        self.len.store(self.len() - 1, Ordering::Relaxed);
+        self.len
+            .store(self.len.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
         self.bytes
             .store(self.bytes().saturating_sub(size), Ordering::Relaxed);
     }
@@ -416,12 +512,12 @@ fn take_local_ring(cap: usize) -> Option<&'static LocalRing> {
             continue;
         }
         if ring.buf.load(Ordering::Relaxed).is_null() {
-            let Some(buf) = map_anonymous((cap + 1) * std::mem::size_of::<Slot>()) else {
+            let Some(buf) = map_anonymous((cap + SPARE_SLOTS) * std::mem::size_of::<Slot>()) else {
                 ring.owned.store(false, Ordering::Release);
                 return None;
             };
             // Zeroed pages are vacant slots.
-            ring.slots.store(cap + 1, Ordering::Relaxed);
+            ring.slots.store(cap + SPARE_SLOTS, Ordering::Relaxed);
             ring.buf.store(buf.cast(), Ordering::Release);
         }
         LOCAL.with(|l| l.set(ring));
