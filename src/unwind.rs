@@ -66,32 +66,41 @@ enum Rule {
 enum Rbp {
     /// In `rbp` still.
     Same,
-    /// At `CFA + offset`.
+    /// At `CFA + offset`, inside the frame: `-2048 <= offset <= -8`, a
+    /// multiple of 8 (anything else is slow).
     At(i32),
-    /// Nowhere the caller can use (a CFA based on it then is slow).
-    Unknown,
 }
 
-// A rule in 32 bits (0: no rule): the kind in bits 0-1, the CFA's base in
-// bit 2, `rbp`'s place in bits 3-4, its offset / 8 (signed) in bits 5-13,
-// the CFA's offset in bits 14-31.
+// A rule in 32 bits, laid out for the walk's loop to use with as few
+// operations as it can: the CFA's offset from its base in bits 0-15 (one
+// zero-extending move; a frame's is at least 8, so 0 means "not a frame"),
+// the CFA's base (`rbp`, else `rsp`) in bit 16, "the caller's `rbp` is this
+// frame's" in bit 17, the kind in bits 18-19 (for the walk's slow path and
+// the tests), and the offset from the CFA of the word the caller's `rbp` is
+// loaded from, / 8 and signed, in bits 23-31 (one arithmetic shift, and the
+// multiplication by 8 an address scale). A slow rule and the end have a CFA
+// offset of 0 and base `rsp`: their return address would lie below the
+// frame's stack pointer, which the walk's bounds check refuses, so the
+// loop needs no test of the kind. An `rbp` kept in `rbp` has the offset of
+// the return address (-8): always a word the walk may load, whose value it
+// then ignores, so the loop loads without a branch.
+const CFA_OFF_MASK: u32 = 0xffff;
+const CFA_RBP: u32 = 1 << 16;
+const RBP_SAME: u32 = 1 << 17;
+const KIND_SHIFT: u32 = 18;
 const KIND_FRAME: u32 = 1;
 const KIND_SLOW: u32 = 2;
 const KIND_END: u32 = 3;
-const CFA_RBP: u32 = 1 << 2;
-const RBP_SHIFT: u32 = 3;
-const RBP_AT: u32 = 1;
-const RBP_UNKNOWN: u32 = 2;
-const RBP_OFF_SHIFT: u32 = 5;
-const RBP_OFF_BITS: u32 = 9;
-const CFA_OFF_SHIFT: u32 = 14;
-const MAX_CFA_OFF: u32 = (1 << (32 - CFA_OFF_SHIFT)) - 1;
+const RBP_OFF_SHIFT: u32 = 23;
+/// The lowest `rbp` offset a rule holds (the 9-bit field's, times 8).
+const MIN_RBP_OFF: i32 = -2048;
 
-/// The offset from the CFA of the saved `rbp`, in a packed frame rule.
+/// The offset from the CFA of the word the caller's `rbp` is loaded from,
+/// in a packed frame rule.
 #[inline(always)]
-fn rbp_offset(bits: u32) -> i32 {
-    // The 9-bit field, sign-extended, times 8.
-    (((bits << (32 - RBP_OFF_SHIFT - RBP_OFF_BITS)) as i32) >> (32 - RBP_OFF_BITS)) * 8
+fn rbp_offset(bits: u32) -> isize {
+    // The top 9 bits, sign-extended, times 8.
+    (((bits as i32) >> RBP_OFF_SHIFT) as isize) * 8
 }
 
 impl Rule {
@@ -100,10 +109,9 @@ impl Rule {
         let Ok(cfa_off) = u32::try_from(cfa_off) else {
             return Rule::Slow;
         };
-        let half = 1i32 << (RBP_OFF_BITS - 1);
         match rbp {
-            _ if !(8..=MAX_CFA_OFF).contains(&cfa_off) => Rule::Slow,
-            Rbp::At(m) if m % 8 != 0 || m / 8 < -half || m / 8 >= half => Rule::Slow,
+            _ if !(8..=CFA_OFF_MASK).contains(&cfa_off) => Rule::Slow,
+            Rbp::At(m) if m % 8 != 0 || !(MIN_RBP_OFF..=-8).contains(&m) => Rule::Slow,
             _ => Rule::Frame {
                 cfa_rbp,
                 cfa_off,
@@ -114,44 +122,40 @@ impl Rule {
 
     fn pack(self) -> u32 {
         match self {
-            Rule::Slow => KIND_SLOW,
-            Rule::End => KIND_END,
+            Rule::Slow => KIND_SLOW << KIND_SHIFT,
+            Rule::End => KIND_END << KIND_SHIFT,
             Rule::Frame {
                 cfa_rbp,
                 cfa_off,
                 rbp,
             } => {
-                let (how, off) = match rbp {
-                    Rbp::Same => (0, 0),
-                    Rbp::At(m) => (RBP_AT, (m / 8) as u32 & ((1 << RBP_OFF_BITS) - 1)),
-                    Rbp::Unknown => (RBP_UNKNOWN, 0),
+                let (same, off) = match rbp {
+                    Rbp::Same => (RBP_SAME, -8),
+                    Rbp::At(m) => (0, m),
                 };
-                KIND_FRAME
+                KIND_FRAME << KIND_SHIFT
                     | if cfa_rbp { CFA_RBP } else { 0 }
-                    | how << RBP_SHIFT
-                    | off << RBP_OFF_SHIFT
-                    | cfa_off << CFA_OFF_SHIFT
+                    | same
+                    | ((off / 8) as u32) << RBP_OFF_SHIFT
+                    | cfa_off
             }
         }
     }
 
     #[cfg(test)]
     fn unpack(bits: u32) -> Option<Rule> {
-        match bits & 3 {
+        match bits >> KIND_SHIFT & 3 {
             KIND_SLOW => Some(Rule::Slow),
             KIND_END => Some(Rule::End),
-            KIND_FRAME => {
-                let rbp = match bits >> RBP_SHIFT & 3 {
-                    0 => Rbp::Same,
-                    RBP_AT => Rbp::At(rbp_offset(bits)),
-                    _ => Rbp::Unknown,
-                };
-                Some(Rule::Frame {
-                    cfa_rbp: bits & CFA_RBP != 0,
-                    cfa_off: bits >> CFA_OFF_SHIFT,
-                    rbp,
-                })
-            }
+            KIND_FRAME => Some(Rule::Frame {
+                cfa_rbp: bits & CFA_RBP != 0,
+                cfa_off: bits & CFA_OFF_MASK,
+                rbp: if bits & RBP_SAME != 0 {
+                    Rbp::Same
+                } else {
+                    Rbp::At(rbp_offset(bits) as i32)
+                },
+            }),
             _ => None,
         }
     }
@@ -172,14 +176,16 @@ const ADDRESS_BITS: u32 = TABLE_BITS + 32;
 static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
 /// An entry is `tag << 32 | rule`, with `tag` the address's bits above
-/// `TABLE_BITS` and the slot `(pc ^ tag) mod TABLE_LEN`: the slot and the
-/// tag give back the bits below (`pc mod TABLE_LEN = slot ^ tag mod
-/// TABLE_LEN`), so a tag and a slot name one address. An address whose tag
-/// does not fit 32 bits (above 2^47) is never stored, so never found.
+/// `TABLE_BITS` and the slot the bits below: a tag and a slot name one
+/// address. An address whose tag does not fit 32 bits (above 2^47) is never
+/// stored, so never found. An empty entry (0) has tag 0, the tag of the
+/// first 32 KiB of the address space, where nothing is ever mapped (Linux
+/// keeps at least the first 64 KiB unmapped by default): its rule, 0, is
+/// no frame's, so a walk that read it there would stop at the bounds
+/// check and fall back.
 #[inline(always)]
 fn slot(pc: usize) -> (usize, u64) {
-    let tag = pc >> TABLE_BITS;
-    ((pc ^ tag) & (TABLE_LEN - 1), tag as u64)
+    (pc & (TABLE_LEN - 1), (pc >> TABLE_BITS) as u64)
 }
 
 #[cold]
@@ -240,7 +246,7 @@ unsafe fn rule_bits(table: *mut AtomicU64, pc: usize) -> u32 {
     // unmapped once published) and `i < TABLE_LEN`.
     let entry = unsafe { &*table.add(i) };
     let e = entry.load(Ordering::Relaxed);
-    if e >> 32 == tag && e as u32 != 0 {
+    if e >> 32 == tag {
         e as u32
     } else {
         fill(entry, tag, pc)
@@ -733,7 +739,9 @@ fn rule_of_row(row: &Row) -> Rule {
     };
     let rbp = match row.rbp {
         RegRule::Same => Rbp::Same,
-        RegRule::Undefined => Rbp::Unknown,
+        // Where a caller's `rbp` is lost, a CFA based on it later cannot
+        // be followed: the platform unwinder's.
+        RegRule::Undefined => return Rule::Slow,
         RegRule::Offset(m) => match i32::try_from(m) {
             Ok(m) => Rbp::At(m),
             Err(_) => return Rule::Slow,
@@ -806,78 +814,104 @@ pub(crate) fn walk_fast(ips: &mut [usize], skip: usize) -> Option<usize> {
     fast(ips, skip + 1, pc, sp, fp)
 }
 
+/// The lowest stack pointer a fast walk starts from: above it, no address
+/// the walk computes (a CFA, and a saved `rbp`'s slot at most 2048 bytes
+/// below it) wraps around zero. No thread's stack lies this low.
+const MIN_SP: usize = 4096;
+
 /// The walk along the cached rules from a frame at `pc` whose `rsp` is
 /// `sp`; the first `drop` return addresses are not written.
 #[inline(always)]
-fn fast(
-    ips: &mut [usize],
-    mut drop: usize,
-    mut pc: usize,
-    sp: usize,
-    mut fp: usize,
-) -> Option<usize> {
-    const WORD: usize = std::mem::size_of::<usize>();
+fn fast(ips: &mut [usize], drop: usize, pc: usize, sp: usize, fp: usize) -> Option<usize> {
     let (low, top) = crate::probe::stack_bounds();
     // Off the thread's stack (a signal's alternate stack, a coroutine's),
     // nothing above `sp` is known to be mapped: the platform unwinder's.
-    if sp < low {
+    // (Unknown bounds are `(0, 0)`: then no `sp` is below the top.)
+    if sp < low || sp < MIN_SP {
         return None;
     }
-    // A word at `a` may be loaded when `bottom <= a <= bottom + limit`: in
-    // the callers' frames, below the stack's top.
-    let bottom = sp;
-    let limit = top.checked_sub(bottom)?.checked_sub(WORD)?;
+    // The highest address a word may be loaded from.
+    let last = top.checked_sub(WORD)?;
+    if last < sp {
+        return None;
+    }
     let table = table();
     if table.is_null() {
         return None;
     }
-    let mut sp = sp;
-    let mut n = 0;
-    while n < ips.len() {
-        // SAFETY: `table` is not null.
-        let bits = unsafe { rule_bits(table, pc) };
-        if bits & 3 != KIND_FRAME {
-            if bits & 3 == KIND_END {
-                break;
-            }
-            return None;
+    let mut at = Cursor { pc, sp, fp };
+    for _ in 0..drop {
+        // SAFETY: `table` is not null; `[at.sp, last]` is the callers'
+        // frames and `at.sp >= MIN_SP` (checked above).
+        if unsafe { step(table, &mut at, last) }? == 0 {
+            return Some(0);
         }
-        // An unknown `rbp` is 0: a CFA based on it falls below `sp`.
-        let base = if bits & CFA_RBP != 0 { fp } else { sp };
-        let cfa = base.wrapping_add((bits >> CFA_OFF_SHIFT) as usize);
-        // The CFA rises strictly: the return address lies at or above the
-        // current frame's stack pointer (and no sum wrapped around).
-        let ra_at = cfa.wrapping_sub(WORD);
-        if ra_at < sp || ra_at - bottom > limit {
-            return None;
-        }
-        // SAFETY: `[ra_at, ra_at + 8)` is in the callers' frames (checked).
-        let ra = unsafe { *(ra_at as *const usize) };
-        match bits >> RBP_SHIFT & 3 {
-            RBP_AT => {
-                let at = cfa.wrapping_add_signed(rbp_offset(bits) as isize);
-                if at.wrapping_sub(bottom) > limit {
-                    return None;
-                }
-                // SAFETY: `[at, at + 8)` is in the callers' frames (checked).
-                fp = unsafe { *(at as *const usize) };
-            }
-            RBP_UNKNOWN => fp = 0,
-            _ => {}
-        }
-        sp = cfa;
-        if ra == 0 {
-            break;
-        }
-        if drop > 0 {
-            drop -= 1;
-        } else {
-            ips[n] = ra;
-            n += 1;
-        }
-        pc = ra;
     }
-    Some(n)
+    for (n, ip) in ips.iter_mut().enumerate() {
+        // SAFETY: as above (`step` only raises `at.sp`, to at most
+        // `last + WORD`).
+        match unsafe { step(table, &mut at, last) }? {
+            0 => return Some(n),
+            ra => *ip = ra,
+        }
+    }
+    Some(ips.len())
+}
+
+const WORD: usize = std::mem::size_of::<usize>();
+
+/// Where a walk is: a frame's return address, stack pointer and `rbp`.
+struct Cursor {
+    pc: usize,
+    sp: usize,
+    fp: usize,
+}
+
+/// Moves `at` to its frame's caller along the cached rule at `at.pc`, and
+/// returns the caller's return address (0 at the stack's outermost frame),
+/// or `None` where the rule cannot follow the frame.
+///
+/// # Safety
+/// `table` is the published table (not null); every word of `[at.sp,
+/// last]` lies in this thread's live stack (the callers' frames, mapped);
+/// `at.sp >= MIN_SP`. The move keeps all three.
+#[inline(always)]
+unsafe fn step(table: *mut AtomicU64, at: &mut Cursor, last: usize) -> Option<usize> {
+    // SAFETY: `table` is the published table.
+    let bits = unsafe { rule_bits(table, at.pc) };
+    let base = if bits & CFA_RBP != 0 { at.fp } else { at.sp };
+    let cfa = base.wrapping_add((bits & CFA_OFF_MASK) as usize);
+    // The CFA rises strictly: the return address lies at or above the
+    // frame's stack pointer (and no sum wrapped around), and below the
+    // top. A slow rule or the end fails here (their CFA offset is 0).
+    let ra_at = cfa.wrapping_sub(WORD);
+    if ra_at < at.sp || ra_at > last {
+        return not_a_frame(bits);
+    }
+    // A frame's rule, then: the caller's `rbp` is loaded from `cfa - 2048
+    // ..= cfa - 8` (the return address's word when it is this frame's
+    // `rbp`), with `cfa > at.sp >= MIN_SP`: no wrap-around.
+    let fp_at = cfa.wrapping_add_signed(rbp_offset(bits));
+    if fp_at < at.sp {
+        return None;
+    }
+    // SAFETY: `ra_at` and `fp_at` lie in `[at.sp, last]` (checked), the
+    // callers' frames, word-sized loads of plain integers.
+    let (ra, fp) = unsafe { (*(ra_at as *const usize), *(fp_at as *const usize)) };
+    if bits & RBP_SAME == 0 {
+        at.fp = fp;
+    }
+    at.sp = cfa;
+    at.pc = ra;
+    Some(ra)
+}
+
+/// The walk's way out when a rule gives no frame: the end (`Some(0)`), or
+/// a frame the rule cannot follow (`None`).
+#[cold]
+#[inline(never)]
+fn not_a_frame(bits: u32) -> Option<usize> {
+    (bits >> KIND_SHIFT & 3 == KIND_END).then_some(0)
 }
 
 /// As [`walk`], with the platform unwinder (`_Unwind_Backtrace`) only.
@@ -1117,21 +1151,46 @@ mod tests {
             Rule::frame(false, 8, Rbp::Same),
             Rule::frame(true, 16, Rbp::At(-16)),
             Rule::frame(false, 4096, Rbp::At(-2048)),
-            Rule::frame(false, 200, Rbp::At(2040)),
-            Rule::frame(true, 16, Rbp::Unknown),
+            Rule::frame(false, 65535, Rbp::At(-8)),
+            Rule::frame(true, 200, Rbp::Same),
         ];
         for r in rules {
-            assert!(matches!(r, Rule::Frame { .. } | Rule::Slow | Rule::End));
             assert_eq!(Rule::unpack(r.pack()), Some(r));
         }
         assert!(matches!(
             Rule::frame(true, 16, Rbp::At(-16)),
             Rule::Frame { .. }
         ));
-        assert_eq!(Rule::frame(false, 1 << 20, Rbp::Same), Rule::Slow);
+        assert_eq!(Rule::frame(false, 1 << 16, Rbp::Same), Rule::Slow);
         assert_eq!(Rule::frame(false, 24, Rbp::At(-12)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 24, Rbp::At(-2056)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 24, Rbp::At(0)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 200, Rbp::At(2040)), Rule::Slow);
         assert_eq!(Rule::frame(false, 4, Rbp::Same), Rule::Slow);
         assert_eq!(Rule::unpack(0), None);
+    }
+
+    #[test]
+    fn a_rule_that_is_no_frame_fails_the_walks_bounds_check() {
+        // The walk's loop tells no kinds apart: a slow rule, the end and an
+        // empty entry must give a return address below the stack pointer.
+        for bits in [Rule::Slow.pack(), Rule::End.pack(), 0] {
+            assert_eq!(bits & CFA_OFF_MASK, 0);
+            assert_eq!(bits & CFA_RBP, 0);
+        }
+        // A frame's packed `rbp` slot: `cfa + offset`, or the return
+        // address's word when `rbp` is kept.
+        let same = Rule::frame(true, 16, Rbp::Same).pack();
+        assert_eq!(rbp_offset(same), -8);
+        assert_ne!(same & RBP_SAME, 0);
+        let at = Rule::frame(false, 48, Rbp::At(-40)).pack();
+        assert_eq!(
+            (rbp_offset(at), at & RBP_SAME, at & CFA_OFF_MASK),
+            (-40, 0, 48)
+        );
+        assert_eq!(not_a_frame(Rule::End.pack()), Some(0));
+        assert_eq!(not_a_frame(Rule::Slow.pack()), None);
+        assert_eq!(not_a_frame(0), None);
     }
 
     #[test]
@@ -1140,10 +1199,7 @@ mod tests {
         for a in (0x5555_5555_0000usize..0x5555_5556_0000).step_by(7) {
             let (i, tag) = slot(a);
             assert!(i < TABLE_LEN);
-            assert_eq!(
-                (tag as usize) << TABLE_BITS | ((i ^ tag as usize) & (TABLE_LEN - 1)),
-                a
-            );
+            assert_eq!((tag as usize) << TABLE_BITS | i, a);
             assert!(seen.insert((i, tag)));
         }
     }
@@ -1183,6 +1239,13 @@ mod tests {
         assert_eq!(
             rule_of_row(&Row {
                 rbp: RegRule::Other,
+                ..base
+            }),
+            Rule::Slow
+        );
+        assert_eq!(
+            rule_of_row(&Row {
+                rbp: RegRule::Undefined,
                 ..base
             }),
             Rule::Slow
