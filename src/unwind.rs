@@ -33,6 +33,13 @@
 //! scanned segment), and an entry is one `AtomicU64` holding both the address it is
 //! for and its rule, so a reader never sees half of another's write.
 //!
+//! Each thread also keeps the states of its last walk (see "the memo of the
+//! last walk" below): a walk that meets one of them checks the last walk's
+//! next return addresses are still in their places (independent loads,
+//! every address checked to lie in the walk's `[rsp, top)` as above)
+//! instead of stepping frame by frame, and steps by the rules from the
+//! first that is not.
+//!
 //! A rule is read once per address: a library unloaded and another loaded
 //! at the same addresses would find the old rules (a walk through them may
 //! end early or find wrong callers, never fault).
@@ -839,23 +846,362 @@ fn fast(ips: &mut [usize], drop: usize, pc: usize, sp: usize, fp: usize) -> Opti
     if table.is_null() {
         return None;
     }
-    let mut at = Cursor { pc, sp, fp };
+    let at = Cursor {
+        pc,
+        sp,
+        fp,
+        fp_at: 0,
+        cfa_rbp: false,
+        kept: false,
+    };
+    let state = MEMO_STATE.with(|s| s.replace(s.get() | MEMO_BUSY));
+    if state & MEMO_BUSY != 0 {
+        // A walk interrupted (by a signal handler) on this thread is using
+        // the memos: this one walks without them.
+        // SAFETY: `table` is not null; `[sp, last]` is the callers' frames
+        // and `sp >= MIN_SP` (checked above).
+        return unsafe { plain(ips, drop, table, at, last) };
+    }
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let memos = MEMOS.with(|m| m.get()).cast::<Memo>();
+    let last_walk = usize::from(state & 1);
+    // SAFETY: this thread's two memos, distinct; no other reference to
+    // them exists while MEMO_BUSY is set (a handler interrupting this walk
+    // sees it and leaves them alone). `table`, `[sp, last]` as above.
+    let (n, flip) = unsafe {
+        let (memo, scratch) = (&mut *memos.add(last_walk), &mut *memos.add(last_walk ^ 1));
+        memo_walk(ips, drop, table, at, last, memo, scratch)
+    };
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    MEMO_STATE.with(|s| s.set((last_walk ^ usize::from(flip)) as u8));
+    n
+}
+
+/// The walk without the memos: every frame by its rule.
+///
+/// # Safety
+/// As [`step`]'s, for `at`.
+#[inline(always)]
+unsafe fn plain(
+    ips: &mut [usize],
+    drop: usize,
+    table: *mut AtomicU64,
+    mut at: Cursor,
+    last: usize,
+) -> Option<usize> {
     for _ in 0..drop {
-        // SAFETY: `table` is not null; `[at.sp, last]` is the callers'
-        // frames and `at.sp >= MIN_SP` (checked above).
+        // SAFETY: the caller's (`step` only raises `at.sp`, to at most
+        // `last + WORD`, and keeps the rest).
         if unsafe { step(table, &mut at, last) }? == 0 {
             return Some(0);
         }
     }
     for (n, ip) in ips.iter_mut().enumerate() {
-        // SAFETY: as above (`step` only raises `at.sp`, to at most
-        // `last + WORD`).
+        // SAFETY: as above.
         match unsafe { step(table, &mut at, last) }? {
             0 => return Some(n),
             ra => *ip = ra,
         }
     }
     Some(ips.len())
+}
+
+// ---- the memo of the last walk -------------------------------------------
+//
+// Consecutive walks on a thread mostly share their outer frames (the same
+// callers of the same code) and often all of them (a loop that allocates).
+// Each thread keeps the states its last successful walk passed through, a
+// chain of step records: a state's return address, stack pointer and
+// `rbp`, and its step's flags (CFA based on `rbp`; `rbp` kept) and where
+// the step loaded the caller's `rbp` from; the next state is where the
+// step went. A walk that reaches a state of the last walk (the same return
+// address and stack pointer) goes on exactly as the last one did so long
+// as each step's inputs are unchanged: a step's result is a function of
+// its state's stack pointer, its `rbp` (only for a CFA based on it), the
+// rule at its return address (a rule is read once per address) and the
+// return address it loads. So from there the walk checks, frame by frame,
+// that the return address each step loaded is still in its place (and, at
+// a CFA based on `rbp`, that this walk's `rbp` is the one the step used),
+// an independent load a frame instead of a chain of dependent ones, takes
+// the last walk's next state where it is, and goes back to the rules at
+// the first step that does not hold. This walk's `rbp` at a state is the
+// word the last step that loaded one loads now. Every address loaded this
+// way is a step's load address of an earlier walk on this thread, and is
+// checked to lie in `[sp, last]` of this walk before it is loaded.
+//
+// The memos are two per thread: `memo`, the last walk's, and `scratch`,
+// where a walk keeps its states until it meets the last walk (if it never
+// does, `scratch` becomes the last walk's). A signal handler that walks
+// while a walk on its thread is under way finds the memos marked busy and
+// walks without them.
+
+/// The most states a memo keeps (a walk's buffer, 32 frames for an event
+/// stack, plus its dropped frames and its start, fit): a power of two, an
+/// index masked by `STATES - 1` needs no bounds check, and at most 64, the
+/// bits of a mask.
+const STATES: usize = 64;
+
+/// The states of a thread's last walk (see above).
+struct Memo {
+    /// How many states are kept: state 0 is the walk's start, state
+    /// `j + 1` the one step `j` went to.
+    len: usize,
+    pc: [usize; STATES],
+    sp: [usize; STATES],
+    fp: [usize; STATES],
+    /// Where step `j` loaded the caller's `rbp` from (the return
+    /// address's word when it kept `rbp`).
+    fp_at: [usize; STATES],
+    /// Bit `j`: step `j`'s CFA was based on `rbp`.
+    cfa_rbp: u64,
+    /// Bit `j`: step `j` kept `rbp`.
+    kept: u64,
+}
+
+const MEMO_BUSY: u8 = 2;
+
+thread_local! {
+    /// This thread's two memos (constant initialiser, no destructor:
+    /// usable at any time on any thread).
+    static MEMOS: std::cell::UnsafeCell<[Memo; 2]> = const {
+        std::cell::UnsafeCell::new(
+            [const {
+                Memo {
+                    len: 0,
+                    pc: [0; STATES],
+                    sp: [0; STATES],
+                    fp: [0; STATES],
+                    fp_at: [0; STATES],
+                    cfa_rbp: 0,
+                    kept: 0,
+                }
+            }; 2],
+        )
+    };
+    /// Which memo holds the last walk (bit 0), and whether a walk is using
+    /// the memos (`MEMO_BUSY`).
+    static MEMO_STATE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Where a walk writes its return addresses: dropping the first `drop`.
+struct Out<'a> {
+    ips: &'a mut [usize],
+    n: usize,
+    drop: usize,
+}
+
+impl Out<'_> {
+    /// Takes a return address; true when the buffer is full.
+    #[inline(always)]
+    fn push(&mut self, ra: usize) -> bool {
+        if self.drop > 0 {
+            self.drop -= 1;
+            return false;
+        }
+        self.ips[self.n] = ra;
+        self.n += 1;
+        self.n == self.ips.len()
+    }
+}
+
+impl Memo {
+    /// Keeps state `j`, if there is room.
+    #[inline(always)]
+    fn keep(&mut self, j: usize, at: &Cursor) {
+        if j < STATES {
+            let j = j & (STATES - 1);
+            self.pc[j] = at.pc;
+            self.sp[j] = at.sp;
+            self.fp[j] = at.fp;
+        }
+    }
+
+    /// Keeps step `j`'s loads and flags.
+    #[inline(always)]
+    fn keep_step(&mut self, j: usize, fp_at: usize, cfa_rbp: bool, kept: bool) {
+        self.fp_at[j & (STATES - 1)] = fp_at;
+        self.cfa_rbp |= u64::from(cfa_rbp) << (j & (STATES - 1));
+        self.kept |= u64::from(kept) << (j & (STATES - 1));
+    }
+}
+
+/// The walk, with the last walk's memo `memo` to follow where it can, and
+/// `scratch` for the states before the walk meets one of the last walk's.
+/// Returns what the walk found, and whether `scratch` now holds the last
+/// walk (else `memo` does, or, with `memo.len` 0, neither).
+///
+/// Until it meets a state of the last walk, the walk keeps its states in
+/// `scratch`; when it does (its state `j` is the last walk's `k`), the last
+/// walk's states from `k` are moved to `j` in `memo`, this walk's first
+/// `j` copied before them, and the walk follows them there, in place,
+/// while their loads find what they found; from the first that does not
+/// on, it keeps its states in `memo` and meets no more.
+///
+/// # Safety
+/// As [`step`]'s, for `at`; `memo` holds states of an earlier walk on this
+/// thread (or none).
+#[inline(always)]
+unsafe fn memo_walk(
+    ips: &mut [usize],
+    drop: usize,
+    table: *mut AtomicU64,
+    mut at: Cursor,
+    last: usize,
+    memo: &mut Memo,
+    scratch: &mut Memo,
+) -> (Option<usize>, bool) {
+    let bottom = at.sp;
+    let span = last - bottom;
+    let mut out = Out { ips, n: 0, drop };
+    if out.ips.is_empty() {
+        return (Some(0), false);
+    }
+    let old_len = memo.len.min(STATES);
+    scratch.len = 0;
+    scratch.cfa_rbp = 0;
+    scratch.kept = 0;
+    // Before meeting the last walk: this walk's state `j` (kept in
+    // `scratch`), and the first of the last walk's states not below it.
+    let (mut j, mut k) = (0, 0);
+    loop {
+        scratch.keep(j, &at);
+        while k < old_len && memo.sp[k] < at.sp {
+            k += 1;
+        }
+        if k < old_len && memo.sp[k] == at.sp && memo.pc[k] == at.pc && j < STATES {
+            break;
+        }
+        // SAFETY: the caller's; `at` is this walk's state, reached by
+        // steps, so `at.sp` rose to at most `last + WORD`.
+        let ra = unsafe { step(table, &mut at, last) };
+        let Some(ra) = ra else {
+            return (None, false);
+        };
+        if ra == 0 {
+            scratch.len = (j + 1).min(STATES);
+            return (Some(out.n), true);
+        }
+        if j < STATES - 1 {
+            scratch.keep_step(j, at.fp_at, at.cfa_rbp, at.kept);
+        }
+        j += 1;
+        if out.push(ra) {
+            scratch.keep(j, &at);
+            scratch.len = (j + 1).min(STATES);
+            return (Some(out.n), true);
+        }
+    }
+    // The last walk's state `k` is this one's `j`: its states from `k` go to
+    // `j` (as many as fit), this walk's first `j` before them.
+    let moved = (old_len - k).min(STATES - j);
+    if j != k {
+        memo.pc.copy_within(k..k + moved, j);
+        memo.sp.copy_within(k..k + moved, j);
+        memo.fp.copy_within(k..k + moved, j);
+        memo.fp_at.copy_within(k..k + moved, j);
+        let (below, from) = ((1u64 << j) - 1, |m: u64| (m >> k) << j);
+        memo.cfa_rbp = from(memo.cfa_rbp) | scratch.cfa_rbp & below;
+        memo.kept = from(memo.kept) | scratch.kept & below;
+    } else if j > 0 {
+        let below = (1u64 << j) - 1;
+        memo.cfa_rbp = memo.cfa_rbp & !below | scratch.cfa_rbp & below;
+        memo.kept = memo.kept & !below | scratch.kept & below;
+    }
+    memo.pc[..j].copy_from_slice(&scratch.pc[..j]);
+    memo.sp[..j].copy_from_slice(&scratch.sp[..j]);
+    memo.fp[..j].copy_from_slice(&scratch.fp[..j]);
+    memo.fp_at[..j].copy_from_slice(&scratch.fp_at[..j]);
+    let end = j + moved;
+    // Until this walk ends well, `memo` holds no walk's states.
+    memo.len = 0;
+    // Check the last walk's steps from state `j` on: step `t` holds while
+    // the return address it loaded is still in its place and, for a CFA
+    // based on `rbp`, this walk's `rbp` is the one it used (this walk's
+    // `rbp` at a state: the word the last step that loaded one loaded, read
+    // now, or the `rbp` at `j`). A step's record (its state's `rbp`, its
+    // flags, its loads and the state it went to) is one real step's, so it
+    // stays true as it is: nothing is written here.
+    let (mut t, mut fp_from) = (j, 0usize);
+    let (mut cfa_rbp, mut kept) = (memo.cfa_rbp >> j, memo.kept >> j);
+    while t + 1 < end {
+        let (i, next) = (t & (STATES - 1), (t + 1) & (STATES - 1));
+        if cfa_rbp & 1 != 0 {
+            let fp = if fp_from == 0 {
+                at.fp
+            } else {
+                // SAFETY: `fp_from` lies in `[bottom, last]` (checked
+                // below when taken), the callers' frames.
+                unsafe { *(fp_from as *const usize) }
+            };
+            if fp != memo.fp[i] {
+                break;
+            }
+        }
+        let ra_at = memo.sp[next].wrapping_sub(WORD);
+        let fp_at = if kept & 1 == 0 {
+            memo.fp_at[i]
+        } else {
+            fp_from
+        };
+        if ra_at.wrapping_sub(bottom) > span || fp_at != 0 && fp_at.wrapping_sub(bottom) > span {
+            break;
+        }
+        // SAFETY: `ra_at` lies in `[bottom, last]` (checked), the callers'
+        // frames.
+        if unsafe { *(ra_at as *const usize) } != memo.pc[next] {
+            break;
+        }
+        fp_from = fp_at;
+        t += 1;
+        (cfa_rbp, kept) = (cfa_rbp >> 1, kept >> 1);
+    }
+    if fp_from != 0 {
+        // SAFETY: as above.
+        at.fp = unsafe { *(fp_from as *const usize) };
+    }
+    // The return addresses of the steps followed, into `ips`, at most as
+    // many as it has room for.
+    let (mut s, skip) = (j + 1, out.drop.min(t - j));
+    out.drop -= skip;
+    s += skip;
+    let room = out.ips.len() - out.n;
+    if t + 1 - s >= room {
+        out.ips[out.n..].copy_from_slice(&memo.pc[s..s + room]);
+        out.n += room;
+        memo.len = end;
+        return (Some(out.n), false);
+    }
+    out.ips[out.n..out.n + (t + 1 - s)].copy_from_slice(&memo.pc[s..=t]);
+    out.n += t + 1 - s;
+    j = t;
+    at.pc = memo.pc[j & (STATES - 1)];
+    at.sp = memo.sp[j & (STATES - 1)];
+    // On by the rules, keeping the states in `memo` from `j` (where `at`
+    // is), step `j`'s flags cleared.
+    memo.fp[j & (STATES - 1)] = at.fp;
+    let from_j = !((1u64 << (j & (STATES - 1))) - 1) | if j >= STATES { !0 } else { 0 };
+    memo.cfa_rbp &= !from_j;
+    memo.kept &= !from_j;
+    loop {
+        // SAFETY: as above.
+        let ra = unsafe { step(table, &mut at, last) };
+        let Some(ra) = ra else {
+            return (None, false);
+        };
+        if ra == 0 {
+            memo.len = (j + 1).min(STATES);
+            return (Some(out.n), false);
+        }
+        if j < STATES - 1 {
+            memo.keep_step(j, at.fp_at, at.cfa_rbp, at.kept);
+        }
+        j += 1;
+        memo.keep(j, &at);
+        if out.push(ra) {
+            memo.len = (j + 1).min(STATES);
+            return (Some(out.n), false);
+        }
+    }
 }
 
 const WORD: usize = std::mem::size_of::<usize>();
@@ -865,6 +1211,13 @@ struct Cursor {
     pc: usize,
     sp: usize,
     fp: usize,
+    /// Where the last step loaded the caller's `rbp` from (the return
+    /// address's word when it kept `rbp`).
+    fp_at: usize,
+    /// Whether the last step's CFA was based on `rbp`, and whether it kept
+    /// `rbp`.
+    cfa_rbp: bool,
+    kept: bool,
 }
 
 /// Moves `at` to its frame's caller along the cached rule at `at.pc`, and
@@ -879,7 +1232,8 @@ struct Cursor {
 unsafe fn step(table: *mut AtomicU64, at: &mut Cursor, last: usize) -> Option<usize> {
     // SAFETY: `table` is the published table.
     let bits = unsafe { rule_bits(table, at.pc) };
-    let base = if bits & CFA_RBP != 0 { at.fp } else { at.sp };
+    at.cfa_rbp = bits & CFA_RBP != 0;
+    let base = if at.cfa_rbp { at.fp } else { at.sp };
     let cfa = base.wrapping_add((bits & CFA_OFF_MASK) as usize);
     // The CFA rises strictly: the return address lies at or above the
     // frame's stack pointer (and no sum wrapped around), and below the
@@ -898,9 +1252,11 @@ unsafe fn step(table: *mut AtomicU64, at: &mut Cursor, last: usize) -> Option<us
     // SAFETY: `ra_at` and `fp_at` lie in `[at.sp, last]` (checked), the
     // callers' frames, word-sized loads of plain integers.
     let (ra, fp) = unsafe { (*(ra_at as *const usize), *(fp_at as *const usize)) };
-    if bits & RBP_SAME == 0 {
+    at.kept = bits & RBP_SAME != 0;
+    if !at.kept {
         at.fp = fp;
     }
+    at.fp_at = fp_at;
     at.sp = cfa;
     at.pc = ra;
     Some(ra)
@@ -1141,6 +1497,60 @@ mod tests {
             // ended `walk` with a jump to the platform unwinder dropped it).
             assert_eq!(walked, unwound);
         }
+    }
+
+    /// Two callers of `both_here` alike but for their return addresses.
+    #[inline(never)]
+    fn caller_one() -> (Vec<usize>, Vec<usize>) {
+        std::hint::black_box(both_here())
+    }
+
+    #[inline(never)]
+    fn caller_two() -> (Vec<usize>, Vec<usize>) {
+        let r = std::hint::black_box(both_here());
+        std::hint::black_box(2);
+        r
+    }
+
+    #[test]
+    fn a_walk_like_the_last_but_for_one_caller_finds_its_own() {
+        // The same frames at the same stack pointers, below a caller that
+        // alternates: the memo of the last walk matches, and its next
+        // return address is no longer in its place.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..6 {
+            let pair = if i % 2 == 0 {
+                caller_one()
+            } else {
+                caller_two()
+            };
+            // Where `both_here` returns to: into one caller or the other.
+            seen.insert(pair.0[0]);
+            assert_same(pair);
+        }
+        assert_eq!(seen.len(), 2, "two different callers");
+    }
+
+    #[test]
+    fn walks_at_other_depths_below_the_same_callers_are_whole() {
+        // The last walk's outer frames met at another depth each time (its
+        // states moved in the memo), and deeper than the memo holds.
+        for depth in [3, 7, 3, 5, 5, 1, 40, 9, 2, 40, 0] {
+            let (fast, slow) = chain_a(depth);
+            assert_same((fast.clone(), slow));
+            assert!(fast.len() >= depth.min(N - 4), "{depth}: {}", fast.len());
+        }
+    }
+
+    #[test]
+    fn a_walk_without_the_memos_finds_the_same() {
+        // As an interrupted walk's signal handler does: the memos marked in
+        // use, every frame by its rule.
+        let was = MEMO_STATE.with(|s| s.replace(s.get() | MEMO_BUSY));
+        let without = chain_a(4);
+        let still = MEMO_STATE.with(|s| s.replace(was));
+        assert_eq!(still, was | MEMO_BUSY, "the walk left the memos alone");
+        assert_same(without);
     }
 
     #[test]
