@@ -930,8 +930,10 @@ unsafe fn plain(
 // checked to lie in `[sp, last]` of this walk before it is loaded.
 //
 // The memos are two per thread: `memo`, the last walk's, and `scratch`,
-// where a walk keeps its states until it meets the last walk (if it never
-// does, `scratch` becomes the last walk's). A signal handler that walks
+// where a walk keeps its states between the stretches of the last walk it
+// follows (it may leave the last walk where their callers differ and meet
+// it again further up; if it never meets it, `scratch` becomes the last
+// walk's). A signal handler that walks
 // while a walk on its thread is under way finds the memos marked busy and
 // walks without them.
 
@@ -1026,16 +1028,20 @@ impl Memo {
 }
 
 /// The walk, with the last walk's memo `memo` to follow where it can, and
-/// `scratch` for the states before the walk meets one of the last walk's.
-/// Returns what the walk found, and whether `scratch` now holds the last
-/// walk (else `memo` does, or, with `memo.len` 0, neither).
+/// `scratch` for the states between the stretches it follows. Returns what
+/// the walk found, and whether `scratch` now holds the last walk (else
+/// `memo` does, or, with `memo.len` 0, neither).
 ///
-/// Until it meets a state of the last walk, the walk keeps its states in
-/// `scratch`; when it does (its state `j` is the last walk's `k`), the last
-/// walk's states from `k` are moved to `j` in `memo`, this walk's first
-/// `j` copied before them, and the walk follows them there, in place,
-/// while their loads find what they found; from the first that does not
-/// on, it keeps its states in `memo` and meets no more.
+/// `memo` holds this walk's states below `base`, and the last walk's from
+/// `k` to `end`; the walk keeps its states from `base` on in `scratch`
+/// (state `j` at `j - base`) until it meets one of the last walk's (its
+/// state `j` is the last walk's `k`): then the last walk's states from `k`
+/// are moved to `j` in `memo`, this walk's from `base` copied before them,
+/// and the walk follows them there, in place, while their steps hold. From
+/// the first step that does not (or the last walk's end), it steps by the
+/// rule again, keeping its states in `scratch` again with `base` past the
+/// stretch followed, and may meet the last walk again further up (the
+/// callers both walks share, past a frame they do not).
 ///
 /// # Safety
 /// As [`step`]'s, for `at`; `memo` holds states of an earlier walk on this
@@ -1056,71 +1062,152 @@ unsafe fn memo_walk(
     if out.ips.is_empty() {
         return (Some(0), false);
     }
-    let old_len = memo.len.min(STATES);
-    scratch.len = 0;
+    let mut end = memo.len.min(STATES);
     scratch.cfa_rbp = 0;
     scratch.kept = 0;
-    // Before meeting the last walk: this walk's state `j` (kept in
-    // `scratch`), and the first of the last walk's states not below it.
-    let (mut j, mut k) = (0, 0);
+    let (mut j, mut k, mut base) = (0, 0, 0);
     loop {
-        scratch.keep(j, &at);
-        while k < old_len && memo.sp[k] < at.sp {
+        if j < STATES {
+            scratch.keep(j - base, &at);
+        }
+        while k < end && memo.sp[k] < at.sp {
             k += 1;
         }
-        if k < old_len && memo.sp[k] == at.sp && memo.pc[k] == at.pc && j < STATES {
-            break;
+        if k < end && memo.sp[k] == at.sp && memo.pc[k] == at.pc && j < STATES {
+            // The last walk's state `k` is this one's `j`: its states from
+            // `k` go to `j` (as many as fit), this walk's from `base` before
+            // them.
+            let moved = (end - k).min(STATES - j);
+            let below = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
+            let merge = |m: u64, scratch: u64| {
+                m & below(base) | (scratch << base) & below(j) & !below(base) | (m >> k) << j
+            };
+            memo.cfa_rbp = merge(memo.cfa_rbp, scratch.cfa_rbp);
+            memo.kept = merge(memo.kept, scratch.kept);
+            if j != k {
+                memo.pc.copy_within(k..k + moved, j);
+                memo.sp.copy_within(k..k + moved, j);
+                memo.fp.copy_within(k..k + moved, j);
+                memo.fp_at.copy_within(k..k + moved, j);
+            }
+            let n = j - base;
+            memo.pc[base..j].copy_from_slice(&scratch.pc[..n]);
+            memo.sp[base..j].copy_from_slice(&scratch.sp[..n]);
+            memo.fp[base..j].copy_from_slice(&scratch.fp[..n]);
+            memo.fp_at[base..j].copy_from_slice(&scratch.fp_at[..n]);
+            end = j + moved;
+            // Until this walk ends well, `memo` holds no walk's states.
+            memo.len = 0;
+            // SAFETY: `memo`'s states `j..end` are the last walk's from
+            // `k` (moved), a chain of steps of earlier walks on this
+            // thread; `bottom` and `span` are this walk's.
+            let t = unsafe { follow(memo, &mut at, j, end, bottom, span) };
+            // The return addresses of the steps followed, into `ips`, at
+            // most as many as it has room for.
+            let skip = out.drop.min(t - j);
+            out.drop -= skip;
+            let s = j + 1 + skip;
+            let room = out.ips.len() - out.n;
+            if t + 1 - s >= room {
+                out.ips[out.n..].copy_from_slice(&memo.pc[s..s + room]);
+                out.n += room;
+                memo.len = end;
+                return (Some(out.n), false);
+            }
+            out.ips[out.n..out.n + (t + 1 - s)].copy_from_slice(&memo.pc[s..=t]);
+            out.n += t + 1 - s;
+            // On from state `t` by its rule: its step is this walk's own,
+            // kept in `memo`; the states after it in `scratch` again.
+            j = t;
+            memo.fp[j] = at.fp;
+            // SAFETY: the caller's; `at` is state `t`, reached by steps
+            // checked to hold, so `at.sp` rose to at most `last + WORD`.
+            let ra = unsafe { step(table, &mut at, last) };
+            let Some(ra) = ra else {
+                return (None, false);
+            };
+            if ra == 0 {
+                memo.len = j + 1;
+                return (Some(out.n), false);
+            }
+            let bit = !below(j) & below(j + 1);
+            memo.cfa_rbp = memo.cfa_rbp & !bit | if at.cfa_rbp { bit } else { 0 };
+            memo.kept = memo.kept & !bit | if at.kept { bit } else { 0 };
+            memo.fp_at[j] = at.fp_at;
+            (j, k, base) = (j + 1, j + 1, j + 1);
+            (scratch.cfa_rbp, scratch.kept) = (0, 0);
+            if out.push(ra) {
+                if j < STATES {
+                    scratch.keep(0, &at);
+                }
+                break;
+            }
+            continue;
         }
         // SAFETY: the caller's; `at` is this walk's state, reached by
-        // steps, so `at.sp` rose to at most `last + WORD`.
+        // steps (or by steps checked to hold), so `at.sp` rose to at most
+        // `last + WORD`.
         let ra = unsafe { step(table, &mut at, last) };
         let Some(ra) = ra else {
             return (None, false);
         };
         if ra == 0 {
-            scratch.len = (j + 1).min(STATES);
-            return (Some(out.n), true);
+            break;
         }
         if j < STATES - 1 {
-            scratch.keep_step(j, at.fp_at, at.cfa_rbp, at.kept);
+            scratch.keep_step(j - base, at.fp_at, at.cfa_rbp, at.kept);
         }
         j += 1;
         if out.push(ra) {
-            scratch.keep(j, &at);
-            scratch.len = (j + 1).min(STATES);
-            return (Some(out.n), true);
+            if j < STATES {
+                scratch.keep(j - base, &at);
+            }
+            break;
         }
     }
-    // The last walk's state `k` is this one's `j`: its states from `k` go to
-    // `j` (as many as fit), this walk's first `j` before them.
-    let moved = (old_len - k).min(STATES - j);
-    if j != k {
-        memo.pc.copy_within(k..k + moved, j);
-        memo.sp.copy_within(k..k + moved, j);
-        memo.fp.copy_within(k..k + moved, j);
-        memo.fp_at.copy_within(k..k + moved, j);
-        let (below, from) = ((1u64 << j) - 1, |m: u64| (m >> k) << j);
-        memo.cfa_rbp = from(memo.cfa_rbp) | scratch.cfa_rbp & below;
-        memo.kept = from(memo.kept) | scratch.kept & below;
-    } else if j > 0 {
-        let below = (1u64 << j) - 1;
-        memo.cfa_rbp = memo.cfa_rbp & !below | scratch.cfa_rbp & below;
-        memo.kept = memo.kept & !below | scratch.kept & below;
+    // The walk ended with its states from `base` in `scratch`.
+    let len = (j + 1).min(STATES);
+    if base == 0 {
+        scratch.len = len;
+        return (Some(out.n), true);
     }
-    memo.pc[..j].copy_from_slice(&scratch.pc[..j]);
-    memo.sp[..j].copy_from_slice(&scratch.sp[..j]);
-    memo.fp[..j].copy_from_slice(&scratch.fp[..j]);
-    memo.fp_at[..j].copy_from_slice(&scratch.fp_at[..j]);
-    let end = j + moved;
-    // Until this walk ends well, `memo` holds no walk's states.
-    memo.len = 0;
-    // Check the last walk's steps from state `j` on: step `t` holds while
-    // the return address it loaded is still in its place and, for a CFA
-    // based on `rbp`, this walk's `rbp` is the one it used (this walk's
-    // `rbp` at a state: the word the last step that loaded one loaded, read
-    // now, or the `rbp` at `j`). A step's record (its state's `rbp`, its
-    // flags, its loads and the state it went to) is one real step's, so it
-    // stays true as it is: nothing is written here.
+    if base < len {
+        let n = len - base;
+        memo.pc[base..len].copy_from_slice(&scratch.pc[..n]);
+        memo.sp[base..len].copy_from_slice(&scratch.sp[..n]);
+        memo.fp[base..len].copy_from_slice(&scratch.fp[..n]);
+        memo.fp_at[base..len].copy_from_slice(&scratch.fp_at[..n]);
+        let below = (1u64 << base) - 1;
+        memo.cfa_rbp = memo.cfa_rbp & below | scratch.cfa_rbp << base;
+        memo.kept = memo.kept & below | scratch.kept << base;
+    }
+    memo.len = len.max(base.min(STATES));
+    (Some(out.n), false)
+}
+
+/// Follows the last walk's steps in `memo` from this walk's state `j` (at
+/// `at`, the last walk's state `j` too) while they hold, up to state `end`:
+/// returns the state reached, with `at` there.
+///
+/// Step `t` holds while the return address it loaded is still in its place
+/// and, for a CFA based on `rbp`, this walk's `rbp` is the one it used
+/// (this walk's `rbp` at a state: the word the last step that loaded one
+/// loads now, or the `rbp` at `j`). A step's record (its state's `rbp`, its
+/// flags, its loads and the state it went to) is one real step's, so it
+/// stays true as it is: nothing is written.
+///
+/// # Safety
+/// `memo`'s states `j..end` are a chain of steps of earlier walks on this
+/// thread; `[bottom, bottom + span]` is this walk's `[sp, last]`.
+#[inline(always)]
+unsafe fn follow(
+    memo: &Memo,
+    at: &mut Cursor,
+    j: usize,
+    end: usize,
+    bottom: usize,
+    span: usize,
+) -> usize {
     let (mut t, mut fp_from) = (j, 0usize);
     let (mut cfa_rbp, mut kept) = (memo.cfa_rbp >> j, memo.kept >> j);
     while t + 1 < end {
@@ -1159,49 +1246,9 @@ unsafe fn memo_walk(
         // SAFETY: as above.
         at.fp = unsafe { *(fp_from as *const usize) };
     }
-    // The return addresses of the steps followed, into `ips`, at most as
-    // many as it has room for.
-    let (mut s, skip) = (j + 1, out.drop.min(t - j));
-    out.drop -= skip;
-    s += skip;
-    let room = out.ips.len() - out.n;
-    if t + 1 - s >= room {
-        out.ips[out.n..].copy_from_slice(&memo.pc[s..s + room]);
-        out.n += room;
-        memo.len = end;
-        return (Some(out.n), false);
-    }
-    out.ips[out.n..out.n + (t + 1 - s)].copy_from_slice(&memo.pc[s..=t]);
-    out.n += t + 1 - s;
-    j = t;
-    at.pc = memo.pc[j & (STATES - 1)];
-    at.sp = memo.sp[j & (STATES - 1)];
-    // On by the rules, keeping the states in `memo` from `j` (where `at`
-    // is), step `j`'s flags cleared.
-    memo.fp[j & (STATES - 1)] = at.fp;
-    let from_j = !((1u64 << (j & (STATES - 1))) - 1) | if j >= STATES { !0 } else { 0 };
-    memo.cfa_rbp &= !from_j;
-    memo.kept &= !from_j;
-    loop {
-        // SAFETY: as above.
-        let ra = unsafe { step(table, &mut at, last) };
-        let Some(ra) = ra else {
-            return (None, false);
-        };
-        if ra == 0 {
-            memo.len = (j + 1).min(STATES);
-            return (Some(out.n), false);
-        }
-        if j < STATES - 1 {
-            memo.keep_step(j, at.fp_at, at.cfa_rbp, at.kept);
-        }
-        j += 1;
-        memo.keep(j, &at);
-        if out.push(ra) {
-            memo.len = (j + 1).min(STATES);
-            return (Some(out.n), false);
-        }
-    }
+    at.pc = memo.pc[t & (STATES - 1)];
+    at.sp = memo.sp[t & (STATES - 1)];
+    t
 }
 
 const WORD: usize = std::mem::size_of::<usize>();
@@ -1539,6 +1586,29 @@ mod tests {
             let (fast, slow) = chain_a(depth);
             assert_same((fast.clone(), slow));
             assert!(fast.len() >= depth.min(N - 4), "{depth}: {}", fast.len());
+        }
+    }
+
+    #[inline(never)]
+    fn via_caller(depth: usize, one: bool) -> (Vec<usize>, Vec<usize>) {
+        if depth > 0 {
+            return std::hint::black_box(via_caller(depth - 1, one));
+        }
+        if one {
+            caller_one()
+        } else {
+            caller_two()
+        }
+    }
+
+    #[test]
+    fn walks_that_differ_in_the_middle_meet_the_last_again_further_up() {
+        // Below the same recursion, a caller that changes; above it, the
+        // same recursion again at another depth, then the same harness:
+        // each walk follows the last one, leaves it, and meets it again.
+        for i in 0..40usize {
+            let (fast, slow) = via_caller(i * 7 % 5, i % 3 == 0);
+            assert_same((fast, slow));
         }
     }
 
