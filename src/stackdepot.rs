@@ -16,16 +16,33 @@
 //! never seen before is copied in. Nothing is ever removed: an id stays
 //! valid for the life of the process.
 //!
+//! A stack seen before (nearly every capture) is found without a lock and
+//! without allocating: each shard publishes its hash index (an array of
+//! atomic words, each 0 or the address of a stored stack) through an
+//! atomic pointer, and a stored stack (its hash, its id, its length and its
+//! frames, in consecutive words) never moves, changes or goes away once
+//! published. A reader probes the index it loaded and compares the frames
+//! of the stacks whose hash matches; a stack it does not find (new, or
+//! added since to a newer index) is looked up again, and added, under the
+//! shard's mutex.
+//!
 //! Invariants: an id `(shard << SHARD_SHIFT) | (n + 1)` names entry `n` of
-//! that shard, whose frames are `frames[start..start + len]`; the hash index
-//! holds each entry's index once, under its hash; everything is reached
-//! through its shard's mutex, and allocated as bookkeeping.
+//! that shard (`entries[n]`, the address of its stored stack); a stored
+//! stack is written whole before its address is stored (`Release`) in an
+//! index slot, and never written again; an index is written only while it
+//! is its shard's published one, holds each entry's address once, under its
+//! hash, and is at most half full (so every probe meets an empty slot); a
+//! grown index is published (`Release`) only when it holds every entry; an
+//! index replaced, and every chunk of stored stacks, stays allocated for
+//! the life of the process (the waste of the replaced indexes is less than
+//! the current one). Everything is written under its shard's mutex, and
+//! allocated as bookkeeping.
 //!
 //! A ground-floor module: it uses only [`bookkeeping`](crate::bookkeeping)
 //! and [`unwind`](crate::unwind).
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::bookkeeping::bookkeeping;
@@ -35,6 +52,18 @@ pub(crate) const MAX_FRAMES: usize = 32;
 
 const SHARDS: usize = 16;
 const SHARD_SHIFT: u32 = 28;
+
+/// A stored stack's words before its frames: its hash, then its entry
+/// number `n + 1` in the high half and its length in the low half.
+const HEADER: usize = 2;
+
+/// The smallest index (slots); each growth doubles it.
+const MIN_INDEX: usize = 1024;
+
+/// The first chunk of stored stacks (words); each next chunk doubles, up to
+/// [`MAX_CHUNK`].
+const MIN_CHUNK: usize = 512;
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// A stored stack: 4 bytes wherever an event keeps its backtrace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,86 +81,173 @@ impl StackId {
     }
 }
 
-struct Entry {
-    hash: u64,
-    start: u32,
-    len: u32,
-}
-
+/// What the shard's mutex guards: the writers' side.
 struct Shard {
-    /// Open addressing over the entries: 0 is empty, else index + 1.
-    index: Vec<u32>,
-    entries: Vec<Entry>,
-    frames: Vec<usize>,
-}
-
-impl Shard {
-    fn find_or_add(&mut self, hash: u64, ips: &[usize]) -> Option<u32> {
-        if self.entries.len() * 2 >= self.index.len() {
-            self.grow();
-        }
-        let mask = self.index.len() - 1;
-        let mut slot = hash as usize & mask;
-        loop {
-            match self.index[slot] {
-                0 => break,
-                n => {
-                    let e = &self.entries[n as usize - 1];
-                    if e.hash == hash
-                        && self.frames[e.start as usize..(e.start + e.len) as usize] == *ips
-                    {
-                        return Some(n);
-                    }
-                }
-            }
-            slot = (slot + 1) & mask;
-        }
-        let n = u32::try_from(self.entries.len() + 1).ok()?;
-        let start = u32::try_from(self.frames.len()).ok()?;
-        if n >= 1 << SHARD_SHIFT {
-            return None;
-        }
-        self.frames.extend_from_slice(ips);
-        self.entries.push(Entry {
-            hash,
-            start,
-            len: ips.len() as u32,
-        });
-        self.index[slot] = n;
-        Some(n)
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.index.len() * 2).max(1024);
-        let mut index = vec![0u32; cap];
-        for (i, e) in self.entries.iter().enumerate() {
-            let mut slot = e.hash as usize & (cap - 1);
-            while index[slot] != 0 {
-                slot = (slot + 1) & (cap - 1);
-            }
-            index[slot] = i as u32 + 1;
-        }
-        self.index = index;
-    }
-
-    fn bytes(&self) -> usize {
-        self.index.capacity() * 4
-            + self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.frames.capacity() * std::mem::size_of::<usize>()
-    }
+    /// The address of each entry's stored stack, by entry number.
+    entries: Vec<usize>,
+    /// The published index's slots (its length, a power of two; 0 before
+    /// the first).
+    slots: usize,
+    /// Where the next stored stack goes in the current chunk, and the words
+    /// left there.
+    next: usize,
+    left: usize,
+    /// The last chunk's size (words).
+    chunk: usize,
+    /// Bytes of every index and chunk ever allocated.
+    bytes: usize,
 }
 
 static DEPOT: [Mutex<Shard>; SHARDS] = [const {
     Mutex::new(Shard {
-        index: Vec::new(),
         entries: Vec::new(),
-        frames: Vec::new(),
+        slots: 0,
+        next: 0,
+        left: 0,
+        chunk: 0,
+        bytes: 0,
     })
 }; SHARDS];
+
+/// Each shard's published index: null before its first stack, else the
+/// first of `1 + len` atomic words, the first holding `len` (a power of
+/// two), the others the slots. Never freed.
+static INDEX: [AtomicPtr<AtomicUsize>; SHARDS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; SHARDS];
 
 fn shard(i: usize) -> MutexGuard<'static, Shard> {
     // Every change is completed before anything that could panic.
     DEPOT[i].lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The entry number + 1 of the stack `ips` hashed `hash` in the index at
+/// `index`, or `Err(slot)`: the empty slot where it would go.
+///
+/// # Safety
+/// `index` is an index once published (`Acquire`-loaded from [`INDEX`], or
+/// read under the shard's mutex): its length word, its slots and the stored
+/// stacks they point to are never freed, and each stored stack was written
+/// whole before its address was stored.
+#[inline(always)]
+unsafe fn probe(index: *const AtomicUsize, hash: u64, ips: &[usize]) -> Result<u32, usize> {
+    // SAFETY: the first word of an index is its length, never changed.
+    let mask = unsafe { &*index }.load(Ordering::Relaxed) - 1;
+    let mut slot = hash as usize & mask;
+    loop {
+        // SAFETY: `slot <= mask`, and the index has `mask + 1` slots after
+        // its length word.
+        let at = unsafe { &*index.add(1 + slot) }.load(Ordering::Acquire);
+        if at == 0 {
+            return Err(slot);
+        }
+        let stored = at as *const usize;
+        // SAFETY: `at` is a stored stack's address (`Acquire`: its words
+        // were written before it was published, and are never written
+        // again): `HEADER` words, then `len` frames.
+        let (h, id_len) = unsafe { (*stored, *stored.add(1)) };
+        if h == hash as usize && id_len as u32 as usize == ips.len() {
+            // SAFETY: as above; `len` frames follow the header.
+            let frames = unsafe { std::slice::from_raw_parts(stored.add(HEADER), ips.len()) };
+            if frames == ips {
+                return Ok((id_len >> 32) as u32);
+            }
+        }
+        // At most half the slots are taken: an empty one comes.
+        slot = (slot + 1) & mask;
+    }
+}
+
+/// A new index of `len` slots (a power of two), empty, as bookkeeping.
+fn new_index(len: usize) -> *mut AtomicUsize {
+    let _g = bookkeeping();
+    let words: Box<[AtomicUsize]> = (0..=len)
+        .map(|i| AtomicUsize::new(if i == 0 { len } else { 0 }))
+        .collect();
+    Box::leak(words).as_mut_ptr()
+}
+
+impl Shard {
+    /// The stack `ips` hashed `hash`, found or added, in shard `s`: its
+    /// entry number + 1. Called with the shard's mutex held (`self`).
+    fn find_or_add(&mut self, s: usize, hash: u64, ips: &[usize]) -> Option<u32> {
+        if self.entries.len() * 2 >= self.slots {
+            self.grow(s);
+        }
+        let index = INDEX[s].load(Ordering::Acquire);
+        // SAFETY: the published index (`grow` published one above, if
+        // there was none), read under the mutex.
+        let slot = match unsafe { probe(index, hash, ips) } {
+            Ok(n) => return Some(n),
+            Err(slot) => slot,
+        };
+        let n = u32::try_from(self.entries.len() + 1).ok()?;
+        if n >= 1 << SHARD_SHIFT {
+            return None;
+        }
+        let at = self.store(hash, n, ips);
+        self.entries.push(at);
+        // SAFETY: `slot` is one of the published index's slots (its
+        // length is `self.slots`, and `slot < self.slots`).
+        let word = unsafe { &*index.add(1 + slot) };
+        // Publishes the stored stack, written whole above.
+        word.store(at, Ordering::Release);
+        Some(n)
+    }
+
+    /// Copies the stack into the current chunk (a new one when it has no
+    /// room) and returns its address.
+    fn store(&mut self, hash: u64, n: u32, ips: &[usize]) -> usize {
+        let words = HEADER + ips.len();
+        if self.left < words {
+            self.chunk = (self.chunk * 2).clamp(MIN_CHUNK, MAX_CHUNK).max(words);
+            let _g = bookkeeping();
+            let chunk: Box<[usize]> = vec![0usize; self.chunk].into_boxed_slice();
+            self.next = Box::leak(chunk).as_mut_ptr() as usize;
+            self.left = self.chunk;
+            self.bytes += self.chunk * std::mem::size_of::<usize>();
+        }
+        let at = self.next as *mut usize;
+        // SAFETY: `[at, at + words)` lies in the current chunk (`left >=
+        // words` words from `next`), which this shard's mutex holder alone
+        // writes, and no reader sees before its address is published.
+        unsafe {
+            at.write(hash as usize);
+            at.add(1).write((n as usize) << 32 | ips.len());
+            std::ptr::copy_nonoverlapping(ips.as_ptr(), at.add(HEADER), ips.len());
+        }
+        self.next += words * std::mem::size_of::<usize>();
+        self.left -= words;
+        at as usize
+    }
+
+    /// Publishes an index twice the size, holding every entry.
+    fn grow(&mut self, s: usize) {
+        let len = (self.slots * 2).max(MIN_INDEX);
+        let index = new_index(len);
+        for &at in &self.entries {
+            // SAFETY: `at` is a stored stack: its first word is its hash.
+            let hash = unsafe { *(at as *const usize) };
+            let mut slot = hash & (len - 1);
+            loop {
+                // SAFETY: `slot < len`, the new index's slot count; no
+                // reader sees it yet.
+                let word = unsafe { &*index.add(1 + slot) };
+                if word.load(Ordering::Relaxed) == 0 {
+                    word.store(at, Ordering::Relaxed);
+                    break;
+                }
+                slot = (slot + 1) & (len - 1);
+            }
+        }
+        // The old index (if any) stays allocated: readers may hold it.
+        INDEX[s].store(index, Ordering::Release);
+        self.slots = len;
+        self.bytes += (len + 1) * std::mem::size_of::<usize>();
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes + self.entries.capacity() * std::mem::size_of::<usize>()
+    }
 }
 
 /// The hash of a stack: two lanes over alternate frames (so the
@@ -210,8 +326,20 @@ pub(crate) fn intern(ips: &[usize]) -> Option<StackId> {
     }
     let h = hash(ips);
     let s = (h >> 60) as usize % SHARDS;
-    let _g = bookkeeping();
-    let n = shard(s).find_or_add(h, ips)?;
+    let index = INDEX[s].load(Ordering::Acquire);
+    let found = if index.is_null() {
+        None
+    } else {
+        // SAFETY: `index` is the shard's index, published (`Acquire`).
+        unsafe { probe(index, h, ips) }.ok()
+    };
+    let n = match found {
+        Some(n) => n,
+        None => {
+            let _g = bookkeeping();
+            shard(s).find_or_add(s, h, ips)?
+        }
+    };
     NonZeroU32::new(((s as u32) << SHARD_SHIFT) | n).map(StackId)
 }
 
@@ -224,12 +352,20 @@ pub(crate) fn frames(id: StackId) -> Vec<usize> {
     let _g = bookkeeping();
     let shard = shard(s);
     match shard.entries.get(n - 1) {
-        Some(e) => shard.frames[e.start as usize..(e.start + e.len) as usize].to_vec(),
+        Some(&at) => {
+            let at = at as *const usize;
+            // SAFETY: `at` is a stored stack: its header, then `len` frames,
+            // never written again.
+            unsafe {
+                let len = *at.add(1) as u32 as usize;
+                std::slice::from_raw_parts(at.add(HEADER), len).to_vec()
+            }
+        }
         None => Vec::new(),
     }
 }
 
-/// What the depot holds, in bytes (its tables' capacity).
+/// What the depot holds, in bytes (every index and chunk it allocated).
 pub(crate) fn bytes() -> usize {
     (0..SHARDS).map(|i| shard(i).bytes()).sum()
 }
@@ -293,11 +429,40 @@ mod tests {
 
     #[test]
     fn many_distinct_stacks_keep_their_frames() {
-        let ids: Vec<_> = (0..5000usize)
+        // Enough to grow every shard's index a few times.
+        let ids: Vec<_> = (0..40_000usize)
             .map(|i| (i, intern(&[i, i + 7, 99]).unwrap()))
             .collect();
         for (i, id) in ids {
             assert_eq!(frames(id), vec![i, i + 7, 99]);
+        }
+    }
+
+    #[test]
+    fn threads_storing_the_same_stacks_at_once_get_the_same_ids() {
+        // Eight threads store the same 4,000 new stacks in different
+        // orders while the indexes grow: each stack gets one id, whoever
+        // stored it first, and keeps its frames.
+        let base = 0x7000_0000usize;
+        let per_thread: Vec<Vec<(usize, StackId)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8usize)
+                .map(|t| {
+                    s.spawn(move || {
+                        (0..4000usize)
+                            .map(|k| (k * 7 + t * 613) % 4000)
+                            .map(|i| (i, intern(&[base + i, i, 5, 3]).unwrap()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut first = vec![None; 4000];
+        for (i, id) in per_thread.into_iter().flatten() {
+            assert_eq!(*first[i].get_or_insert(id), id, "stack {i}");
+        }
+        for (i, id) in first.into_iter().enumerate() {
+            assert_eq!(frames(id.unwrap()), vec![base + i, i, 5, 3]);
         }
     }
 }

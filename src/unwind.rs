@@ -33,6 +33,13 @@
 //! scanned segment), and an entry is one `AtomicU64` holding both the address it is
 //! for and its rule, so a reader never sees half of another's write.
 //!
+//! Each thread also keeps the states of its last walk (see "the memo of the
+//! last walk" below): a walk that meets one of them checks the last walk's
+//! next return addresses are still in their places (independent loads,
+//! every address checked to lie in the walk's `[rsp, top)` as above)
+//! instead of stepping frame by frame, and steps by the rules from the
+//! first that is not.
+//!
 //! A rule is read once per address: a library unloaded and another loaded
 //! at the same addresses would find the old rules (a walk through them may
 //! end early or find wrong callers, never fault).
@@ -66,32 +73,41 @@ enum Rule {
 enum Rbp {
     /// In `rbp` still.
     Same,
-    /// At `CFA + offset`.
+    /// At `CFA + offset`, inside the frame: `-2048 <= offset <= -8`, a
+    /// multiple of 8 (anything else is slow).
     At(i32),
-    /// Nowhere the caller can use (a CFA based on it then is slow).
-    Unknown,
 }
 
-// A rule in 32 bits (0: no rule): the kind in bits 0-1, the CFA's base in
-// bit 2, `rbp`'s place in bits 3-4, its offset / 8 (signed) in bits 5-13,
-// the CFA's offset in bits 14-31.
+// A rule in 32 bits, laid out for the walk's loop to use with as few
+// operations as it can: the CFA's offset from its base in bits 0-15 (one
+// zero-extending move; a frame's is at least 8, so 0 means "not a frame"),
+// the CFA's base (`rbp`, else `rsp`) in bit 16, "the caller's `rbp` is this
+// frame's" in bit 17, the kind in bits 18-19 (for the walk's slow path and
+// the tests), and the offset from the CFA of the word the caller's `rbp` is
+// loaded from, / 8 and signed, in bits 23-31 (one arithmetic shift, and the
+// multiplication by 8 an address scale). A slow rule and the end have a CFA
+// offset of 0 and base `rsp`: their return address would lie below the
+// frame's stack pointer, which the walk's bounds check refuses, so the
+// loop needs no test of the kind. An `rbp` kept in `rbp` has the offset of
+// the return address (-8): always a word the walk may load, whose value it
+// then ignores, so the loop loads without a branch.
+const CFA_OFF_MASK: u32 = 0xffff;
+const CFA_RBP: u32 = 1 << 16;
+const RBP_SAME: u32 = 1 << 17;
+const KIND_SHIFT: u32 = 18;
 const KIND_FRAME: u32 = 1;
 const KIND_SLOW: u32 = 2;
 const KIND_END: u32 = 3;
-const CFA_RBP: u32 = 1 << 2;
-const RBP_SHIFT: u32 = 3;
-const RBP_AT: u32 = 1;
-const RBP_UNKNOWN: u32 = 2;
-const RBP_OFF_SHIFT: u32 = 5;
-const RBP_OFF_BITS: u32 = 9;
-const CFA_OFF_SHIFT: u32 = 14;
-const MAX_CFA_OFF: u32 = (1 << (32 - CFA_OFF_SHIFT)) - 1;
+const RBP_OFF_SHIFT: u32 = 23;
+/// The lowest `rbp` offset a rule holds (the 9-bit field's, times 8).
+const MIN_RBP_OFF: i32 = -2048;
 
-/// The offset from the CFA of the saved `rbp`, in a packed frame rule.
+/// The offset from the CFA of the word the caller's `rbp` is loaded from,
+/// in a packed frame rule.
 #[inline(always)]
-fn rbp_offset(bits: u32) -> i32 {
-    // The 9-bit field, sign-extended, times 8.
-    (((bits << (32 - RBP_OFF_SHIFT - RBP_OFF_BITS)) as i32) >> (32 - RBP_OFF_BITS)) * 8
+fn rbp_offset(bits: u32) -> isize {
+    // The top 9 bits, sign-extended, times 8.
+    (((bits as i32) >> RBP_OFF_SHIFT) as isize) * 8
 }
 
 impl Rule {
@@ -100,10 +116,9 @@ impl Rule {
         let Ok(cfa_off) = u32::try_from(cfa_off) else {
             return Rule::Slow;
         };
-        let half = 1i32 << (RBP_OFF_BITS - 1);
         match rbp {
-            _ if !(8..=MAX_CFA_OFF).contains(&cfa_off) => Rule::Slow,
-            Rbp::At(m) if m % 8 != 0 || m / 8 < -half || m / 8 >= half => Rule::Slow,
+            _ if !(8..=CFA_OFF_MASK).contains(&cfa_off) => Rule::Slow,
+            Rbp::At(m) if m % 8 != 0 || !(MIN_RBP_OFF..=-8).contains(&m) => Rule::Slow,
             _ => Rule::Frame {
                 cfa_rbp,
                 cfa_off,
@@ -114,44 +129,40 @@ impl Rule {
 
     fn pack(self) -> u32 {
         match self {
-            Rule::Slow => KIND_SLOW,
-            Rule::End => KIND_END,
+            Rule::Slow => KIND_SLOW << KIND_SHIFT,
+            Rule::End => KIND_END << KIND_SHIFT,
             Rule::Frame {
                 cfa_rbp,
                 cfa_off,
                 rbp,
             } => {
-                let (how, off) = match rbp {
-                    Rbp::Same => (0, 0),
-                    Rbp::At(m) => (RBP_AT, (m / 8) as u32 & ((1 << RBP_OFF_BITS) - 1)),
-                    Rbp::Unknown => (RBP_UNKNOWN, 0),
+                let (same, off) = match rbp {
+                    Rbp::Same => (RBP_SAME, -8),
+                    Rbp::At(m) => (0, m),
                 };
-                KIND_FRAME
+                KIND_FRAME << KIND_SHIFT
                     | if cfa_rbp { CFA_RBP } else { 0 }
-                    | how << RBP_SHIFT
-                    | off << RBP_OFF_SHIFT
-                    | cfa_off << CFA_OFF_SHIFT
+                    | same
+                    | ((off / 8) as u32) << RBP_OFF_SHIFT
+                    | cfa_off
             }
         }
     }
 
     #[cfg(test)]
     fn unpack(bits: u32) -> Option<Rule> {
-        match bits & 3 {
+        match bits >> KIND_SHIFT & 3 {
             KIND_SLOW => Some(Rule::Slow),
             KIND_END => Some(Rule::End),
-            KIND_FRAME => {
-                let rbp = match bits >> RBP_SHIFT & 3 {
-                    0 => Rbp::Same,
-                    RBP_AT => Rbp::At(rbp_offset(bits)),
-                    _ => Rbp::Unknown,
-                };
-                Some(Rule::Frame {
-                    cfa_rbp: bits & CFA_RBP != 0,
-                    cfa_off: bits >> CFA_OFF_SHIFT,
-                    rbp,
-                })
-            }
+            KIND_FRAME => Some(Rule::Frame {
+                cfa_rbp: bits & CFA_RBP != 0,
+                cfa_off: bits & CFA_OFF_MASK,
+                rbp: if bits & RBP_SAME != 0 {
+                    Rbp::Same
+                } else {
+                    Rbp::At(rbp_offset(bits) as i32)
+                },
+            }),
             _ => None,
         }
     }
@@ -172,14 +183,16 @@ const ADDRESS_BITS: u32 = TABLE_BITS + 32;
 static TABLE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
 /// An entry is `tag << 32 | rule`, with `tag` the address's bits above
-/// `TABLE_BITS` and the slot `(pc ^ tag) mod TABLE_LEN`: the slot and the
-/// tag give back the bits below (`pc mod TABLE_LEN = slot ^ tag mod
-/// TABLE_LEN`), so a tag and a slot name one address. An address whose tag
-/// does not fit 32 bits (above 2^47) is never stored, so never found.
+/// `TABLE_BITS` and the slot the bits below: a tag and a slot name one
+/// address. An address whose tag does not fit 32 bits (above 2^47) is never
+/// stored, so never found. An empty entry (0) has tag 0, the tag of the
+/// first 32 KiB of the address space, where nothing is ever mapped (Linux
+/// keeps at least the first 64 KiB unmapped by default): its rule, 0, is
+/// no frame's, so a walk that read it there would stop at the bounds
+/// check and fall back.
 #[inline(always)]
 fn slot(pc: usize) -> (usize, u64) {
-    let tag = pc >> TABLE_BITS;
-    ((pc ^ tag) & (TABLE_LEN - 1), tag as u64)
+    (pc & (TABLE_LEN - 1), (pc >> TABLE_BITS) as u64)
 }
 
 #[cold]
@@ -240,7 +253,7 @@ unsafe fn rule_bits(table: *mut AtomicU64, pc: usize) -> u32 {
     // unmapped once published) and `i < TABLE_LEN`.
     let entry = unsafe { &*table.add(i) };
     let e = entry.load(Ordering::Relaxed);
-    if e >> 32 == tag && e as u32 != 0 {
+    if e >> 32 == tag {
         e as u32
     } else {
         fill(entry, tag, pc)
@@ -733,7 +746,9 @@ fn rule_of_row(row: &Row) -> Rule {
     };
     let rbp = match row.rbp {
         RegRule::Same => Rbp::Same,
-        RegRule::Undefined => Rbp::Unknown,
+        // Where a caller's `rbp` is lost, a CFA based on it later cannot
+        // be followed: the platform unwinder's.
+        RegRule::Undefined => return Rule::Slow,
         RegRule::Offset(m) => match i32::try_from(m) {
             Ok(m) => Rbp::At(m),
             Err(_) => return Rule::Slow,
@@ -806,78 +821,500 @@ pub(crate) fn walk_fast(ips: &mut [usize], skip: usize) -> Option<usize> {
     fast(ips, skip + 1, pc, sp, fp)
 }
 
+/// The lowest stack pointer a fast walk starts from: above it, no address
+/// the walk computes (a CFA, and a saved `rbp`'s slot at most 2048 bytes
+/// below it) wraps around zero. No thread's stack lies this low.
+const MIN_SP: usize = 4096;
+
 /// The walk along the cached rules from a frame at `pc` whose `rsp` is
 /// `sp`; the first `drop` return addresses are not written.
 #[inline(always)]
-fn fast(
-    ips: &mut [usize],
-    mut drop: usize,
-    mut pc: usize,
-    sp: usize,
-    mut fp: usize,
-) -> Option<usize> {
-    const WORD: usize = std::mem::size_of::<usize>();
+fn fast(ips: &mut [usize], drop: usize, pc: usize, sp: usize, fp: usize) -> Option<usize> {
     let (low, top) = crate::probe::stack_bounds();
     // Off the thread's stack (a signal's alternate stack, a coroutine's),
     // nothing above `sp` is known to be mapped: the platform unwinder's.
-    if sp < low {
+    // (Unknown bounds are `(0, 0)`: then no `sp` is below the top.)
+    if sp < low || sp < MIN_SP {
         return None;
     }
-    // A word at `a` may be loaded when `bottom <= a <= bottom + limit`: in
-    // the callers' frames, below the stack's top.
-    let bottom = sp;
-    let limit = top.checked_sub(bottom)?.checked_sub(WORD)?;
+    // The highest address a word may be loaded from.
+    let last = top.checked_sub(WORD)?;
+    if last < sp {
+        return None;
+    }
     let table = table();
     if table.is_null() {
         return None;
     }
-    let mut sp = sp;
-    let mut n = 0;
-    while n < ips.len() {
-        // SAFETY: `table` is not null.
-        let bits = unsafe { rule_bits(table, pc) };
-        if bits & 3 != KIND_FRAME {
-            if bits & 3 == KIND_END {
+    let at = Cursor {
+        pc,
+        sp,
+        fp,
+        fp_at: 0,
+        cfa_rbp: false,
+        kept: false,
+    };
+    let state = MEMO_STATE.with(|s| s.replace(s.get() | MEMO_BUSY));
+    if state & MEMO_BUSY != 0 {
+        // A walk interrupted (by a signal handler) on this thread is using
+        // the memos: this one walks without them.
+        // SAFETY: `table` is not null; `[sp, last]` is the callers' frames
+        // and `sp >= MIN_SP` (checked above).
+        return unsafe { plain(ips, drop, table, at, last) };
+    }
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let memos = MEMOS.with(|m| m.get()).cast::<Memo>();
+    let last_walk = usize::from(state & 1);
+    // SAFETY: this thread's two memos, distinct; no other reference to
+    // them exists while MEMO_BUSY is set (a handler interrupting this walk
+    // sees it and leaves them alone). `table`, `[sp, last]` as above.
+    let (n, flip) = unsafe {
+        let (memo, scratch) = (&mut *memos.add(last_walk), &mut *memos.add(last_walk ^ 1));
+        memo_walk(ips, drop, table, at, last, memo, scratch)
+    };
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    MEMO_STATE.with(|s| s.set((last_walk ^ usize::from(flip)) as u8));
+    n
+}
+
+/// The walk without the memos: every frame by its rule.
+///
+/// # Safety
+/// As [`step`]'s, for `at`.
+#[inline(always)]
+unsafe fn plain(
+    ips: &mut [usize],
+    drop: usize,
+    table: *mut AtomicU64,
+    mut at: Cursor,
+    last: usize,
+) -> Option<usize> {
+    for _ in 0..drop {
+        // SAFETY: the caller's (`step` only raises `at.sp`, to at most
+        // `last + WORD`, and keeps the rest).
+        if unsafe { step(table, &mut at, last) }? == 0 {
+            return Some(0);
+        }
+    }
+    for (n, ip) in ips.iter_mut().enumerate() {
+        // SAFETY: as above.
+        match unsafe { step(table, &mut at, last) }? {
+            0 => return Some(n),
+            ra => *ip = ra,
+        }
+    }
+    Some(ips.len())
+}
+
+// ---- the memo of the last walk -------------------------------------------
+//
+// Consecutive walks on a thread mostly share their outer frames (the same
+// callers of the same code) and often all of them (a loop that allocates).
+// Each thread keeps the states its last successful walk passed through, a
+// chain of step records: a state's return address, stack pointer and
+// `rbp`, and its step's flags (CFA based on `rbp`; `rbp` kept) and where
+// the step loaded the caller's `rbp` from; the next state is where the
+// step went. A walk that reaches a state of the last walk (the same return
+// address and stack pointer) goes on exactly as the last one did so long
+// as each step's inputs are unchanged: a step's result is a function of
+// its state's stack pointer, its `rbp` (only for a CFA based on it), the
+// rule at its return address (a rule is read once per address) and the
+// return address it loads. So from there the walk checks, frame by frame,
+// that the return address each step loaded is still in its place (and, at
+// a CFA based on `rbp`, that this walk's `rbp` is the one the step used),
+// an independent load a frame instead of a chain of dependent ones, takes
+// the last walk's next state where it is, and goes back to the rules at
+// the first step that does not hold. This walk's `rbp` at a state is the
+// word the last step that loaded one loads now. Every address loaded this
+// way is a step's load address of an earlier walk on this thread, and is
+// checked to lie in `[sp, last]` of this walk before it is loaded.
+//
+// The memos are two per thread: `memo`, the last walk's, and `scratch`,
+// where a walk keeps its states between the stretches of the last walk it
+// follows (it may leave the last walk where their callers differ and meet
+// it again further up; if it never meets it, `scratch` becomes the last
+// walk's). A signal handler that walks
+// while a walk on its thread is under way finds the memos marked busy and
+// walks without them.
+
+/// The most states a memo keeps (a walk's buffer, 32 frames for an event
+/// stack, plus its dropped frames and its start, fit): a power of two, an
+/// index masked by `STATES - 1` needs no bounds check, and at most 64, the
+/// bits of a mask.
+const STATES: usize = 64;
+
+/// The states of a thread's last walk (see above).
+struct Memo {
+    /// How many states are kept: state 0 is the walk's start, state
+    /// `j + 1` the one step `j` went to.
+    len: usize,
+    pc: [usize; STATES],
+    sp: [usize; STATES],
+    fp: [usize; STATES],
+    /// Where step `j` loaded the caller's `rbp` from (the return
+    /// address's word when it kept `rbp`).
+    fp_at: [usize; STATES],
+    /// Bit `j`: step `j`'s CFA was based on `rbp`.
+    cfa_rbp: u64,
+    /// Bit `j`: step `j` kept `rbp`.
+    kept: u64,
+}
+
+const MEMO_BUSY: u8 = 2;
+
+thread_local! {
+    /// This thread's two memos (constant initialiser, no destructor:
+    /// usable at any time on any thread).
+    static MEMOS: std::cell::UnsafeCell<[Memo; 2]> = const {
+        std::cell::UnsafeCell::new(
+            [const {
+                Memo {
+                    len: 0,
+                    pc: [0; STATES],
+                    sp: [0; STATES],
+                    fp: [0; STATES],
+                    fp_at: [0; STATES],
+                    cfa_rbp: 0,
+                    kept: 0,
+                }
+            }; 2],
+        )
+    };
+    /// Which memo holds the last walk (bit 0), and whether a walk is using
+    /// the memos (`MEMO_BUSY`).
+    static MEMO_STATE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Where a walk writes its return addresses: dropping the first `drop`.
+struct Out<'a> {
+    ips: &'a mut [usize],
+    n: usize,
+    drop: usize,
+}
+
+impl Out<'_> {
+    /// Takes a return address; true when the buffer is full.
+    #[inline(always)]
+    fn push(&mut self, ra: usize) -> bool {
+        if self.drop > 0 {
+            self.drop -= 1;
+            return false;
+        }
+        self.ips[self.n] = ra;
+        self.n += 1;
+        self.n == self.ips.len()
+    }
+}
+
+impl Memo {
+    /// Keeps state `j`, if there is room.
+    #[inline(always)]
+    fn keep(&mut self, j: usize, at: &Cursor) {
+        if j < STATES {
+            let j = j & (STATES - 1);
+            self.pc[j] = at.pc;
+            self.sp[j] = at.sp;
+            self.fp[j] = at.fp;
+        }
+    }
+
+    /// Keeps step `j`'s loads and flags.
+    #[inline(always)]
+    fn keep_step(&mut self, j: usize, fp_at: usize, cfa_rbp: bool, kept: bool) {
+        self.fp_at[j & (STATES - 1)] = fp_at;
+        self.cfa_rbp |= u64::from(cfa_rbp) << (j & (STATES - 1));
+        self.kept |= u64::from(kept) << (j & (STATES - 1));
+    }
+}
+
+/// The walk, with the last walk's memo `memo` to follow where it can, and
+/// `scratch` for the states between the stretches it follows. Returns what
+/// the walk found, and whether `scratch` now holds the last walk (else
+/// `memo` does, or, with `memo.len` 0, neither).
+///
+/// `memo` holds this walk's states below `base`, and the last walk's from
+/// `k` to `end`; the walk keeps its states from `base` on in `scratch`
+/// (state `j` at `j - base`) until it meets one of the last walk's (its
+/// state `j` is the last walk's `k`): then the last walk's states from `k`
+/// are moved to `j` in `memo`, this walk's from `base` copied before them,
+/// and the walk follows them there, in place, while their steps hold. From
+/// the first step that does not (or the last walk's end), it steps by the
+/// rule again, keeping its states in `scratch` again with `base` past the
+/// stretch followed, and may meet the last walk again further up (the
+/// callers both walks share, past a frame they do not).
+///
+/// # Safety
+/// As [`step`]'s, for `at`; `memo` holds states of an earlier walk on this
+/// thread (or none).
+#[inline(always)]
+unsafe fn memo_walk(
+    ips: &mut [usize],
+    drop: usize,
+    table: *mut AtomicU64,
+    mut at: Cursor,
+    last: usize,
+    memo: &mut Memo,
+    scratch: &mut Memo,
+) -> (Option<usize>, bool) {
+    let bottom = at.sp;
+    let span = last - bottom;
+    let mut out = Out { ips, n: 0, drop };
+    if out.ips.is_empty() {
+        return (Some(0), false);
+    }
+    let mut end = memo.len.min(STATES);
+    scratch.cfa_rbp = 0;
+    scratch.kept = 0;
+    let (mut j, mut k, mut base) = (0, 0, 0);
+    loop {
+        if j < STATES {
+            scratch.keep(j - base, &at);
+        }
+        while k < end && memo.sp[k] < at.sp {
+            k += 1;
+        }
+        if k < end && memo.sp[k] == at.sp && memo.pc[k] == at.pc && j < STATES {
+            // The last walk's state `k` is this one's `j`: its states from
+            // `k` go to `j` (as many as fit), this walk's from `base` before
+            // them.
+            let moved = (end - k).min(STATES - j);
+            let below = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
+            let merge = |m: u64, scratch: u64| {
+                m & below(base) | (scratch << base) & below(j) & !below(base) | (m >> k) << j
+            };
+            memo.cfa_rbp = merge(memo.cfa_rbp, scratch.cfa_rbp);
+            memo.kept = merge(memo.kept, scratch.kept);
+            if j != k {
+                memo.pc.copy_within(k..k + moved, j);
+                memo.sp.copy_within(k..k + moved, j);
+                memo.fp.copy_within(k..k + moved, j);
+                memo.fp_at.copy_within(k..k + moved, j);
+            }
+            let n = j - base;
+            memo.pc[base..j].copy_from_slice(&scratch.pc[..n]);
+            memo.sp[base..j].copy_from_slice(&scratch.sp[..n]);
+            memo.fp[base..j].copy_from_slice(&scratch.fp[..n]);
+            memo.fp_at[base..j].copy_from_slice(&scratch.fp_at[..n]);
+            end = j + moved;
+            // Until this walk ends well, `memo` holds no walk's states.
+            memo.len = 0;
+            // SAFETY: `memo`'s states `j..end` are the last walk's from
+            // `k` (moved), a chain of steps of earlier walks on this
+            // thread; `bottom` and `span` are this walk's.
+            let t = unsafe { follow(memo, &mut at, j, end, bottom, span) };
+            // The return addresses of the steps followed, into `ips`, at
+            // most as many as it has room for.
+            let skip = out.drop.min(t - j);
+            out.drop -= skip;
+            let s = j + 1 + skip;
+            let room = out.ips.len() - out.n;
+            if t + 1 - s >= room {
+                out.ips[out.n..].copy_from_slice(&memo.pc[s..s + room]);
+                out.n += room;
+                memo.len = end;
+                return (Some(out.n), false);
+            }
+            out.ips[out.n..out.n + (t + 1 - s)].copy_from_slice(&memo.pc[s..=t]);
+            out.n += t + 1 - s;
+            // On from state `t` by its rule: its step is this walk's own,
+            // kept in `memo`; the states after it in `scratch` again.
+            j = t;
+            memo.fp[j] = at.fp;
+            // SAFETY: the caller's; `at` is state `t`, reached by steps
+            // checked to hold, so `at.sp` rose to at most `last + WORD`.
+            let ra = unsafe { step(table, &mut at, last) };
+            let Some(ra) = ra else {
+                return (None, false);
+            };
+            if ra == 0 {
+                memo.len = j + 1;
+                return (Some(out.n), false);
+            }
+            let bit = !below(j) & below(j + 1);
+            memo.cfa_rbp = memo.cfa_rbp & !bit | if at.cfa_rbp { bit } else { 0 };
+            memo.kept = memo.kept & !bit | if at.kept { bit } else { 0 };
+            memo.fp_at[j] = at.fp_at;
+            (j, k, base) = (j + 1, j + 1, j + 1);
+            (scratch.cfa_rbp, scratch.kept) = (0, 0);
+            if out.push(ra) {
+                if j < STATES {
+                    scratch.keep(0, &at);
+                }
                 break;
             }
-            return None;
+            continue;
         }
-        // An unknown `rbp` is 0: a CFA based on it falls below `sp`.
-        let base = if bits & CFA_RBP != 0 { fp } else { sp };
-        let cfa = base.wrapping_add((bits >> CFA_OFF_SHIFT) as usize);
-        // The CFA rises strictly: the return address lies at or above the
-        // current frame's stack pointer (and no sum wrapped around).
-        let ra_at = cfa.wrapping_sub(WORD);
-        if ra_at < sp || ra_at - bottom > limit {
-            return None;
-        }
-        // SAFETY: `[ra_at, ra_at + 8)` is in the callers' frames (checked).
-        let ra = unsafe { *(ra_at as *const usize) };
-        match bits >> RBP_SHIFT & 3 {
-            RBP_AT => {
-                let at = cfa.wrapping_add_signed(rbp_offset(bits) as isize);
-                if at.wrapping_sub(bottom) > limit {
-                    return None;
-                }
-                // SAFETY: `[at, at + 8)` is in the callers' frames (checked).
-                fp = unsafe { *(at as *const usize) };
-            }
-            RBP_UNKNOWN => fp = 0,
-            _ => {}
-        }
-        sp = cfa;
+        // SAFETY: the caller's; `at` is this walk's state, reached by
+        // steps (or by steps checked to hold), so `at.sp` rose to at most
+        // `last + WORD`.
+        let ra = unsafe { step(table, &mut at, last) };
+        let Some(ra) = ra else {
+            return (None, false);
+        };
         if ra == 0 {
             break;
         }
-        if drop > 0 {
-            drop -= 1;
-        } else {
-            ips[n] = ra;
-            n += 1;
+        if j < STATES - 1 {
+            scratch.keep_step(j - base, at.fp_at, at.cfa_rbp, at.kept);
         }
-        pc = ra;
+        j += 1;
+        if out.push(ra) {
+            if j < STATES {
+                scratch.keep(j - base, &at);
+            }
+            break;
+        }
     }
-    Some(n)
+    // The walk ended with its states from `base` in `scratch`.
+    let len = (j + 1).min(STATES);
+    if base == 0 {
+        scratch.len = len;
+        return (Some(out.n), true);
+    }
+    if base < len {
+        let n = len - base;
+        memo.pc[base..len].copy_from_slice(&scratch.pc[..n]);
+        memo.sp[base..len].copy_from_slice(&scratch.sp[..n]);
+        memo.fp[base..len].copy_from_slice(&scratch.fp[..n]);
+        memo.fp_at[base..len].copy_from_slice(&scratch.fp_at[..n]);
+        let below = (1u64 << base) - 1;
+        memo.cfa_rbp = memo.cfa_rbp & below | scratch.cfa_rbp << base;
+        memo.kept = memo.kept & below | scratch.kept << base;
+    }
+    memo.len = len.max(base.min(STATES));
+    (Some(out.n), false)
+}
+
+/// Follows the last walk's steps in `memo` from this walk's state `j` (at
+/// `at`, the last walk's state `j` too) while they hold, up to state `end`:
+/// returns the state reached, with `at` there.
+///
+/// Step `t` holds while the return address it loaded is still in its place
+/// and, for a CFA based on `rbp`, this walk's `rbp` is the one it used
+/// (this walk's `rbp` at a state: the word the last step that loaded one
+/// loads now, or the `rbp` at `j`). A step's record (its state's `rbp`, its
+/// flags, its loads and the state it went to) is one real step's, so it
+/// stays true as it is: nothing is written.
+///
+/// # Safety
+/// `memo`'s states `j..end` are a chain of steps of earlier walks on this
+/// thread; `[bottom, bottom + span]` is this walk's `[sp, last]`.
+#[inline(always)]
+unsafe fn follow(
+    memo: &Memo,
+    at: &mut Cursor,
+    j: usize,
+    end: usize,
+    bottom: usize,
+    span: usize,
+) -> usize {
+    let (mut t, mut fp_from) = (j, 0usize);
+    let (mut cfa_rbp, mut kept) = (memo.cfa_rbp >> j, memo.kept >> j);
+    while t + 1 < end {
+        let (i, next) = (t & (STATES - 1), (t + 1) & (STATES - 1));
+        if cfa_rbp & 1 != 0 {
+            let fp = if fp_from == 0 {
+                at.fp
+            } else {
+                // SAFETY: `fp_from` lies in `[bottom, last]` (checked
+                // below when taken), the callers' frames.
+                unsafe { *(fp_from as *const usize) }
+            };
+            if fp != memo.fp[i] {
+                break;
+            }
+        }
+        let ra_at = memo.sp[next].wrapping_sub(WORD);
+        let fp_at = if kept & 1 == 0 {
+            memo.fp_at[i]
+        } else {
+            fp_from
+        };
+        if ra_at.wrapping_sub(bottom) > span || fp_at != 0 && fp_at.wrapping_sub(bottom) > span {
+            break;
+        }
+        // SAFETY: `ra_at` lies in `[bottom, last]` (checked), the callers'
+        // frames.
+        if unsafe { *(ra_at as *const usize) } != memo.pc[next] {
+            break;
+        }
+        fp_from = fp_at;
+        t += 1;
+        (cfa_rbp, kept) = (cfa_rbp >> 1, kept >> 1);
+    }
+    if fp_from != 0 {
+        // SAFETY: as above.
+        at.fp = unsafe { *(fp_from as *const usize) };
+    }
+    at.pc = memo.pc[t & (STATES - 1)];
+    at.sp = memo.sp[t & (STATES - 1)];
+    t
+}
+
+const WORD: usize = std::mem::size_of::<usize>();
+
+/// Where a walk is: a frame's return address, stack pointer and `rbp`.
+struct Cursor {
+    pc: usize,
+    sp: usize,
+    fp: usize,
+    /// Where the last step loaded the caller's `rbp` from (the return
+    /// address's word when it kept `rbp`).
+    fp_at: usize,
+    /// Whether the last step's CFA was based on `rbp`, and whether it kept
+    /// `rbp`.
+    cfa_rbp: bool,
+    kept: bool,
+}
+
+/// Moves `at` to its frame's caller along the cached rule at `at.pc`, and
+/// returns the caller's return address (0 at the stack's outermost frame),
+/// or `None` where the rule cannot follow the frame.
+///
+/// # Safety
+/// `table` is the published table (not null); every word of `[at.sp,
+/// last]` lies in this thread's live stack (the callers' frames, mapped);
+/// `at.sp >= MIN_SP`. The move keeps all three.
+#[inline(always)]
+unsafe fn step(table: *mut AtomicU64, at: &mut Cursor, last: usize) -> Option<usize> {
+    // SAFETY: `table` is the published table.
+    let bits = unsafe { rule_bits(table, at.pc) };
+    at.cfa_rbp = bits & CFA_RBP != 0;
+    let base = if at.cfa_rbp { at.fp } else { at.sp };
+    let cfa = base.wrapping_add((bits & CFA_OFF_MASK) as usize);
+    // The CFA rises strictly: the return address lies at or above the
+    // frame's stack pointer (and no sum wrapped around), and below the
+    // top. A slow rule or the end fails here (their CFA offset is 0).
+    let ra_at = cfa.wrapping_sub(WORD);
+    if ra_at < at.sp || ra_at > last {
+        return not_a_frame(bits);
+    }
+    // A frame's rule, then: the caller's `rbp` is loaded from `cfa - 2048
+    // ..= cfa - 8` (the return address's word when it is this frame's
+    // `rbp`), with `cfa > at.sp >= MIN_SP`: no wrap-around.
+    let fp_at = cfa.wrapping_add_signed(rbp_offset(bits));
+    if fp_at < at.sp {
+        return None;
+    }
+    // SAFETY: `ra_at` and `fp_at` lie in `[at.sp, last]` (checked), the
+    // callers' frames, word-sized loads of plain integers.
+    let (ra, fp) = unsafe { (*(ra_at as *const usize), *(fp_at as *const usize)) };
+    at.kept = bits & RBP_SAME != 0;
+    if !at.kept {
+        at.fp = fp;
+    }
+    at.fp_at = fp_at;
+    at.sp = cfa;
+    at.pc = ra;
+    Some(ra)
+}
+
+/// The walk's way out when a rule gives no frame: the end (`Some(0)`), or
+/// a frame the rule cannot follow (`None`).
+#[cold]
+#[inline(never)]
+fn not_a_frame(bits: u32) -> Option<usize> {
+    (bits >> KIND_SHIFT & 3 == KIND_END).then_some(0)
 }
 
 /// As [`walk`], with the platform unwinder (`_Unwind_Backtrace`) only.
@@ -1109,6 +1546,83 @@ mod tests {
         }
     }
 
+    /// Two callers of `both_here` alike but for their return addresses.
+    #[inline(never)]
+    fn caller_one() -> (Vec<usize>, Vec<usize>) {
+        std::hint::black_box(both_here())
+    }
+
+    #[inline(never)]
+    fn caller_two() -> (Vec<usize>, Vec<usize>) {
+        let r = std::hint::black_box(both_here());
+        std::hint::black_box(2);
+        r
+    }
+
+    #[test]
+    fn a_walk_like_the_last_but_for_one_caller_finds_its_own() {
+        // The same frames at the same stack pointers, below a caller that
+        // alternates: the memo of the last walk matches, and its next
+        // return address is no longer in its place.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..6 {
+            let pair = if i % 2 == 0 {
+                caller_one()
+            } else {
+                caller_two()
+            };
+            // Where `both_here` returns to: into one caller or the other.
+            seen.insert(pair.0[0]);
+            assert_same(pair);
+        }
+        assert_eq!(seen.len(), 2, "two different callers");
+    }
+
+    #[test]
+    fn walks_at_other_depths_below_the_same_callers_are_whole() {
+        // The last walk's outer frames met at another depth each time (its
+        // states moved in the memo), and deeper than the memo holds.
+        for depth in [3, 7, 3, 5, 5, 1, 40, 9, 2, 40, 0] {
+            let (fast, slow) = chain_a(depth);
+            assert_same((fast.clone(), slow));
+            assert!(fast.len() >= depth.min(N - 4), "{depth}: {}", fast.len());
+        }
+    }
+
+    #[inline(never)]
+    fn via_caller(depth: usize, one: bool) -> (Vec<usize>, Vec<usize>) {
+        if depth > 0 {
+            return std::hint::black_box(via_caller(depth - 1, one));
+        }
+        if one {
+            caller_one()
+        } else {
+            caller_two()
+        }
+    }
+
+    #[test]
+    fn walks_that_differ_in_the_middle_meet_the_last_again_further_up() {
+        // Below the same recursion, a caller that changes; above it, the
+        // same recursion again at another depth, then the same harness:
+        // each walk follows the last one, leaves it, and meets it again.
+        for i in 0..40usize {
+            let (fast, slow) = via_caller(i * 7 % 5, i % 3 == 0);
+            assert_same((fast, slow));
+        }
+    }
+
+    #[test]
+    fn a_walk_without_the_memos_finds_the_same() {
+        // As an interrupted walk's signal handler does: the memos marked in
+        // use, every frame by its rule.
+        let was = MEMO_STATE.with(|s| s.replace(s.get() | MEMO_BUSY));
+        let without = chain_a(4);
+        let still = MEMO_STATE.with(|s| s.replace(was));
+        assert_eq!(still, was | MEMO_BUSY, "the walk left the memos alone");
+        assert_same(without);
+    }
+
     #[test]
     fn rules_pack_and_unpack() {
         let rules = [
@@ -1117,21 +1631,46 @@ mod tests {
             Rule::frame(false, 8, Rbp::Same),
             Rule::frame(true, 16, Rbp::At(-16)),
             Rule::frame(false, 4096, Rbp::At(-2048)),
-            Rule::frame(false, 200, Rbp::At(2040)),
-            Rule::frame(true, 16, Rbp::Unknown),
+            Rule::frame(false, 65535, Rbp::At(-8)),
+            Rule::frame(true, 200, Rbp::Same),
         ];
         for r in rules {
-            assert!(matches!(r, Rule::Frame { .. } | Rule::Slow | Rule::End));
             assert_eq!(Rule::unpack(r.pack()), Some(r));
         }
         assert!(matches!(
             Rule::frame(true, 16, Rbp::At(-16)),
             Rule::Frame { .. }
         ));
-        assert_eq!(Rule::frame(false, 1 << 20, Rbp::Same), Rule::Slow);
+        assert_eq!(Rule::frame(false, 1 << 16, Rbp::Same), Rule::Slow);
         assert_eq!(Rule::frame(false, 24, Rbp::At(-12)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 24, Rbp::At(-2056)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 24, Rbp::At(0)), Rule::Slow);
+        assert_eq!(Rule::frame(false, 200, Rbp::At(2040)), Rule::Slow);
         assert_eq!(Rule::frame(false, 4, Rbp::Same), Rule::Slow);
         assert_eq!(Rule::unpack(0), None);
+    }
+
+    #[test]
+    fn a_rule_that_is_no_frame_fails_the_walks_bounds_check() {
+        // The walk's loop tells no kinds apart: a slow rule, the end and an
+        // empty entry must give a return address below the stack pointer.
+        for bits in [Rule::Slow.pack(), Rule::End.pack(), 0] {
+            assert_eq!(bits & CFA_OFF_MASK, 0);
+            assert_eq!(bits & CFA_RBP, 0);
+        }
+        // A frame's packed `rbp` slot: `cfa + offset`, or the return
+        // address's word when `rbp` is kept.
+        let same = Rule::frame(true, 16, Rbp::Same).pack();
+        assert_eq!(rbp_offset(same), -8);
+        assert_ne!(same & RBP_SAME, 0);
+        let at = Rule::frame(false, 48, Rbp::At(-40)).pack();
+        assert_eq!(
+            (rbp_offset(at), at & RBP_SAME, at & CFA_OFF_MASK),
+            (-40, 0, 48)
+        );
+        assert_eq!(not_a_frame(Rule::End.pack()), Some(0));
+        assert_eq!(not_a_frame(Rule::Slow.pack()), None);
+        assert_eq!(not_a_frame(0), None);
     }
 
     #[test]
@@ -1140,10 +1679,7 @@ mod tests {
         for a in (0x5555_5555_0000usize..0x5555_5556_0000).step_by(7) {
             let (i, tag) = slot(a);
             assert!(i < TABLE_LEN);
-            assert_eq!(
-                (tag as usize) << TABLE_BITS | ((i ^ tag as usize) & (TABLE_LEN - 1)),
-                a
-            );
+            assert_eq!((tag as usize) << TABLE_BITS | i, a);
             assert!(seen.insert((i, tag)));
         }
     }
@@ -1183,6 +1719,13 @@ mod tests {
         assert_eq!(
             rule_of_row(&Row {
                 rbp: RegRule::Other,
+                ..base
+            }),
+            Rule::Slow
+        );
+        assert_eq!(
+            rule_of_row(&Row {
+                rbp: RegRule::Undefined,
                 ..base
             }),
             Rule::Slow
