@@ -345,51 +345,11 @@ pub(super) fn guess(len: usize, off: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// The word-at-a-time shifts against moving one offset at a time, at
-    /// every start and length of the largest class.
+    /// The word-at-a-time offset shifts and the bulk record moves against
+    /// moving one offset and one record at a time, at every start and
+    /// length of a 64-record class.
     #[test]
-    fn offset_shifts_match_one_at_a_time() {
-        let class = NCLASSES - 1;
-        let mut arena: &'static [Quad] = &[];
-        let (a, b) = (
-            Block::carve(&mut arena, class),
-            Block::carve(&mut arena, class),
-        );
-        let cap = a.cap().min(64);
-        let fill = |blk: Block| {
-            for i in 0..cap {
-                blk.set_off(i, 1000 + i);
-            }
-        };
-        let offs = |blk: Block, n: usize| (0..n).map(|i| blk.off(i)).collect::<Vec<_>>();
-        for len in 1..cap {
-            for at in 0..len {
-                // Up: the place at `at` is the caller's to set.
-                fill(a);
-                fill(b);
-                a.shift_offs_up(at, len);
-                for j in (at..len).rev() {
-                    b.set_off(j + 1, b.off(j));
-                }
-                a.set_off(at, 7);
-                b.set_off(at, 7);
-                assert_eq!(offs(a, len + 1), offs(b, len + 1), "up at {at} len {len}");
-                // Down, over the one at `at`.
-                fill(a);
-                fill(b);
-                a.shift_offs_down(at, len);
-                for j in at + 1..len {
-                    b.set_off(j - 1, b.off(j));
-                }
-                assert_eq!(offs(a, len - 1), offs(b, len - 1), "down at {at} len {len}");
-            }
-        }
-    }
-
-    /// The bulk record moves against moving one record at a time, at every
-    /// start and length of a small class.
-    #[test]
-    fn record_moves_match_one_at_a_time() {
+    fn shifts_match_one_at_a_time() {
         let class = 9; // 64 records
         let mut arena: &'static [Quad] = &[];
         let (a, b) = (
@@ -399,27 +359,44 @@ mod tests {
         let cap = a.cap();
         let fill = |blk: Block| {
             for i in 0..cap {
-                let i64 = i as u64;
-                blk.write_rec(i, [i64, i64 << 8, i64 << 16, !i64]);
+                blk.set_off(i, 1000 + i);
+                let w = i as u64;
+                blk.write_rec(i, [w, w << 8, w << 16, !w]);
             }
         };
-        let recs = |blk: Block, n: usize| (0..n).map(|i| blk.words(i)).collect::<Vec<_>>();
+        let state = |blk: Block, n: usize| {
+            (0..n)
+                .map(|i| (blk.off(i), blk.words(i)))
+                .collect::<Vec<_>>()
+        };
         for len in 1..cap {
             for at in 0..len {
+                // Up: the place at `at` is the caller's to set.
                 fill(a);
                 fill(b);
+                a.shift_offs_up(at, len);
                 a.move_recs_up(at, len);
                 for j in (at..len).rev() {
+                    b.set_off(j + 1, b.off(j));
                     b.copy_rec(j, b, j + 1);
                 }
-                assert_eq!(recs(a, len + 1), recs(b, len + 1), "up at {at} len {len}");
+                a.set_off(at, 7);
+                b.set_off(at, 7);
+                assert_eq!(state(a, len + 1), state(b, len + 1), "up at {at} len {len}");
+                // Down, over the one at `at`.
                 fill(a);
                 fill(b);
+                a.shift_offs_down(at, len);
                 a.move_recs_down(at, len);
                 for j in at + 1..len {
+                    b.set_off(j - 1, b.off(j));
                     b.copy_rec(j, b, j - 1);
                 }
-                assert_eq!(recs(a, len), recs(b, len), "down at {at} len {len}");
+                assert_eq!(
+                    state(a, len - 1),
+                    state(b, len - 1),
+                    "down at {at} len {len}"
+                );
             }
         }
     }
