@@ -568,3 +568,110 @@ pub(super) fn lock_for_fork() -> ForkLocks {
         _rings: std::array::from_fn(|i| QUARANTINE[i].lock().unwrap_or_else(|e| e.into_inner())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A local ring of `cap` blocks with its own slots, owned by the test.
+    fn ring(cap: usize) -> LocalRing {
+        let r = LocalRing::empty();
+        let buf = map_anonymous((cap + SPARE_SLOTS) * std::mem::size_of::<Slot>())
+            .expect("the slots are mapped");
+        r.slots.store(cap + SPARE_SLOTS, Ordering::Relaxed);
+        r.buf.store(buf.cast(), Ordering::Release);
+        r
+    }
+
+    /// Random frees and allocations against a model of the ring (a queue
+    /// of the slots from the oldest on, `None` for a vacant one), with the
+    /// owner's eviction rule: every block leaves exactly once, taken back
+    /// only among the oldest `REUSE_WINDOW + 1` and only when it has waited
+    /// `cap - REUSE_WINDOW` frees; the counts and bytes agree with the
+    /// model, and the slots never run out.
+    #[test]
+    fn take_due_and_eviction_match_a_model() {
+        const CAP: usize = 64;
+        let r = ring(CAP);
+        let mut model: VecDeque<Option<(usize, usize)>> = VecDeque::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        let mut next_p = 0x1000usize;
+        let (mut gone, mut taken) = (0usize, 0usize);
+        for step in 0..200_000 {
+            // Three sizes, so that the oldest block often does not fit.
+            let size = [16, 48, 200][rand(3)];
+            if rand(2) == 0 {
+                // A free: make room as `push_local` does, then push.
+                while r.len() > r.cap() || r.is_full() {
+                    let old = r.oldest().expect("a full ring has an oldest slot");
+                    let front = model.pop_front().expect("the model agrees");
+                    match front {
+                        None => {
+                            assert_eq!(old, 0, "step {step}: a vacant slot");
+                            r.pop(0);
+                        }
+                        Some((p, s)) => {
+                            assert_eq!(old, p, "step {step}: the oldest block");
+                            r.pop(s);
+                            gone += 1;
+                        }
+                    }
+                }
+                next_p += 0x100;
+                r.push(next_p, size, None, None, size);
+                model.push_back(Some((next_p, size)));
+            } else {
+                // An allocation of `size`: the model's answer first.
+                let len = model.len();
+                let need = CAP - REUSE_WINDOW;
+                let expect = if len == 0 || len - 1 < need {
+                    None
+                } else {
+                    (0..=(len - 1 - need).min(REUSE_WINDOW))
+                        .find(|&k| matches!(model[k], Some((_, s)) if s == size))
+                };
+                let got = r.take_due(size, |_, m| m == size);
+                match expect {
+                    None => assert_eq!(got, None, "step {step}"),
+                    Some(k) => {
+                        let (p, _) = model[k].expect("found above");
+                        assert_eq!(got, Some(p), "step {step}");
+                        if k == 0 {
+                            model.pop_front();
+                        } else {
+                            model[k] = None;
+                        }
+                        taken += 1;
+                        assert!(
+                            r.find(p).is_none(),
+                            "step {step}: a taken block is not found"
+                        );
+                    }
+                }
+            }
+            let blocks = model.iter().flatten().count();
+            let holes = model.len() - blocks;
+            assert_eq!(r.len(), blocks, "step {step}");
+            assert_eq!(r.holes.load(Ordering::Relaxed), holes, "step {step}");
+            assert!(
+                holes <= REUSE_WINDOW + 1,
+                "step {step}: {holes} vacant slots"
+            );
+            let bytes: usize = model.iter().flatten().map(|&(_, s)| s).sum();
+            assert_eq!(r.bytes(), bytes, "step {step}");
+            if let Some(&Some((p, _))) = model.back() {
+                assert!(r.find(p).is_some(), "step {step}: a waiting block is found");
+            }
+        }
+        let waiting = model.iter().flatten().count();
+        assert_eq!(gone + taken + waiting, (next_p - 0x1000) / 0x100);
+        assert!(taken > 10_000, "allocations took blocks back: {taken}");
+    }
+}
