@@ -297,9 +297,6 @@ impl Ranges {
             .iter()
             .map(|r| (r.start, r.start.saturating_add(r.len)))
             .collect();
-        // The checker's own big tables are left out of what is watched as
-        // well as of what is read: the kernel walks every page it is asked
-        // about, and they are most of the program's statics.
         extra.extend(segments.iter().map(|s| (s.start, s.start + s.len)));
         extra.sort_unstable();
         // The live C regions' ranges come sorted (thousands of them, for a
@@ -402,42 +399,20 @@ impl Drop for WipeOnDrop {
     }
 }
 
-/// The writable segments of the loaded objects as spans, without the
-/// checker's own big tables (statics too, and not C's: with them the
-/// program's statics are megabytes).
+/// The writable segments of the loaded objects as spans. (The checker's
+/// own big tables, the page map's and the registry's roots, are mapped
+/// apart, so the program's statics are one span, one question to the
+/// write watch.)
 fn segment_spans() -> Vec<Span> {
-    let mut spans = Vec::new();
-    // The checker's own big tables are statics too, and not C's:
-    // skipped (with them the program's statics are megabytes).
-    let mut own = [crate::heap::root_table(), registry::root_table()];
-    own.sort_unstable();
-    for &(start, len) in writable_segments().iter() {
-        let end = start + len;
-        let mut from = start;
-        for &(os, ol) in &own {
-            let oe = os + ol;
-            if os < end && from < oe {
-                if from < os {
-                    spans.push(Span {
-                        start: from,
-                        len: os - from,
-                        source: Source::Segment,
-                        base: start,
-                    });
-                }
-                from = from.max(oe);
-            }
-        }
-        if from < end {
-            spans.push(Span {
-                start: from,
-                len: end - from,
-                source: Source::Segment,
-                base: start,
-            });
-        }
-    }
-    spans
+    writable_segments()
+        .iter()
+        .map(|&(start, len)| Span {
+            start,
+            len,
+            source: Source::Segment,
+            base: start,
+        })
+        .collect()
 }
 
 /// The writable segments of the loaded objects, `(start, len)`, read again

@@ -1098,10 +1098,14 @@ unsafe fn memo_walk(
             end = j + moved;
             // Until this walk ends well, `memo` holds no walk's states.
             memo.len = 0;
+            // Followed no further than the states whose return addresses
+            // fill `ips` (the stretch beyond stays the last walk's, for a
+            // later walk to check when it needs it).
+            let needed = (j + out.drop + (out.ips.len() - out.n) + 1).min(end);
             // SAFETY: `memo`'s states `j..end` are the last walk's from
             // `k` (moved), a chain of steps of earlier walks on this
             // thread; `bottom` and `span` are this walk's.
-            let t = unsafe { follow(memo, &mut at, j, end, bottom, span) };
+            let t = unsafe { follow(memo, &mut at, j, needed, bottom, span) };
             // The return addresses of the steps followed, into `ips`, at
             // most as many as it has room for.
             let skip = out.drop.min(t - j);

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Mutex, MutexGuard};
 
 use super::{meta_align, meta_of, meta_size, meta_state, page_count, page_count_or_create};
-use super::{HDR, KEY, LEAF_LEN, PAGE_SHIFT, ROOT};
+use super::{root_map, HDR, KEY, LEAF_LEN, PAGE_SHIFT};
 use crate::site::Site;
 use crate::stackdepot::StackId;
 
@@ -677,7 +677,10 @@ pub(crate) fn for_each_c_block(mut f: impl FnMut(CBlock)) {
     let mut page = [0u8; 1 << PAGE_SHIFT];
     let first = lo >> leaf_shift;
     let roots = ((hi - 1) >> leaf_shift) + 1 - first;
-    for (root, slot) in ROOT.iter().enumerate().skip(first).take(roots) {
+    let Some(map) = root_map() else {
+        return;
+    };
+    for (root, slot) in map.iter().enumerate().skip(first).take(roots) {
         let leaf = slot.load(Ordering::Acquire);
         if leaf.is_null() {
             continue;

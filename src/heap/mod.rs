@@ -119,8 +119,47 @@ const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = 48 - PAGE_SHIFT - LEAF_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
 
-static ROOT: [AtomicPtr<AtomicU16>; 1 << ROOT_BITS] =
-    [const { AtomicPtr::new(ptr::null_mut()) }; 1 << ROOT_BITS];
+/// The page map's root: a leaf pointer for each GiB of address space
+/// (2 MiB).
+type Root = [AtomicPtr<AtomicU16>; 1 << ROOT_BITS];
+
+/// The root, mapped with the first leaf. Not a static array: two megabytes
+/// in the middle of the program's `.bss` would split the statics the
+/// mode-2 scan watches into pieces, one question to the kernel each.
+static ROOT: AtomicPtr<Root> = AtomicPtr::new(ptr::null_mut());
+
+/// The page map's root, if a leaf was ever created.
+#[inline(always)]
+fn root_map() -> Option<&'static Root> {
+    // SAFETY: a non-null root is a zero-filled anonymous mapping of a
+    // `Root` (null `AtomicPtr`s), published with Release (read here with
+    // Acquire), never unmapped.
+    unsafe { ROOT.load(Ordering::Acquire).as_ref() }
+}
+
+/// The page map's root, mapped now if it is not yet (`None` when the
+/// kernel refuses the memory).
+#[cold]
+fn root_map_or_create() -> Option<&'static Root> {
+    if let Some(r) = root_map() {
+        return Some(r);
+    }
+    let bytes = std::mem::size_of::<Root>();
+    let fresh = map_anonymous(bytes)?;
+    if ROOT
+        .compare_exchange(
+            ptr::null_mut(),
+            fresh.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: the mapping was never published; another thread's won.
+        unsafe { libc::munmap(fresh, bytes) };
+    }
+    root_map()
+}
 
 /// The addresses of the heap's bounds: statics of the checker that hold a
 /// block's start, which the mode-2 scan of the statics skips.
@@ -128,23 +167,17 @@ pub(crate) fn bound_words() -> [usize; 2] {
     [&HEAP_LO, &HEAP_HI].map(|a| a as *const AtomicUsize as usize)
 }
 
-/// Where the page map's root lies, `(start, len)`: the checker's own table,
-/// which the mode-2 scan of the program's statics skips.
-pub(crate) fn root_table() -> (usize, usize) {
-    (ROOT.as_ptr() as usize, std::mem::size_of_val(&ROOT))
-}
-
 #[inline(always)]
 fn leaf_slot(addr: usize) -> Option<(usize, usize)> {
     let page = addr >> PAGE_SHIFT;
     let root = page >> LEAF_BITS;
-    (root < ROOT.len()).then_some((root, page & (LEAF_LEN - 1)))
+    (root < 1 << ROOT_BITS).then_some((root, page & (LEAF_LEN - 1)))
 }
 
 #[inline(always)]
 fn page_count(addr: usize) -> Option<&'static AtomicU16> {
     let (root, i) = leaf_slot(addr)?;
-    let leaf = ROOT[root].load(Ordering::Acquire);
+    let leaf = root_map()?[root].load(Ordering::Acquire);
     if leaf.is_null() {
         return None;
     }
@@ -157,8 +190,8 @@ fn page_count(addr: usize) -> Option<&'static AtomicU16> {
 fn create_leaf(root: usize) -> Option<&'static AtomicPtr<AtomicU16>> {
     let bytes = LEAF_LEN * std::mem::size_of::<AtomicU16>();
     // Zeroed pages are valid `AtomicU16`s.
+    let slot = &root_map_or_create()?[root];
     let fresh = map_anonymous(bytes)?;
-    let slot = &ROOT[root];
     if slot
         .compare_exchange(
             ptr::null_mut(),

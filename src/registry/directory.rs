@@ -82,13 +82,48 @@ unsafe impl ZeroNode for Mid {}
 // SAFETY: as above.
 unsafe impl ZeroNode for Upper {}
 
-static ROOT: [AtomicPtr<Upper>; 1 << ROOT_BITS] =
-    [const { AtomicPtr::new(null_mut()) }; 1 << ROOT_BITS];
+/// The root level: 65,536 uppers (512 KiB).
+type Root = [AtomicPtr<Upper>; 1 << ROOT_BITS];
 
-/// Where the directory's root lies, `(start, len)`: the checker's own
-/// table, which the mode-2 scan of the program's statics skips.
-pub(crate) fn root_table() -> (usize, usize) {
-    (ROOT.as_ptr() as usize, std::mem::size_of_val(&ROOT))
+/// The root level, mapped when the first region is registered. Not a
+/// static array: half a megabyte in the middle of the program's `.bss`
+/// would split the statics the mode-2 scan watches into pieces, one
+/// question to the kernel each.
+static ROOT: AtomicPtr<Root> = AtomicPtr::new(null_mut());
+
+/// The root level, if anything was ever registered.
+#[inline(always)]
+fn root() -> Option<&'static Root> {
+    // SAFETY: a non-null root is a zero-filled anonymous mapping of a
+    // `Root` (null `AtomicPtr`s), published with Release (read here with
+    // Acquire), never unmapped.
+    unsafe { ROOT.load(Ordering::Acquire).as_ref() }
+}
+
+/// The root level, mapped now if it is not yet.
+#[cold]
+fn root_or_create() -> &'static Root {
+    if let Some(r) = root() {
+        return r;
+    }
+    let bytes = std::mem::size_of::<Root>();
+    // Straight from the kernel: no allocator is involved.
+    let Some(fresh) = crate::bookkeeping::map_anonymous(bytes) else {
+        std::alloc::handle_alloc_error(Layout::new::<Root>());
+    };
+    if ROOT
+        .compare_exchange(
+            null_mut(),
+            fresh.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: the mapping was never published; another thread's won.
+        unsafe { libc::munmap(fresh, bytes) };
+    }
+    root().expect("the root level was just published")
 }
 /// Serialises the creation of directory nodes (rare: once per 16 MiB of
 /// address space tracked).
@@ -124,7 +159,7 @@ fn child_or_create<T: ZeroNode>(ptr: &AtomicPtr<T>) -> &'static T {
 /// The directory entry of `page`, if its leaf exists.
 #[inline(always)]
 pub(super) fn page_slot(page: usize) -> Option<&'static PageSlot> {
-    let upper = node(&ROOT[page >> (3 * FANOUT_BITS)])?;
+    let upper = node(&root()?[page >> (3 * FANOUT_BITS)])?;
     let mid = node(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)])?;
     let leaf = node(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])?;
     Some(&leaf.0[page & (FANOUT - 1)])
@@ -135,7 +170,7 @@ pub(super) fn page_slot_or_create(page: usize) -> &'static PageSlot {
 }
 
 pub(super) fn leaf_or_create(page: usize) -> &'static Leaf {
-    let upper = child_or_create(&ROOT[page >> (3 * FANOUT_BITS)]);
+    let upper = child_or_create(&root_or_create()[page >> (3 * FANOUT_BITS)]);
     let mid = child_or_create(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)]);
     child_or_create(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])
 }
@@ -143,7 +178,7 @@ pub(super) fn leaf_or_create(page: usize) -> &'static Leaf {
 /// The slot and the unpinned count of `page`, if its leaf exists.
 #[inline(always)]
 pub(super) fn page_entry(page: usize) -> Option<(&'static PageSlot, &'static AtomicU16)> {
-    let upper = node(&ROOT[page >> (3 * FANOUT_BITS)])?;
+    let upper = node(&root()?[page >> (3 * FANOUT_BITS)])?;
     let mid = node(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)])?;
     let leaf = node(&mid.0[(page >> FANOUT_BITS) & (FANOUT - 1)])?;
     let k = page & (FANOUT - 1);
@@ -152,7 +187,7 @@ pub(super) fn page_entry(page: usize) -> Option<(&'static PageSlot, &'static Ato
 
 /// Whether the leaf holding `page` exists (a purge skips absent leaves).
 pub(super) fn leaf_exists(page: usize) -> bool {
-    let Some(upper) = node(&ROOT[page >> (3 * FANOUT_BITS)]) else {
+    let Some(upper) = root().and_then(|r| node(&r[page >> (3 * FANOUT_BITS)])) else {
         return false;
     };
     let Some(mid) = node(&upper.0[(page >> (2 * FANOUT_BITS)) & (FANOUT - 1)]) else {

@@ -73,7 +73,6 @@ use shard::{shard_of, ShardInner, SHARDS};
 use sites::provenance_at;
 
 pub(crate) use bounds::{bound_words, managed_bounds, nothing_live};
-pub(crate) use directory::root_table;
 pub(crate) use ids::{new_id, next_id, thread_serial};
 pub(crate) use live_c::{
     hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in, GUARD_PAD,
