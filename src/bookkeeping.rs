@@ -14,6 +14,7 @@
 
 use std::cell::Cell;
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use backtrace::Backtrace;
@@ -182,6 +183,29 @@ pub(crate) fn map_anonymous(bytes: usize) -> Option<*mut libc::c_void> {
         )
     };
     (p != libc::MAP_FAILED).then_some(p)
+}
+
+/// Maps `bytes` of zero-filled memory and publishes it in `slot` unless
+/// another thread published a mapping there first (then the fresh one is
+/// unmapped). Returns false only when the kernel refuses the memory; the
+/// slot may then still be null.
+pub(crate) fn map_into<T>(slot: &AtomicPtr<T>, bytes: usize) -> bool {
+    let Some(fresh) = map_anonymous(bytes) else {
+        return false;
+    };
+    if slot
+        .compare_exchange(
+            ptr::null_mut(),
+            fresh.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: the mapping was never published; another thread's won.
+        unsafe { libc::munmap(fresh, bytes) };
+    }
+    true
 }
 
 // ---- backtraces ------------------------------------------------------------

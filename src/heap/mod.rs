@@ -37,7 +37,7 @@ use std::alloc::Layout;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering};
 
-use crate::bookkeeping::map_anonymous;
+use crate::bookkeeping::map_into;
 
 #[cfg(feature = "interpose")]
 mod c_block;
@@ -144,20 +144,8 @@ fn root_map_or_create() -> Option<&'static Root> {
     if let Some(r) = root_map() {
         return Some(r);
     }
-    let bytes = std::mem::size_of::<Root>();
-    let fresh = map_anonymous(bytes)?;
-    if ROOT
-        .compare_exchange(
-            ptr::null_mut(),
-            fresh.cast(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: the mapping was never published; another thread's won.
-        unsafe { libc::munmap(fresh, bytes) };
-    }
+    // Zeroed pages are null `AtomicPtr`s.
+    map_into(&ROOT, std::mem::size_of::<Root>());
     root_map()
 }
 
@@ -191,19 +179,7 @@ fn create_leaf(root: usize) -> Option<&'static AtomicPtr<AtomicU16>> {
     let bytes = LEAF_LEN * std::mem::size_of::<AtomicU16>();
     // Zeroed pages are valid `AtomicU16`s.
     let slot = &root_map_or_create()?[root];
-    let fresh = map_anonymous(bytes)?;
-    if slot
-        .compare_exchange(
-            ptr::null_mut(),
-            fresh.cast(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: the mapping was never published; another thread's won.
-        unsafe { libc::munmap(fresh, bytes) };
-    }
+    map_into(slot, bytes).then_some(())?;
     Some(slot)
 }
 

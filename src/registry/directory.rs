@@ -106,22 +106,9 @@ fn root_or_create() -> &'static Root {
     if let Some(r) = root() {
         return r;
     }
-    let bytes = std::mem::size_of::<Root>();
     // Straight from the kernel: no allocator is involved.
-    let Some(fresh) = crate::bookkeeping::map_anonymous(bytes) else {
+    if !crate::bookkeeping::map_into(&ROOT, std::mem::size_of::<Root>()) {
         std::alloc::handle_alloc_error(Layout::new::<Root>());
-    };
-    if ROOT
-        .compare_exchange(
-            null_mut(),
-            fresh.cast(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: the mapping was never published; another thread's won.
-        unsafe { libc::munmap(fresh, bytes) };
     }
     root().expect("the root level was just published")
 }
