@@ -250,20 +250,27 @@ impl Shard {
     }
 }
 
-/// The hash of a stack: two lanes over alternate frames (so the
+/// The hash of a stack: four lanes over every fourth frame (so the
 /// multiplications of neighbouring frames overlap), then mixed.
 fn hash(ips: &[usize]) -> u64 {
     const K: u64 = 0x0100_0000_01b3;
-    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x9e37_79b9_7f4a_7c15u64);
-    let mut pairs = ips.chunks_exact(2);
-    for pair in &mut pairs {
-        a = (a ^ pair[0] as u64).wrapping_mul(K);
-        b = (b ^ pair[1] as u64).wrapping_mul(K);
+    let mut lanes = [
+        0xcbf2_9ce4_8422_2325u64,
+        0x9e37_79b9_7f4a_7c15u64,
+        0xc2b2_ae3d_27d4_eb4fu64,
+        0x1656_67b1_9e37_79f9u64,
+    ];
+    let mut quads = ips.chunks_exact(4);
+    for quad in &mut quads {
+        for (lane, &ip) in lanes.iter_mut().zip(quad) {
+            *lane = (*lane ^ ip as u64).wrapping_mul(K);
+        }
     }
-    if let [last] = pairs.remainder() {
-        a = (a ^ *last as u64).wrapping_mul(K);
+    for (lane, &ip) in lanes.iter_mut().zip(quads.remainder()) {
+        *lane = (*lane ^ ip as u64).wrapping_mul(K);
     }
-    let mut h = a ^ b.rotate_left(32) ^ ips.len() as u64;
+    let [a, b, c, d] = lanes;
+    let mut h = a ^ b.rotate_left(16) ^ c.rotate_left(32) ^ d.rotate_left(48) ^ ips.len() as u64;
     h ^= h >> 29;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 32;

@@ -1078,7 +1078,6 @@ unsafe fn memo_walk(
             // `k` go to `j` (as many as fit), this walk's from `base` before
             // them.
             let moved = (end - k).min(STATES - j);
-            let below = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
             let merge = |m: u64, scratch: u64| {
                 m & below(base) | (scratch << base) & below(j) & !below(base) | (m >> k) << j
             };
@@ -1200,11 +1199,145 @@ unsafe fn memo_walk(
 /// flags, its loads and the state it went to) is one real step's, so it
 /// stays true as it is: nothing is written.
 ///
+/// The walk's `rbp` matters only at a step whose CFA is based on it (rare
+/// in code built without frame pointers) and at the state reached, so
+/// [`follow_by_returns`] takes a frame with one bounds check, one load and
+/// one comparison, and works out the `rbp` only where it is needed;
+/// [`follow_by_steps`], which tracks it at every step, decides where that
+/// `rbp`'s word is not where a step of this walk could load it (no chain
+/// of real steps gives that).
+///
 /// # Safety
 /// `memo`'s states `j..end` are a chain of steps of earlier walks on this
 /// thread; `[bottom, bottom + span]` is this walk's `[sp, last]`.
 #[inline(always)]
 unsafe fn follow(
+    memo: &Memo,
+    at: &mut Cursor,
+    j: usize,
+    end: usize,
+    bottom: usize,
+    span: usize,
+) -> usize {
+    // SAFETY: the caller's.
+    if let Some(t) = unsafe { follow_by_returns(memo, at, j, end, bottom, span) } {
+        return t;
+    }
+    // SAFETY: the caller's.
+    unsafe { follow_by_steps(memo, at, j, end, bottom, span) }
+}
+
+/// The bits below bit `n` (all 64 from `n = 64` on).
+#[inline(always)]
+fn below(n: usize) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// This walk's `rbp` at state `t` of a stretch followed from state `j`:
+/// the word the last step before `t` that did not keep `rbp` loads now, or
+/// `at_j`, the `rbp` at `j`. `None` where that word is not in `[bottom,
+/// bottom + span]`.
+///
+/// # Safety
+/// `[bottom, bottom + span]` is this walk's `[sp, last]`.
+#[inline(always)]
+unsafe fn rbp_at(
+    memo: &Memo,
+    j: usize,
+    t: usize,
+    at_j: usize,
+    bottom: usize,
+    span: usize,
+) -> Option<usize> {
+    let loads = !memo.kept & below(t) & !below(j);
+    if loads == 0 {
+        return Some(at_j);
+    }
+    let s = (63 - loads.leading_zeros()) as usize;
+    let fp_at = memo.fp_at[s & (STATES - 1)];
+    if fp_at.wrapping_sub(bottom) > span {
+        return None;
+    }
+    // SAFETY: `fp_at` lies in `[bottom, last]` (checked), the callers'
+    // frames.
+    Some(unsafe { *(fp_at as *const usize) })
+}
+
+/// [`follow`] by the return addresses: a step holds while the return
+/// address it loaded is in its place and, where its CFA is based on
+/// `rbp`, this walk's `rbp` ([`rbp_at`]) is the one it used. `None` (and
+/// `at` unchanged) where an `rbp` needed is not where a step of this walk
+/// could load it.
+///
+/// # Safety
+/// As [`follow`]'s.
+#[inline(always)]
+unsafe fn follow_by_returns(
+    memo: &Memo,
+    at: &mut Cursor,
+    j: usize,
+    end: usize,
+    bottom: usize,
+    span: usize,
+) -> Option<usize> {
+    // The steps `j..last_step`, those of them with a CFA based on `rbp`.
+    let last_step = end.min(STATES).saturating_sub(1);
+    let rbp_steps = memo.cfa_rbp & below(last_step) & !below(j);
+    // The return address a step `t` loaded is in `sp[t + 1] - WORD`: a
+    // step holds when that lies in `[bottom, last]` and still holds it.
+    let lo = bottom.wrapping_add(WORD);
+    let holds = |sp: usize, pc: usize| {
+        // SAFETY: `sp - WORD` lies in `[bottom, last]` (checked first),
+        // the callers' frames.
+        sp.wrapping_sub(lo) <= span && unsafe { *((sp - WORD) as *const usize) } == pc
+    };
+    let mut t = j;
+    'stretch: while t < last_step {
+        // Up to the next step based on `rbp`, the return addresses alone.
+        let later = rbp_steps & !below(t);
+        let stop = if later == 0 {
+            last_step
+        } else {
+            later.trailing_zeros() as usize
+        };
+        // `stop < last_step < STATES`: every index is in bounds.
+        let stop = stop & (STATES - 1);
+        while t < stop {
+            let next = t + 1;
+            if !holds(memo.sp[next], memo.pc[next]) {
+                break 'stretch;
+            }
+            t = next;
+        }
+        if t == last_step {
+            break;
+        }
+        // SAFETY: the caller's.
+        let fp = unsafe { rbp_at(memo, j, t, at.fp, bottom, span) }?;
+        let next = (t + 1) & (STATES - 1);
+        if fp != memo.fp[t & (STATES - 1)] || !holds(memo.sp[next], memo.pc[next]) {
+            break;
+        }
+        t += 1;
+    }
+    // SAFETY: the caller's.
+    at.fp = unsafe { rbp_at(memo, j, t, at.fp, bottom, span) }?;
+    at.pc = memo.pc[t & (STATES - 1)];
+    at.sp = memo.sp[t & (STATES - 1)];
+    Some(t)
+}
+
+/// [`follow`] step by step: each step's `rbp` (where its CFA is based on
+/// it) and its loads checked.
+///
+/// # Safety
+/// As [`follow`]'s.
+#[inline(never)]
+unsafe fn follow_by_steps(
     memo: &Memo,
     at: &mut Cursor,
     j: usize,
