@@ -1749,6 +1749,65 @@ mod tests {
         }
     }
 
+    /// A frame whose CFA is based on `rbp`: an over-aligned local makes
+    /// the compiler realign the stack and address its frame from `rbp`.
+    #[inline(never)]
+    fn realigned(depth: usize, one: bool) -> (Vec<usize>, Vec<usize>) {
+        #[repr(align(128))]
+        struct Aligned([u8; 256]);
+        let mut local = Aligned([depth as u8; 256]);
+        std::hint::black_box(&mut local);
+        let r = if depth == 0 {
+            if one {
+                caller_one()
+            } else {
+                caller_two()
+            }
+        } else {
+            realigned(depth - 1, one)
+        };
+        std::hint::black_box(&local);
+        r
+    }
+
+    /// `realigned` below `pad` more frames: its frames start at other
+    /// offsets from a 128-byte boundary, so some of them realign to the
+    /// same stack pointers with another `rbp`.
+    #[inline(never)]
+    fn padded(pad: usize, one: bool) -> (Vec<usize>, Vec<usize>) {
+        if pad == 0 {
+            return realigned(1, one);
+        }
+        std::hint::black_box(padded(pad - 1, one))
+    }
+
+    /// Whether the thread's last walk stepped through a CFA based on `rbp`.
+    fn last_walk_used_rbp() -> bool {
+        let state = MEMO_STATE.with(|s| s.get());
+        let memos = MEMOS.with(|m| m.get()).cast::<Memo>();
+        // SAFETY: this thread's memos, read while no walk runs on it.
+        let memo = unsafe { &*memos.add(usize::from(state & 1)) };
+        memo.cfa_rbp & below(memo.len) != 0
+    }
+
+    #[test]
+    fn walks_through_frames_addressed_from_rbp_follow_the_last_one() {
+        // Frames whose CFA is `rbp`-based, at several depths, below a
+        // caller that changes and above a padding that moves them: each
+        // walk follows the last one through them (checking the `rbp` each
+        // step used) and leaves it where they differ.
+        for i in 0..30usize {
+            let pair = realigned(i * 3 % 4, i % 4 == 1);
+            assert!(last_walk_used_rbp(), "the walk met a CFA based on rbp");
+            assert_same(pair);
+        }
+        for i in 0..40usize {
+            let pair = padded(i * 5 % 8, i % 3 == 0);
+            assert!(last_walk_used_rbp(), "the walk met a CFA based on rbp");
+            assert_same(pair);
+        }
+    }
+
     #[test]
     fn a_walk_without_the_memos_finds_the_same() {
         // As an interrupted walk's signal handler does: the memos marked in
