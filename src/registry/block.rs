@@ -14,6 +14,10 @@
 //! - a page's block lists the offsets of the records that start in the page,
 //!   strictly increasing, as many as its slot's count, and regions do not
 //!   overlap;
+//! - a block's vacant count is the number of its records that are vacant
+//!   (a quarantined region's record after its eviction, kept in its place
+//!   until the next region starting there takes it), and is less than its
+//!   slot's count: a page whose records would all be vacant has no block;
 //! - a block's size class never changes (a reused block keeps its class), and
 //!   the directory word naming a block carries that class.
 
@@ -146,11 +150,23 @@ impl Block {
     pub(super) fn cap(self) -> usize {
         CLASSES[self.class]
     }
+    /// The block's position in its shard's page list (the low half of its
+    /// first word).
     pub(super) fn pos(self) -> usize {
-        self.word(0).load(Ordering::Relaxed) as usize
+        (self.word(0).load(Ordering::Relaxed) & 0xffff_ffff) as usize
     }
     pub(super) fn set_pos(self, pos: usize) {
-        self.word(0).store(pos as u64, Ordering::Relaxed);
+        let w = self.word(0).load(Ordering::Relaxed) & !0xffff_ffff;
+        self.word(0).store(w | pos as u64, Ordering::Relaxed);
+    }
+    /// How many of the block's records are vacant (the high half of its
+    /// first word; see [`record`](super::record)).
+    pub(super) fn vacant(self) -> usize {
+        (self.word(0).load(Ordering::Relaxed) >> 32) as usize
+    }
+    pub(super) fn set_vacant(self, n: usize) {
+        let w = self.word(0).load(Ordering::Relaxed) & 0xffff_ffff;
+        self.word(0).store(w | (n as u64) << 32, Ordering::Relaxed);
     }
     #[inline(always)]
     pub(super) fn off(self, i: usize) -> usize {

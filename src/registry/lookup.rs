@@ -81,7 +81,9 @@ fn probe(page: usize, addr: usize) -> Probe {
     } else {
         b.info(i, start)
     };
-    if info.contains(addr) {
+    // A vacant record is no region; nothing contains its start, so no
+    // region of an earlier page reaches past it either.
+    if info.contains(addr) && info.flags & flags::VACANT == 0 {
         Probe::Hit(info)
     } else {
         Probe::Miss

@@ -144,6 +144,10 @@ pub(crate) mod flags {
     /// runs at once, not from the quarantine): the range may be reused, so
     /// only an exact second free is still judged by this record.
     pub const RELEASED: u8 = 1 << 3;
+    /// Not a region: the place of one that left the quarantine, kept so
+    /// that the next region starting at the same address takes it without
+    /// moving its page's other records. Every reader treats it as absent.
+    pub const VACANT: u8 = 1 << 4;
 }
 
 /// The rare, large facts about a region, kept apart from the record (in its
@@ -292,6 +296,9 @@ pub(crate) fn for_each(mut f: impl FnMut(usize, &Region)) {
             for i in 0..len.min(b.cap()) {
                 let start = (page << PAGE_SHIFT) | b.off(i);
                 let words = b.words(i);
+                if record::words_vacant(&words) {
+                    continue;
+                }
                 let (site_ix, extra_ix) =
                     ((words[W_INDICES] >> 32) as u32, words[W_INDICES] as u32);
                 if site_ix != last_site.0 {

@@ -10,6 +10,14 @@
 //! edits) and encode it back. A reader without the lock decodes only the
 //! small facts, into a [`RegionInfo`].
 //!
+//! A record may be *vacant* ([`vacant_words`]): the place of a region
+//! that left the quarantine, kept until the next region starting at the
+//! same address takes it (an allocator hands a freed address out again
+//! soon), so that neither the eviction nor that registration moves the
+//! page's other records. Every reader treats a vacant record as absent; no
+//! region contains the start of a vacant record (a registration drops the
+//! vacant records that start inside it, as it drops stale ones).
+//!
 //! Invariants (held under the shard's lock, and at every even sequence
 //! number):
 //! - a record's extra index is its `Extra`'s place in the shard's slab plus
@@ -100,6 +108,29 @@ pub(super) fn info_of(r: &[AtomicU64; REC_WORDS], start: usize) -> RegionInfo {
 #[inline(always)]
 pub(super) fn retains_of(r: &[AtomicU64; REC_WORDS]) -> u16 {
     (r[W_FACTS].load(Ordering::Relaxed) >> RETAINS_SHIFT) as u16
+}
+
+const VACANT: u64 = (super::flags::VACANT as u64) << FLAGS_SHIFT;
+
+/// Whether the stored record `words` is vacant (no region: see
+/// [`vacant_words`]).
+#[inline(always)]
+pub(super) fn words_vacant(words: &[u64; REC_WORDS]) -> bool {
+    words[W_FACTS] & VACANT != 0
+}
+
+/// Whether the stored record `r` is vacant.
+#[inline(always)]
+pub(super) fn rec_vacant(r: &[AtomicU64; REC_WORDS]) -> bool {
+    r[W_FACTS].load(Ordering::Relaxed) & VACANT != 0
+}
+
+/// The words of a vacant record: the place of a region that left the
+/// quarantine, kept (with its tag and size, for nobody) so that the next
+/// region starting there takes it without moving its page's other records.
+/// No `Extra`, no site; freed, so it is never unpinned managed memory.
+pub(super) fn vacant_words(tag: u64, size: usize) -> [u64; REC_WORDS] {
+    [tag, 0, size as u64, STATE_FREED | VACANT]
 }
 
 /// Whether the stored record `words` is live, unpinned managed memory.

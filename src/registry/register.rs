@@ -133,12 +133,18 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
     }
     let mut confirm = |s: usize| {
         let mut w = shard_of(s).write();
-        let Some((b, i)) = ShardInner::find_exact(s) else {
+        // A vacant record that starts inside the range goes too: no region
+        // may contain the start of one.
+        let Some((b, i)) = ShardInner::find_slot(s) else {
             return;
         };
         let info = b.info(i, s);
+        if s == start && info.flags & super::flags::VACANT != 0 {
+            // The new region takes this place as it is.
+            return;
+        }
         if info.start < end && start < info.start.saturating_add(info.size.max(1)) {
-            removed.extend(w.remove(s));
+            removed.extend(w.remove_any(s));
         }
     };
     // The region that contains `start`, begun before it.

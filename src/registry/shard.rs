@@ -34,7 +34,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::block::{Block, Quad, NCLASSES, PAGE_MASK, PAGE_SHIFT};
 use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot};
 use super::quarantine::Quarantined;
-use super::record::W_INDICES;
+use super::record::{rec_vacant, vacant_words, W_INDICES};
 use super::unpinned::count_unpinned;
 use super::{Extra, Region};
 
@@ -195,8 +195,15 @@ impl ShardInner {
         }
     }
 
-    /// The block of `page` and the index of the record starting at `start`.
+    /// The block of `page` and the index of the record starting at `start`
+    /// (not a vacant one).
     pub(super) fn find_exact(start: usize) -> Option<(Block, usize)> {
+        let (b, i) = Self::find_slot(start)?;
+        (!rec_vacant(b.rec(i))).then_some((b, i))
+    }
+
+    /// As [`ShardInner::find_exact`], a vacant record included.
+    pub(super) fn find_slot(start: usize) -> Option<(Block, usize)> {
         let (b, len) = page_slot(start >> PAGE_SHIFT)?.block()?;
         Some((b, b.exact(len, start & PAGE_MASK)?))
     }
@@ -213,6 +220,7 @@ impl ShardInner {
             None => {
                 let b = self.take_block(0);
                 b.set_pos(self.pages.len());
+                b.set_vacant(0);
                 self.pages.push((page, slot));
                 slot.len.store(0, Ordering::Relaxed);
                 slot.block.store(b.tagged(), Ordering::Release);
@@ -221,6 +229,18 @@ impl ShardInner {
         };
         let pred = b.predecessor(len, off);
         if let Some(i) = pred.filter(|&i| b.off(i) == off) {
+            if rec_vacant(b.rec(i)) {
+                // The place of a region that left the quarantine: taken as
+                // it is (no extra, no covers, not unpinned).
+                b.set_vacant(b.vacant() - 1);
+                if view.is_unpinned_managed() {
+                    count_unpinned(start, true);
+                }
+                let words = self.encode(0, view);
+                b.write_rec(i, words);
+                set_covers(start, size, true);
+                return None;
+            }
             let old = self.view(b, i);
             let old_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
             if old_ix != 0 {
@@ -264,38 +284,96 @@ impl ShardInner {
             old.copy_rec(i, b, i);
         }
         b.set_pos(old.pos());
+        b.set_vacant(old.vacant());
         slot.block.store(b.tagged(), Ordering::Release);
         self.free_blocks[old.class()].push(old);
         b
     }
 
-    /// Removes the record starting at `start`, returning its view.
+    /// Removes the record starting at `start`, returning its view (`None`
+    /// when there is none, or it is vacant: then nothing changes).
     pub(super) fn remove(&mut self, start: usize) -> Option<Region> {
-        let page = start >> PAGE_SHIFT;
-        let slot = page_slot(page)?;
-        let (b, len) = slot.block()?;
-        let i = b.exact(len, start & PAGE_MASK)?;
+        let (b, i) = Self::find_exact(start)?;
+        self.remove_at(start, b, i)
+    }
+
+    /// Removes the record starting at `start`, vacant or not; returns its
+    /// view when it was not vacant (what a registration that overlaps it
+    /// drops).
+    pub(super) fn remove_any(&mut self, start: usize) -> Option<Region> {
+        let (b, i) = Self::find_slot(start)?;
+        if rec_vacant(b.rec(i)) {
+            b.set_vacant(b.vacant() - 1);
+            self.drop_rec(start, b, i);
+            return None;
+        }
+        self.remove_at(start, b, i)
+    }
+
+    fn remove_at(&mut self, start: usize, b: Block, i: usize) -> Option<Region> {
         let view = self.view(b, i);
         // The record's extra index is freed with it.
         let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
         if extra_ix != 0 {
             self.free_extras.push(extra_ix);
         }
+        self.drop_rec(start, b, i);
+        set_covers(start, view.size, false);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, false);
+        }
+        Some(view)
+    }
+
+    /// Takes record `i` of `b` (of the region starting at `start`) out of
+    /// its page; a page left with vacant records only gives its block up.
+    fn drop_rec(&mut self, start: usize, b: Block, i: usize) {
+        let Some(slot) = page_slot(start >> PAGE_SHIFT) else {
+            return;
+        };
+        let len = (slot.len.load(Ordering::Relaxed) as usize).min(b.cap());
         b.shift_offs_down(i, len);
         b.move_recs_down(i, len);
         slot.len.store(len as u32 - 1, Ordering::Relaxed);
-        if len == 1 {
-            slot.block.store(0, Ordering::Release);
-            let pos = b.pos();
-            self.pages.swap_remove(pos);
-            if let Some((m, _)) = self.pages.get(pos).and_then(|(_, s)| s.block()) {
-                m.set_pos(pos);
-            }
-            self.free_blocks[b.class()].push(b);
+        if len - 1 == b.vacant() {
+            self.drop_block(slot, b);
+        }
+    }
+
+    /// Gives up the block of a page whose records are all vacant (or that
+    /// has none left).
+    fn drop_block(&mut self, slot: &PageSlot, b: Block) {
+        slot.block.store(0, Ordering::Release);
+        slot.len.store(0, Ordering::Relaxed);
+        let pos = b.pos();
+        self.pages.swap_remove(pos);
+        if let Some((m, _)) = self.pages.get(pos).and_then(|(_, s)| s.block()) {
+            m.set_pos(pos);
+        }
+        self.free_blocks[b.class()].push(b);
+    }
+
+    /// Makes the record of the (quarantined) region starting at `start`
+    /// vacant, returning its view: the region is gone, its place stays
+    /// for the next region starting there. A page left with vacant records
+    /// only gives its block up.
+    pub(super) fn vacate(&mut self, start: usize) -> Option<Region> {
+        let (b, i) = Self::find_exact(start)?;
+        let view = self.view(b, i);
+        let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
+        if extra_ix != 0 {
+            self.free_extras.push(extra_ix);
         }
         set_covers(start, view.size, false);
         if view.is_unpinned_managed() {
             count_unpinned(start, false);
+        }
+        b.write_rec(i, vacant_words(view.tag, view.size));
+        let vacant = b.vacant() + 1;
+        b.set_vacant(vacant);
+        let slot = page_slot(start >> PAGE_SHIFT)?;
+        if vacant == slot.len.load(Ordering::Relaxed) as usize {
+            self.drop_block(slot, b);
         }
         Some(view)
     }

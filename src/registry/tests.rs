@@ -118,10 +118,23 @@ fn registry_agrees_with_an_ordered_map() {
         let base = BASE + (seed as usize) * (64 << 20);
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut model: BTreeMap<usize, Model> = BTreeMap::new();
+        // Starts of evicted regions: registered again, they take the
+        // vacant record in place.
+        let mut evicted: Vec<usize> = Vec::new();
         for step in 0..1500 {
-            match rng.below(8) {
+            match rng.below(9) {
                 0..=3 => {
-                    let start = base + rng.below(SPAN);
+                    let neighbour = model
+                        .iter()
+                        .nth(rng.below(model.len().max(1)))
+                        .map(|(&s, m)| s + m.size.max(1) + rng.below(64));
+                    let start = match (evicted.pop(), neighbour) {
+                        (Some(s), _) if rng.below(2) == 0 => s,
+                        // Beside another region, often in its page: pages
+                        // with several records, some of them vacant.
+                        (_, Some(s)) if rng.below(2) == 0 && s < base + SPAN => s,
+                        _ => base + rng.below(SPAN),
+                    };
                     let size = random_size(&mut rng);
                     let end = start + size.max(1);
                     let stale: Vec<usize> = model
@@ -188,6 +201,20 @@ fn registry_agrees_with_an_ordered_map() {
                         assert_eq!(pins, Some(m.pins));
                         let d = detail(s).expect("present");
                         assert_eq!(d.leak_reason.as_deref(), Some(&*format!("step {step}")));
+                    }
+                }
+                7 => {
+                    // The quarantine lets a freed region go: its record
+                    // becomes vacant, which no reader may see.
+                    let n = rng.below(model.len().max(1));
+                    if let Some((&s, m)) = model.iter().nth(n) {
+                        if m.freed {
+                            assert!(quarantine::evict_now(s), "{s:#x} was quarantined");
+                            model.remove(&s);
+                            evicted.push(s);
+                            assert!(detail(s).is_none(), "evicted {s:#x} is gone");
+                            assert!(lookup_for_free(s).is_none_or(|r| r.start != s));
+                        }
                     }
                 }
                 _ => {
@@ -281,5 +308,80 @@ fn readers_never_see_a_write_half_done() {
     writer.join().expect("writer");
     for i in 0..800 {
         remove(slot(i));
+    }
+}
+
+#[test]
+fn vacant_records_keep_their_place_and_are_never_seen() {
+    use super::directory::page_slot;
+    // Forty 64-byte C blocks in one page, as an allocator lays them out.
+    let base = 0x6b30_0000_0000usize;
+    let starts: Vec<usize> = (0..40).map(|i| base + 16 + i * 80).collect();
+    let page = base >> PAGE_SHIFT;
+    let counts = || {
+        let (b, len) = page_slot(page)
+            .and_then(|s| s.block())
+            .expect("the page has a block");
+        (len, b.vacant())
+    };
+    let seen = || {
+        let mut v = Vec::new();
+        for_each(|s, _| {
+            if (base..base + 4096).contains(&s) {
+                v.push(s);
+            }
+        });
+        v.sort_unstable();
+        v
+    };
+    let mut ids: Vec<u64> = starts.iter().map(|&s| add(s, 64, RegionKind::C)).collect();
+    // Every other one freed and let go by the quarantine: vacant.
+    for &s in starts.iter().step_by(2) {
+        assert!(mark_freed(s, None, None, Release::Released).is_some());
+        assert!(quarantine::evict_now(s));
+    }
+    assert_eq!(counts(), (40, 20), "the evicted records kept their places");
+    for (k, &s) in starts.iter().enumerate() {
+        if k % 2 == 0 {
+            assert!(lookup_for_free(s).is_none(), "vacant {s:#x} is not found");
+            assert!(lookup_for_free(s + 63).is_none());
+            assert!(detail(s).is_none() && remove(s).is_none());
+            assert!(update(s, |_| ()).is_none());
+        } else {
+            let r = lookup_for_free(s + 63).expect("a live neighbour");
+            assert_eq!((r.start, r.id), (s, ids[k]));
+        }
+    }
+    let odd: Vec<usize> = starts.iter().copied().skip(1).step_by(2).collect();
+    assert_eq!(seen(), odd, "a leak check sees the live ones only");
+    // Registered again at the same addresses: the vacant places are taken.
+    for (k, &s) in starts.iter().enumerate().step_by(2) {
+        ids[k] = add(s, 64, RegionKind::C);
+    }
+    assert_eq!(counts(), (40, 0));
+    assert_eq!(seen(), starts);
+    for (k, &s) in starts.iter().enumerate() {
+        assert_eq!(lookup_for_free(s + 1).map(|r| r.id), Some(ids[k]));
+    }
+    // A region that reaches over a vacant record's start drops it.
+    assert!(mark_freed(starts[1], None, None, Release::Released).is_some());
+    assert!(quarantine::evict_now(starts[1]));
+    assert_eq!(counts(), (40, 1));
+    assert!(remove(starts[0]).is_some());
+    let wide = add(starts[0], 100, RegionKind::C);
+    assert_eq!(counts(), (39, 0), "the vacant record inside it went");
+    assert_eq!(lookup_for_free(starts[1] + 4).map(|r| r.id), Some(wide));
+    // A page whose records are all vacant gives its block up.
+    let left: Vec<usize> = std::iter::once(starts[0])
+        .chain(starts[2..].iter().copied())
+        .collect();
+    for &s in &left {
+        assert!(mark_freed(s, None, None, Release::Released).is_some());
+        assert!(quarantine::evict_now(s));
+    }
+    assert!(page_slot(page).and_then(|s| s.block()).is_none());
+    assert!(seen().is_empty());
+    for &s in &starts {
+        assert!(lookup_for_free(s).is_none());
     }
 }
