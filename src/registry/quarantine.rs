@@ -19,7 +19,6 @@ use std::ffi::c_void;
 
 use crate::site::Site;
 
-use super::lookup::probe_exact;
 use super::register::forget_removed;
 use super::shard::{shard_of, ShardInner};
 use super::{flags, RegionInfo, RegionState};
@@ -166,15 +165,12 @@ pub(crate) fn mark_freed(
             break;
         };
         w.quarantine_bytes -= q.size + BOOKKEEPING_BYTES;
-        let current =
-            probe_exact(q.start).is_some_and(|r| r.id == q.id && r.state == RegionState::Freed);
-        if current {
-            // Its place stays for the next region starting there (soon:
-            // an allocator hands a freed address out again first).
-            if let Some(r) = w.vacate(q.start) {
-                evicted[n] = Some((q, r));
-                n += 1;
-            }
+        // Its place stays for the next region starting there (soon: an
+        // allocator hands a freed address out again first).
+        let current = |r: &RegionInfo| r.id == q.id && r.state == RegionState::Freed;
+        if let Some(r) = w.vacate(q.start, current) {
+            evicted[n] = Some((q, r));
+            n += 1;
         }
         // Otherwise the record was replaced: the range was reused behind the
         // checker's back, so giving it back now would free someone else's
@@ -201,10 +197,7 @@ pub(crate) fn mark_freed(
 pub(super) fn evict_now(start: usize) -> bool {
     let _bookkeeping = crate::bookkeeping::bookkeeping();
     let mut w = shard_of(start).write();
-    if !probe_exact(start).is_some_and(|r| r.state == RegionState::Freed) {
-        return false;
-    }
-    let gone = w.vacate(start);
+    let gone = w.vacate(start, |r| r.state == RegionState::Freed);
     drop(w);
     gone.inspect(forget_removed).is_some()
 }

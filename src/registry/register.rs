@@ -19,6 +19,7 @@ use super::directory::{leaf_exists, page_slot, PageSlot, FANOUT};
 use super::ids::{new_id, thread_serial, THREAD_BITS};
 use super::live_c;
 use super::lookup::{find, probe_exact};
+use super::record::rec_vacant;
 use super::shard::{read_stable, shard_of, ShardInner};
 use super::sites::{intern, Provenance};
 use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
@@ -181,6 +182,11 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
                 let s = base | b.off(i);
                 if s >= end {
                     break;
+                }
+                if s == start && rec_vacant(b.rec(i)) {
+                    // The new region takes this place as it is (confirmed
+                    // again under the lock, by the insertion itself).
+                    continue;
                 }
                 candidates.push(s);
             }

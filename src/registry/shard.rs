@@ -36,7 +36,7 @@ use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot};
 use super::quarantine::Quarantined;
 use super::record::{rec_vacant, vacant_words, W_INDICES};
 use super::unpinned::count_unpinned;
-use super::{Extra, Region};
+use super::{Extra, Region, RegionInfo};
 
 const CHUNK_SHIFT: u32 = 20;
 const SHARD_BITS: u32 = 6;
@@ -354,11 +354,19 @@ impl ShardInner {
     }
 
     /// Makes the record of the (quarantined) region starting at `start`
-    /// vacant, returning its view: the region is gone, its place stays
-    /// for the next region starting there. A page left with vacant records
-    /// only gives its block up.
-    pub(super) fn vacate(&mut self, start: usize) -> Option<Region> {
+    /// vacant, if `current` says it is still the one meant, returning its
+    /// view: the region is gone, its place stays for the next region
+    /// starting there. A page left with vacant records only gives its block
+    /// up.
+    pub(super) fn vacate(
+        &mut self,
+        start: usize,
+        current: impl FnOnce(&RegionInfo) -> bool,
+    ) -> Option<Region> {
         let (b, i) = Self::find_exact(start)?;
+        if !current(&b.info(i, start)) {
+            return None;
+        }
         let view = self.view(b, i);
         let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
         if extra_ix != 0 {
