@@ -19,7 +19,6 @@ use std::ffi::c_void;
 
 use crate::site::Site;
 
-use super::register::forget_removed;
 use super::shard::{shard_of, ShardInner};
 use super::{flags, RegionInfo, RegionState};
 
@@ -90,6 +89,26 @@ fn quarantine_limits() -> (usize, usize) {
     }
 }
 
+/// What the statistics need of an evicted region (a whole `Region` is a
+/// few hundred bytes to move about).
+struct Gone {
+    c: bool,
+    size: usize,
+}
+
+impl Gone {
+    fn of(r: &super::Region) -> Gone {
+        debug_assert_eq!(r.state, RegionState::Freed);
+        Gone {
+            c: r.kind == super::RegionKind::C,
+            size: r.size,
+        }
+    }
+    fn count(self) {
+        crate::stats::region_gone(self.c, self.size, false);
+    }
+}
+
 /// How many quarantined blocks one free evicts at most.
 const EVICT_AT_ONCE: usize = 4;
 
@@ -130,18 +149,21 @@ pub(crate) fn mark_freed(
         // the callers report it and skip; this is a last line of defence.
         return Some(before);
     }
-    let mut view = w.view(b, i);
-    view.state = RegionState::Freed;
-    if matches!(release, Release::Released) {
-        view.flags |= flags::RELEASED;
-    }
     // The free site goes into the record's interned provenance; only a
     // backtrace needs the region's `Extra`.
-    view.free_site = site;
-    if trace.is_some() {
-        view.extra_mut().free_trace = trace;
+    let released = matches!(release, Release::Released);
+    if trace.is_some() || !w.set_freed(b, i, start, site, released) {
+        let mut view = w.view(b, i);
+        view.state = RegionState::Freed;
+        if released {
+            view.flags |= flags::RELEASED;
+        }
+        view.free_site = site;
+        if trace.is_some() {
+            view.extra_mut().free_trace = trace;
+        }
+        w.store_view(b, i, start, view);
     }
-    w.store_view(b, i, start, view);
     w.quarantine.push_back(Quarantined {
         start,
         id: before.id,
@@ -154,8 +176,7 @@ pub(crate) fn mark_freed(
     // the common path: one free evicts one block at steady state); a
     // quarantine over its limits after a mode change drains over the next
     // frees.
-    let mut evicted: [Option<(Quarantined, super::Region)>; EVICT_AT_ONCE] =
-        [const { None }; EVICT_AT_ONCE];
+    let mut evicted: [Option<(Quarantined, Gone)>; EVICT_AT_ONCE] = [const { None }; EVICT_AT_ONCE];
     let mut n = 0;
     while n < EVICT_AT_ONCE
         && w.quarantine.len() > 1
@@ -169,7 +190,7 @@ pub(crate) fn mark_freed(
         // allocator hands a freed address out again first).
         let current = |r: &RegionInfo| r.id == q.id && r.state == RegionState::Freed;
         if let Some(r) = w.vacate(q.start, current) {
-            evicted[n] = Some((q, r));
+            evicted[n] = Some((q, Gone::of(&r)));
             n += 1;
         }
         // Otherwise the record was replaced: the range was reused behind the
@@ -181,8 +202,8 @@ pub(crate) fn mark_freed(
         super::live_c::gone(start, before.id);
     }
     crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
-    for (q, r) in evicted.into_iter().flatten() {
-        forget_removed(&r);
+    for (q, gone) in evicted.iter_mut().take(n).filter_map(Option::take) {
+        gone.count();
         // SAFETY: the block left the quarantine: it was freed by its owner,
         // held back from reuse since, and is released exactly once, here.
         unsafe { q.release.run(q.start) };
@@ -199,5 +220,5 @@ pub(super) fn evict_now(start: usize) -> bool {
     let mut w = shard_of(start).write();
     let gone = w.vacate(start, |r| r.state == RegionState::Freed);
     drop(w);
-    gone.inspect(forget_removed).is_some()
+    gone.map(|r| Gone::of(&r).count()).is_some()
 }

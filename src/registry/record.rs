@@ -210,6 +210,47 @@ impl ShardInner {
         }
     }
 
+    /// Marks record `i` of `b` (the live region starting at `start`)
+    /// freed in place, `free_site` in its provenance and, with `released`,
+    /// flagged [`RELEASED`](super::flags::RELEASED): a free without a
+    /// backtrace changes nothing else, so it needs no view. False (and
+    /// nothing changed) when the site table is full: the caller then goes
+    /// through a view.
+    pub(super) fn set_freed(
+        &mut self,
+        b: Block,
+        i: usize,
+        start: usize,
+        free_site: Option<crate::site::Site>,
+        released: bool,
+    ) -> bool {
+        let old = b.words(i);
+        let extra_ix = old[W_INDICES] as u32;
+        let provenance = Provenance {
+            free_site,
+            ..provenance_at((old[W_INDICES] >> 32) as u32)
+        };
+        let site_ix = intern(provenance);
+        if site_ix == 0 && provenance != Provenance::default() {
+            return false;
+        }
+        let released = if released {
+            u64::from(super::flags::RELEASED) << FLAGS_SHIFT
+        } else {
+            0
+        };
+        let r = b.rec(i);
+        r[W_INDICES].store(
+            u64::from(extra_ix) | u64::from(site_ix) << 32,
+            Ordering::Relaxed,
+        );
+        r[W_FACTS].store(old[W_FACTS] | STATE_FREED | released, Ordering::Relaxed);
+        if words_unpinned(&old) {
+            count_unpinned(start, false);
+        }
+        true
+    }
+
     pub(super) fn encode(&mut self, old_extra_ix: u32, view: Region) -> [u64; REC_WORDS] {
         let provenance = Provenance {
             site: view.site,
