@@ -9,6 +9,12 @@
 //! deallocator runs at once instead (it may be a destroy function), and its
 //! record is marked released: it then judges only an exact second free.
 //!
+//! A region the FIFO lets go leaves its record *vacant* (see
+//! [`record`](super::record)): its memory goes back to its allocator, which
+//! soon hands the same address out again, and the region registered there
+//! then takes the record's place as it is, so neither the eviction nor
+//! that registration moves the other records of the page.
+//!
 //! Invariant (held under each shard's lock, and at every even sequence
 //! number):
 //! - every freed region has an entry in its shard's quarantine FIFO; entries
