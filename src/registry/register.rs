@@ -18,7 +18,7 @@ use super::bounds::{widen, EVER_TRACKED, HI, LO, MANAGED_HI, MANAGED_LO};
 use super::directory::{leaf_exists, page_slot, PageSlot, FANOUT};
 use super::ids::{new_id, thread_serial, THREAD_BITS};
 use super::live_c;
-use super::lookup::{find, probe_exact};
+use super::lookup::{covering_start, probe_exact};
 use super::record::rec_vacant;
 use super::shard::{read_stable, shard_of, ShardInner};
 use super::sites::{intern, Provenance};
@@ -148,17 +148,19 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
             removed.extend(w.remove_any(s));
         }
     };
-    // The region that contains `start`, begun before it.
-    if let Some(r) = find(start, false) {
-        if r.start < start {
-            confirm(r.start);
-        }
-    }
+    // The region that contains `start`, begun before it: the greatest
+    // start below `start` in its page (or, with none, the page's cover or
+    // the huge list), a candidate read without a lock like the others.
+    let first_page = start >> PAGE_SHIFT;
+    let mut before = None;
     // Regions that start inside the range.
-    let mut page = start >> PAGE_SHIFT;
+    let mut page = first_page;
     let last = (end - 1) >> PAGE_SHIFT;
     while page <= last {
         if !leaf_exists(page) {
+            if page == first_page {
+                before = covering_start(start, page);
+            }
             // Nothing was ever tracked in this leaf's 16 MiB.
             page = (page | (FANOUT - 1)) + 1;
             if page == 0 {
@@ -173,7 +175,20 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
             // see anything: candidates are confirmed under the lock).
             let len = len.min(b.cap());
             let from = start.max(base) & PAGE_MASK;
-            let first = match b.predecessor(len, from) {
+            let pred = b.predecessor(len, from);
+            if page == first_page {
+                before = match pred {
+                    Some(i) if b.off(i) < from => {
+                        let r = b.info(i, base | b.off(i));
+                        (r.flags & super::flags::VACANT == 0
+                            && r.start.saturating_add(r.size.max(1)) > start)
+                            .then_some(r.start)
+                    }
+                    Some(_) => None,
+                    None => covering_start(start, page),
+                };
+            }
+            let first = match pred {
                 Some(i) if b.off(i) == from => i,
                 Some(i) => i + 1,
                 None => 0,
@@ -190,6 +205,11 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
                 }
                 candidates.push(s);
             }
+        } else if page == first_page {
+            before = covering_start(start, page);
+        }
+        if let Some(s) = before.take().filter(|&s| s < start) {
+            confirm(s);
         }
         for s in candidates {
             confirm(s);
