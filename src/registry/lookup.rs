@@ -135,18 +135,16 @@ pub(super) fn find_versioned(addr: usize) -> Option<(RegionInfo, &'static Shard,
 }
 
 /// The start of the region that reaches into `page` from before it (its
-/// cover), or else of the huge region, if it contains `addr`: a candidate
-/// read without the sequence check (a registration's purge confirms it under
-/// its shard's lock).
+/// cover), or else of the huge region, if it contains `addr` (a
+/// registration's purge confirms it under its shard's lock).
 pub(super) fn covering_start(addr: usize, page: usize) -> Option<usize> {
     let start = match page_slot(page).and_then(|s| s.cover_start(page)) {
         Some(start) => start,
         None if HUGE_COUNT.load(Ordering::Relaxed) > 0 => huge_containing(addr)?,
         None => return None,
     };
-    probe_exact(start)
-        .filter(|r| r.contains(addr))
-        .map(|r| r.start)
+    let (answer, _) = read_stable(shard_of(start), || probe_exact(start));
+    answer.filter(|r| r.contains(addr)).map(|r| r.start)
 }
 
 #[inline(always)]

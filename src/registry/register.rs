@@ -150,16 +150,18 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
     };
     // The region that contains `start`, begun before it: the greatest
     // start below `start` in its page (or, with none, the page's cover or
-    // the huge list), a candidate read without a lock like the others.
+    // the huge list), found in the same look at the page as the regions
+    // starting inside the range, and confirmed under its lock like them.
     let first_page = start >> PAGE_SHIFT;
-    let mut before = None;
     // Regions that start inside the range.
     let mut page = first_page;
     let last = (end - 1) >> PAGE_SHIFT;
     while page <= last {
         if !leaf_exists(page) {
             if page == first_page {
-                before = covering_start(start, page);
+                if let Some(s) = covering_start(start, page).filter(|&s| s < start) {
+                    confirm(s);
+                }
             }
             // Nothing was ever tracked in this leaf's 16 MiB.
             page = (page | (FANOUT - 1)) + 1;
@@ -168,47 +170,23 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
             }
             continue;
         }
-        let base = page << PAGE_SHIFT;
-        let mut candidates = Vec::new();
-        if let Some((b, len)) = page_slot(page).and_then(PageSlot::block) {
-            // From the first offset at or after `start` (a racing read may
-            // see anything: candidates are confirmed under the lock).
-            let len = len.min(b.cap());
-            let from = start.max(base) & PAGE_MASK;
-            let pred = b.predecessor(len, from);
-            if page == first_page {
-                before = match pred {
-                    Some(i) if b.off(i) < from => {
-                        let r = b.info(i, base | b.off(i));
-                        (r.flags & super::flags::VACANT == 0
-                            && r.start.saturating_add(r.size.max(1)) > start)
-                            .then_some(r.start)
-                    }
-                    Some(_) => None,
-                    None => covering_start(start, page),
-                };
-            }
-            let first = match pred {
-                Some(i) if b.off(i) == from => i,
-                Some(i) => i + 1,
-                None => 0,
-            };
-            for i in first..len {
-                let s = base | b.off(i);
-                if s >= end {
-                    break;
-                }
-                if s == start && rec_vacant(b.rec(i)) {
-                    // The new region takes this place as it is (confirmed
-                    // again under the lock, by the insertion itself).
-                    continue;
-                }
-                candidates.push(s);
-            }
-        } else if page == first_page {
-            before = covering_start(start, page);
-        }
-        if let Some(s) = before.take().filter(|&s| s < start) {
+        // The first page is read as one consistent state (the region begun
+        // before `start` is found there); the others as they are (their
+        // candidates are confirmed under the lock).
+        let (found_before, candidates) = if page == first_page {
+            read_stable(shard_of(page << PAGE_SHIFT), || {
+                page_candidates(page, start, end, true)
+            })
+            .0
+        } else {
+            page_candidates(page, start, end, false)
+        };
+        let before = match found_before {
+            Some(Before::At(s)) => Some(s),
+            Some(Before::Cover) => covering_start(start, page),
+            None => None,
+        };
+        if let Some(s) = before.filter(|&s| s < start) {
             confirm(s);
         }
         for s in candidates {
@@ -217,6 +195,63 @@ fn purge(start: usize, end: usize) -> Vec<Region> {
         page += 1;
     }
     removed
+}
+
+/// Where the region that contains a new region's start but begins before it
+/// is: at this start, or named by the page's cover or the huge list.
+#[derive(Clone, Copy)]
+enum Before {
+    At(usize),
+    Cover,
+}
+
+/// The records of `page` that start in `[start, end)` (a vacant one at
+/// `start` excepted: the new region takes its place), and, for the page
+/// `start` is in (`first`), where the region that contains `start` but
+/// begins before it is: the page's greatest start below it, else the
+/// page's cover or the huge list (asked by the caller, outside this read).
+fn page_candidates(
+    page: usize,
+    start: usize,
+    end: usize,
+    first: bool,
+) -> (Option<Before>, Vec<usize>) {
+    let base = page << PAGE_SHIFT;
+    let mut candidates = Vec::new();
+    let Some((b, len)) = page_slot(page).and_then(PageSlot::block) else {
+        return (first.then_some(Before::Cover), candidates);
+    };
+    let len = len.min(b.cap());
+    let from = start.max(base) & PAGE_MASK;
+    let pred = b.predecessor(len, from);
+    let before = match pred {
+        _ if !first => None,
+        Some(i) if b.off(i) < from => {
+            let r = b.info(i, base | b.off(i));
+            (r.flags & super::flags::VACANT == 0 && r.start.saturating_add(r.size.max(1)) > start)
+                .then_some(Before::At(r.start))
+        }
+        Some(_) => None,
+        None => Some(Before::Cover),
+    };
+    let first_ix = match pred {
+        Some(i) if b.off(i) == from => i,
+        Some(i) => i + 1,
+        None => 0,
+    };
+    for i in first_ix..len {
+        let s = base | b.off(i);
+        if s >= end {
+            break;
+        }
+        if s == start && rec_vacant(b.rec(i)) {
+            // The new region takes this place as it is (confirmed again
+            // under the lock, by the insertion itself).
+            continue;
+        }
+        candidates.push(s);
+    }
+    (before, candidates)
 }
 
 pub(super) fn forget_removed(r: &Region) {
