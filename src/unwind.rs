@@ -1219,12 +1219,29 @@ unsafe fn follow(
     bottom: usize,
     span: usize,
 ) -> usize {
+    let stretch = Stretch {
+        j,
+        end,
+        bottom,
+        span,
+    };
     // SAFETY: the caller's.
-    if let Some(t) = unsafe { follow_by_returns(memo, at, j, end, bottom, span) } {
+    if let Some(t) = unsafe { follow_by_returns(memo, at, stretch) } {
         return t;
     }
     // SAFETY: the caller's.
-    unsafe { follow_by_steps(memo, at, j, end, bottom, span) }
+    unsafe { follow_by_steps(memo, at, stretch) }
+}
+
+/// What [`follow`] follows: the last walk's states from `j` up to `end`,
+/// checked against this walk's `[bottom, bottom + span]` (its `[sp,
+/// last]`).
+#[derive(Clone, Copy)]
+struct Stretch {
+    j: usize,
+    end: usize,
+    bottom: usize,
+    span: usize,
 }
 
 /// The bits below bit `n` (all 64 from `n = 64` on).
@@ -1276,14 +1293,13 @@ unsafe fn rbp_at(
 /// # Safety
 /// As [`follow`]'s.
 #[inline(always)]
-unsafe fn follow_by_returns(
-    memo: &Memo,
-    at: &mut Cursor,
-    j: usize,
-    end: usize,
-    bottom: usize,
-    span: usize,
-) -> Option<usize> {
+unsafe fn follow_by_returns(memo: &Memo, at: &mut Cursor, stretch: Stretch) -> Option<usize> {
+    let Stretch {
+        j,
+        end,
+        bottom,
+        span,
+    } = stretch;
     // The steps `j..last_step`, those of them with a CFA based on `rbp`.
     let last_step = end.min(STATES).saturating_sub(1);
     let rbp_steps = memo.cfa_rbp & below(last_step) & !below(j);
@@ -1337,14 +1353,13 @@ unsafe fn follow_by_returns(
 /// # Safety
 /// As [`follow`]'s.
 #[inline(never)]
-unsafe fn follow_by_steps(
-    memo: &Memo,
-    at: &mut Cursor,
-    j: usize,
-    end: usize,
-    bottom: usize,
-    span: usize,
-) -> usize {
+unsafe fn follow_by_steps(memo: &Memo, at: &mut Cursor, stretch: Stretch) -> usize {
+    let Stretch {
+        j,
+        end,
+        bottom,
+        span,
+    } = stretch;
     let (mut t, mut fp_from) = (j, 0usize);
     let (mut cfa_rbp, mut kept) = (memo.cfa_rbp >> j, memo.kept >> j);
     while t + 1 < end {
