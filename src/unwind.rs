@@ -1254,22 +1254,18 @@ fn below(n: usize) -> u64 {
     }
 }
 
-/// This walk's `rbp` at state `t` of a stretch followed from state `j`:
-/// the word the last step before `t` that did not keep `rbp` loads now, or
-/// `at_j`, the `rbp` at `j`. `None` where that word is not in `[bottom,
+/// This walk's `rbp` at state `t` of `stretch`: the word the last step
+/// before `t` that did not keep `rbp` loads now, or `at_j`, the `rbp` at
+/// the stretch's first state. `None` where that word is not in `[bottom,
 /// bottom + span]`.
 ///
 /// # Safety
 /// `[bottom, bottom + span]` is this walk's `[sp, last]`.
 #[inline(always)]
-unsafe fn rbp_at(
-    memo: &Memo,
-    j: usize,
-    t: usize,
-    at_j: usize,
-    bottom: usize,
-    span: usize,
-) -> Option<usize> {
+unsafe fn rbp_at(memo: &Memo, stretch: Stretch, t: usize, at_j: usize) -> Option<usize> {
+    let Stretch {
+        j, bottom, span, ..
+    } = stretch;
     let loads = !memo.kept & below(t) & !below(j);
     if loads == 0 {
         return Some(at_j);
@@ -1333,7 +1329,7 @@ unsafe fn follow_by_returns(memo: &Memo, at: &mut Cursor, stretch: Stretch) -> O
             break;
         }
         // SAFETY: the caller's.
-        let fp = unsafe { rbp_at(memo, j, t, at.fp, bottom, span) }?;
+        let fp = unsafe { rbp_at(memo, stretch, t, at.fp) }?;
         let next = (t + 1) & (STATES - 1);
         if fp != memo.fp[t & (STATES - 1)] || !holds(memo.sp[next], memo.pc[next]) {
             break;
@@ -1341,7 +1337,7 @@ unsafe fn follow_by_returns(memo: &Memo, at: &mut Cursor, stretch: Stretch) -> O
         t += 1;
     }
     // SAFETY: the caller's.
-    at.fp = unsafe { rbp_at(memo, j, t, at.fp, bottom, span) }?;
+    at.fp = unsafe { rbp_at(memo, stretch, t, at.fp) }?;
     at.pc = memo.pc[t & (STATES - 1)];
     at.sp = memo.sp[t & (STATES - 1)];
     Some(t)

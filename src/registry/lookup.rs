@@ -138,13 +138,7 @@ pub(super) fn find_versioned(addr: usize) -> Option<(RegionInfo, &'static Shard,
 /// cover), or else of the huge region, if it contains `addr` (a
 /// registration's purge confirms it under its shard's lock).
 pub(super) fn covering_start(addr: usize, page: usize) -> Option<usize> {
-    let start = match page_slot(page).and_then(|s| s.cover_start(page)) {
-        Some(start) => start,
-        None if HUGE_COUNT.load(Ordering::Relaxed) > 0 => huge_containing(addr)?,
-        None => return None,
-    };
-    let (answer, _) = read_stable(shard_of(start), || probe_exact(start));
-    answer.filter(|r| r.contains(addr)).map(|r| r.start)
+    find_covering(addr, page).map(|(r, _, _)| r.start)
 }
 
 #[inline(always)]

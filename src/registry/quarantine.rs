@@ -95,24 +95,10 @@ fn quarantine_limits() -> (usize, usize) {
     }
 }
 
-/// What the statistics need of an evicted region (a whole `Region` is a
-/// few hundred bytes to move about).
-struct Gone {
-    c: bool,
-    size: usize,
-}
-
-impl Gone {
-    fn of(r: &super::Region) -> Gone {
-        debug_assert_eq!(r.state, RegionState::Freed);
-        Gone {
-            c: r.kind == super::RegionKind::C,
-            size: r.size,
-        }
-    }
-    fn count(self) {
-        crate::stats::region_gone(self.c, self.size, false);
-    }
+/// Counts an evicted region gone in the statistics.
+fn count_gone(r: &RegionInfo) {
+    debug_assert_eq!(r.state, RegionState::Freed);
+    crate::stats::region_gone(r.kind == super::RegionKind::C, r.size, false);
 }
 
 /// How many quarantined blocks one free evicts at most.
@@ -182,7 +168,8 @@ pub(crate) fn mark_freed(
     // the common path: one free evicts one block at steady state); a
     // quarantine over its limits after a mode change drains over the next
     // frees.
-    let mut evicted: [Option<(Quarantined, Gone)>; EVICT_AT_ONCE] = [const { None }; EVICT_AT_ONCE];
+    let mut evicted: [Option<(Quarantined, RegionInfo)>; EVICT_AT_ONCE] =
+        [const { None }; EVICT_AT_ONCE];
     let mut n = 0;
     while n < EVICT_AT_ONCE
         && w.quarantine.len() > 1
@@ -196,7 +183,7 @@ pub(crate) fn mark_freed(
         // allocator hands a freed address out again first).
         let current = |r: &RegionInfo| r.id == q.id && r.state == RegionState::Freed;
         if let Some(r) = w.vacate(q.start, current) {
-            evicted[n] = Some((q, Gone::of(&r)));
+            evicted[n] = Some((q, r));
             n += 1;
         }
         // Otherwise the record was replaced: the range was reused behind the
@@ -208,8 +195,8 @@ pub(crate) fn mark_freed(
         super::live_c::gone(start, before.id);
     }
     crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
-    for (q, gone) in evicted.iter_mut().take(n).filter_map(Option::take) {
-        gone.count();
+    for (q, r) in evicted.into_iter().flatten() {
+        count_gone(&r);
         // SAFETY: the block left the quarantine: it was freed by its owner,
         // held back from reuse since, and is released exactly once, here.
         unsafe { q.release.run(q.start) };
@@ -226,5 +213,5 @@ pub(super) fn evict_now(start: usize) -> bool {
     let mut w = shard_of(start).write();
     let gone = w.vacate(start, |r| r.state == RegionState::Freed);
     drop(w);
-    gone.map(|r| Gone::of(&r).count()).is_some()
+    gone.inspect(count_gone).is_some()
 }

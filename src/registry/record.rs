@@ -38,7 +38,7 @@ use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
 
 /// Words per stored record: tag; extra and site indices; size; packed facts.
 pub(super) const REC_WORDS: usize = 4;
-const W_TAG: usize = 0;
+pub(super) const W_TAG: usize = 0;
 pub(super) const W_INDICES: usize = 1;
 const W_SIZE: usize = 2;
 const W_FACTS: usize = 3;

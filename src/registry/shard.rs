@@ -34,7 +34,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::block::{Block, Quad, NCLASSES, PAGE_MASK, PAGE_SHIFT};
 use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot};
 use super::quarantine::Quarantined;
-use super::record::{rec_vacant, vacant_words, W_INDICES};
+use super::record::{rec_vacant, vacant_words, W_INDICES, W_TAG};
 use super::unpinned::count_unpinned;
 use super::{Extra, Region, RegionInfo};
 
@@ -312,17 +312,24 @@ impl ShardInner {
 
     fn remove_at(&mut self, start: usize, b: Block, i: usize) -> Option<Region> {
         let view = self.view(b, i);
-        // The record's extra index is freed with it.
+        self.forget_rec(start, b, i, &b.info(i, start));
+        self.drop_rec(start, b, i);
+        Some(view)
+    }
+
+    /// What a record that stops naming a region (`info`, the region starting
+    /// at `start`) gives up, wherever its place goes: its `Extra`, the
+    /// covers of the pages it reaches into, its page's unpinned count.
+    fn forget_rec(&mut self, start: usize, b: Block, i: usize, info: &RegionInfo) {
         let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
         if extra_ix != 0 {
+            self.extras[extra_ix as usize - 1] = None;
             self.free_extras.push(extra_ix);
         }
-        self.drop_rec(start, b, i);
-        set_covers(start, view.size, false);
-        if view.is_unpinned_managed() {
+        set_covers(start, info.size, false);
+        if info.is_unpinned_managed() {
             count_unpinned(start, false);
         }
-        Some(view)
     }
 
     /// Takes record `i` of `b` (of the region starting at `start`) out of
@@ -355,34 +362,28 @@ impl ShardInner {
 
     /// Makes the record of the (quarantined) region starting at `start`
     /// vacant, if `current` says it is still the one meant, returning its
-    /// view: the region is gone, its place stays for the next region
+    /// small facts: the region is gone, its place stays for the next region
     /// starting there. A page left with vacant records only gives its block
     /// up.
     pub(super) fn vacate(
         &mut self,
         start: usize,
         current: impl FnOnce(&RegionInfo) -> bool,
-    ) -> Option<Region> {
+    ) -> Option<RegionInfo> {
         let (b, i) = Self::find_exact(start)?;
-        if !current(&b.info(i, start)) {
+        let info = b.info(i, start);
+        if !current(&info) {
             return None;
         }
-        let view = self.view(b, i);
-        let extra_ix = b.rec(i)[W_INDICES].load(Ordering::Relaxed) as u32;
-        if extra_ix != 0 {
-            self.free_extras.push(extra_ix);
-        }
-        set_covers(start, view.size, false);
-        if view.is_unpinned_managed() {
-            count_unpinned(start, false);
-        }
-        b.write_rec(i, vacant_words(view.tag, view.size));
+        let tag = b.rec(i)[W_TAG].load(Ordering::Relaxed);
+        self.forget_rec(start, b, i, &info);
+        b.write_rec(i, vacant_words(tag, info.size));
         let vacant = b.vacant() + 1;
         b.set_vacant(vacant);
         let slot = page_slot(start >> PAGE_SHIFT)?;
         if vacant == slot.len.load(Ordering::Relaxed) as usize {
             self.drop_block(slot, b);
         }
-        Some(view)
+        Some(info)
     }
 }
