@@ -251,11 +251,7 @@ fn a_raw_pointer_to_a_static_is_looked_through_by_its_type() {
     // scans the program's statics for what appeared during it, so another
     // test's call running meanwhile would find this test's write into the
     // static. Alone in a child process, in the parent's mode.
-    const NAME: &str = "a_raw_pointer_to_a_static_is_looked_through_by_its_type";
-    if !common::is_child(NAME) {
-        let mode = std::env::var("FFI_CHECK").ok();
-        let env: Vec<(&str, &str)> = mode.iter().map(|m| ("FFI_CHECK", m.as_str())).collect();
-        common::child_passes(NAME, &env);
+    if !common::alone_in_child("a_raw_pointer_to_a_static_is_looked_through_by_its_type") {
         return;
     }
     let values = Managed::from_vec(vec![4 as c_int, 5]);

@@ -150,3 +150,19 @@ pub fn child_passes(name: &str, env: &[(&str, &str)]) -> String {
     );
     stderr
 }
+
+/// For a test that must not share its process with others (it writes a
+/// program static that other tests' mode-2 calls scan, or needs a freed
+/// block to stay in its quarantine while other tests free theirs): in the
+/// parent, runs test `name` alone in a child process, in the parent's
+/// `FFI_CHECK` mode, asserts that it passed, and returns false (the parent
+/// is done); in that child, returns true (run the body).
+pub fn alone_in_child(name: &str) -> bool {
+    if is_child(name) {
+        return true;
+    }
+    let mode = std::env::var("FFI_CHECK").ok();
+    let env: Vec<(&str, &str)> = mode.iter().map(|m| ("FFI_CHECK", m.as_str())).collect();
+    child_passes(name, &env);
+    false
+}
