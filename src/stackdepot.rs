@@ -446,6 +446,28 @@ mod tests {
     }
 
     #[test]
+    fn stacks_one_frame_apart_anywhere_get_ids_of_their_own() {
+        // Deep stacks of nearby return addresses that differ in one frame,
+        // by a few bytes, at any depth, or only in their length, each keep
+        // their own id and frames.
+        let base: Vec<usize> = (0..MAX_FRAMES).map(|k| 0x55_5555_1000 + k * 0x40).collect();
+        let mut stacks = vec![base.clone(), base[..MAX_FRAMES - 1].to_vec()];
+        for depth in 0..MAX_FRAMES {
+            for delta in 1..=64usize {
+                let mut s = base.clone();
+                s[depth] += delta;
+                stacks.push(s);
+            }
+        }
+        let ids: Vec<_> = stacks.iter().map(|s| intern(s).unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), stacks.len());
+        for (s, id) in stacks.iter().zip(ids) {
+            assert_eq!(&frames(id), s);
+        }
+    }
+
+    #[test]
     fn threads_storing_the_same_stacks_at_once_get_the_same_ids() {
         // Eight threads store the same 4,000 new stacks in different
         // orders while the indexes grow: each stack gets one id, whoever
