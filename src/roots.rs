@@ -570,49 +570,36 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
     }
     let _g = crate::bookkeeping::bookkeeping();
     let mut reader = registry::ScanReader::new();
-    // The managed regions found, by 64-byte granule of the word (direct
-    // mapped): C memory dense with pointers into a few regions (pinned
-    // ones, which the page filter cannot dismiss) asks the registry once a
-    // region, not once a word. Valid for the scan, as a snapshot would be.
-    const SLOTS: usize = 1 << 12;
-    // Made at the first word inside the bounds: most scans (the few pages
-    // written since the last one) meet none.
-    let mut seen_regions: Vec<(usize, usize, bool)> = Vec::new();
     let mut hits: Vec<(usize, usize, usize, Target)> = Vec::new();
-    for (n, span) in ranges.spans.iter().enumerate() {
-        // SAFETY: a live tracked C region is readable while it is live (it
-        // is freed through the checker, which quarantines it); a root is
-        // readable by the promise of whoever registered it; a loaded
-        // object's segment while the object is loaded.
-        unsafe {
-            scan_words(span.start, span.len, lo, hi, |offset, w| {
-                if seen_regions.is_empty() {
-                    seen_regions = vec![(0usize, 0usize, false); SLOTS];
-                }
-                let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) % SLOTS;
-                let (rs, re, unpinned) = seen_regions[slot];
-                let managed = if rs <= w && w < re {
-                    unpinned.then_some(rs)
-                } else {
-                    reader.managed_region(w).and_then(|r| {
-                        let unpinned = r.is_unpinned_managed();
-                        seen_regions[slot] =
-                            (r.start, r.start.saturating_add(r.size.max(1)), unpinned);
-                        unpinned.then_some(r.start)
-                    })
-                };
-                let target = if let Some(s) = managed {
-                    Target::Managed(s)
-                } else if heap && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
-                {
-                    Target::Heap(w)
-                } else {
-                    return;
-                };
-                hits.push((n, offset, w, target));
-            })
-        };
-    }
+    with_seen_regions(|mut seen| {
+        for (n, span) in ranges.spans.iter().enumerate() {
+            // SAFETY: a live tracked C region is readable while it is live
+            // (it is freed through the checker, which quarantines it); a
+            // root is readable by the promise of whoever registered it; a
+            // loaded object's segment while the object is loaded.
+            unsafe {
+                scan_words(span.start, span.len, lo, hi, |offset, w| {
+                    let managed = match seen.as_deref_mut() {
+                        Some(seen) => seen.unpinned_start(w, &mut reader),
+                        None => reader
+                            .managed_region(w)
+                            .filter(|r| r.is_unpinned_managed())
+                            .map(|r| r.start),
+                    };
+                    let target = if let Some(s) = managed {
+                        Target::Managed(s)
+                    } else if heap
+                        && crate::heap::block_at(w).is_some_and(|b| !b.freed && !b.promoted)
+                    {
+                        Target::Heap(w)
+                    } else {
+                        return;
+                    };
+                    hits.push((n, offset, w, target));
+                })
+            };
+        }
+    });
     drop(reader);
     if hits.is_empty() {
         return Vec::new();
@@ -657,6 +644,75 @@ fn find(ranges: &Ranges, heap: bool) -> Vec<Finding> {
         });
     }
     found
+}
+
+/// The managed regions one scan found, by 64-byte granule of the word
+/// (direct mapped): C memory dense with pointers into a few regions (pinned
+/// ones, which the page filter cannot dismiss) asks the registry once a
+/// region, not once a word. A slot counts only for the scan that filled it
+/// (its number), so a scan starts without clearing the table: most scans
+/// (the few pages written since the last one) meet no word in the bounds,
+/// and one that does must not pay for zeroing a table of this size.
+struct SeenRegions {
+    scan: u32,
+    /// `(start, end, unpinned, scan)`; made at the first word in bounds.
+    slots: Vec<(usize, usize, bool, u32)>,
+}
+
+impl SeenRegions {
+    const SLOTS: usize = 1 << 12;
+
+    /// The start of the unpinned managed region `w` points into, if any:
+    /// from the table when this scan saw its region, else asked of the
+    /// registry and remembered.
+    fn unpinned_start(&mut self, w: usize, reader: &mut registry::ScanReader) -> Option<usize> {
+        if self.slots.is_empty() {
+            self.slots = vec![(0, 0, false, 0); Self::SLOTS];
+        }
+        let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % Self::SLOTS;
+        let (rs, re, unpinned, scan) = self.slots[slot];
+        if scan == self.scan && rs <= w && w < re {
+            return unpinned.then_some(rs);
+        }
+        let r = reader.managed_region(w)?;
+        let unpinned = r.is_unpinned_managed();
+        self.slots[slot] = (
+            r.start,
+            r.start.saturating_add(r.size.max(1)),
+            unpinned,
+            self.scan,
+        );
+        unpinned.then_some(r.start)
+    }
+}
+
+thread_local! {
+    static SEEN_REGIONS: std::cell::RefCell<SeenRegions> = const {
+        std::cell::RefCell::new(SeenRegions { scan: 0, slots: Vec::new() })
+    };
+}
+
+/// Runs `f` with this thread's [`SeenRegions`], numbered for a new scan,
+/// or with none (every word asks the registry) where the table is in use
+/// or gone (a scan inside a scan, a thread's exit).
+fn with_seen_regions<R>(f: impl FnOnce(Option<&mut SeenRegions>) -> R) -> R {
+    let mut f = Some(f);
+    let done = SEEN_REGIONS.try_with(|c| {
+        let Ok(mut seen) = c.try_borrow_mut() else {
+            return None;
+        };
+        seen.scan = seen.scan.wrapping_add(1);
+        if seen.scan == 0 {
+            // The numbers wrapped: no slot may claim this scan.
+            seen.slots.iter_mut().for_each(|s| s.3 = 0);
+            seen.scan = 1;
+        }
+        f.take().map(|f| f(Some(&mut seen)))
+    });
+    match done {
+        Ok(Some(r)) => r,
+        _ => (f.take().expect("not called yet"))(None),
+    }
 }
 
 /// Every word of the ranges that points into `[start, end)`.
@@ -1134,4 +1190,53 @@ pub(crate) fn check_release(start: usize, size: usize, unpinned: bool) -> bool {
     let v = v.note(held_by(first)).region_at("retained region", start);
     emit(with_holder(v, first, "held in"));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{NewRegion, RegionKind};
+
+    #[test]
+    fn a_region_remembered_by_one_scan_is_asked_again_by_the_next() {
+        // Synthetic addresses of this test's own (the registry never reads
+        // the memory it tracks).
+        let start = 0x6b20_0000_0000usize;
+        registry::insert(NewRegion {
+            start,
+            size: 256,
+            kind: RegionKind::Managed,
+            family: crate::family::FAMILY_RUST,
+            flags: 0,
+            site: Some(Site::caller()),
+            type_name: None,
+        });
+        let ask = |w: usize| {
+            let mut reader = registry::ScanReader::new();
+            with_seen_regions(|seen| {
+                let seen = seen.expect("this thread's table");
+                // Twice in one scan: the second answer is the table's.
+                let first = seen.unpinned_start(w, &mut reader);
+                assert_eq!(seen.unpinned_start(w + 8, &mut reader), first);
+                first
+            })
+        };
+        assert_eq!(ask(start + 16), Some(start));
+        // Pinned between two scans: the next scan does not take the last
+        // one's word for it.
+        registry::update(start, |r| r.pins += 1);
+        assert_eq!(ask(start + 16), None);
+        registry::update(start, |r| r.pins -= 1);
+        assert_eq!(ask(start + 16), Some(start));
+        registry::remove(start);
+        assert_eq!(ask(start + 16), None);
+    }
+
+    #[test]
+    fn a_scan_inside_a_scan_goes_without_the_table() {
+        with_seen_regions(|outer| {
+            assert!(outer.is_some());
+            assert!(with_seen_regions(|inner| inner.is_none()));
+        });
+    }
 }
