@@ -669,7 +669,7 @@ impl SeenRegions {
         if self.slots.is_empty() {
             self.slots = vec![(0, 0, false, 0); Self::SLOTS];
         }
-        let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % Self::SLOTS;
+        let slot = ((w >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) % Self::SLOTS;
         let (rs, re, unpinned, scan) = self.slots[slot];
         if scan == self.scan && rs <= w && w < re {
             return unpinned.then_some(rs);
