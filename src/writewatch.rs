@@ -483,7 +483,12 @@ pub(crate) fn written(ranges: &[(usize, usize)]) -> Option<Vec<(usize, usize)>> 
             j += 1;
         }
         let (s, e) = (hulls[i].0, hulls[j - 1].1);
-        if j - i == 1 || !w.ask(s, e, &mut out) {
+        if e - s <= READ_WHOLE_PAGES * page {
+            // Cheaper read than asked about: a question costs the kernel
+            // more than reading a page or two (a shared library's few
+            // pages of data, say).
+            out.push((s, e));
+        } else if j - i == 1 || !w.ask(s, e, &mut out) {
             // One range, or a group the kernel will not watch whole (a
             // mapping between that refuses): one question a range.
             for &(s, e) in &hulls[i..j] {
@@ -502,6 +507,11 @@ pub(crate) fn written(ranges: &[(usize, usize)]) -> Option<Vec<(usize, usize)>> 
 /// How far apart (in pages) two watched ranges may be and still be asked
 /// about in one `PAGEMAP_SCAN`.
 const MERGE_GAP_PAGES: usize = 16;
+
+/// The most pages a group of ranges may span and be read whole at every
+/// scan rather than watched: one `PAGEMAP_SCAN` costs more than reading
+/// this much.
+const READ_WHOLE_PAGES: usize = 2;
 
 impl Watch {
     /// Appends the written pages of `[s, e)` (page-aligned) to `out`,
@@ -576,6 +586,30 @@ mod tests {
         assert!(w.scan(p, p + len).unwrap().is_empty());
         // SAFETY: the mapping is ours and unused from here on.
         unsafe { libc::munmap(p as *mut libc::c_void, len) };
+    }
+
+    /// A range of a page or two (a shared library's data, say) is read
+    /// whole at every scan, not asked about: cheaper than the question.
+    #[test]
+    fn a_range_of_a_page_or_two_is_read_whole_every_time() {
+        if !on() {
+            return;
+        }
+        let len = READ_WHOLE_PAGES * page();
+        let p = crate::bookkeeping::map_anonymous(len).unwrap() as usize;
+        for _ in 0..3 {
+            assert_eq!(written(&[(p + 8, p + len - 8)]), Some(vec![(p, p + len)]));
+        }
+        // One page more is watched: found written once, then not.
+        let big = crate::bookkeeping::map_anonymous(len + page()).unwrap() as usize;
+        let whole = written(&[(big, big + len + page())]).unwrap();
+        assert_eq!(whole.iter().map(|r| r.1 - r.0).sum::<usize>(), len + page());
+        assert_eq!(written(&[(big, big + len + page())]), Some(vec![]));
+        // SAFETY: the mappings are ours and unused from here on.
+        unsafe {
+            libc::munmap(p as *mut libc::c_void, len);
+            libc::munmap(big as *mut libc::c_void, len + page());
+        }
     }
 
     /// Reading a watched range (as the scan does) is not writing it: a
