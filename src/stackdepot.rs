@@ -11,9 +11,11 @@
 //!
 //! A capture walks the stack (with [`unwind`](crate::unwind)'s cached
 //! unwind rules) into a fixed buffer on the stack
-//! ([`MAX_FRAMES`] return addresses, no allocation), hashes the
-//! addresses and looks them up in one of [`SHARDS`] tables; only a stack
-//! never seen before is copied in. Nothing is ever removed: an id stays
+//! ([`MAX_FRAMES`] return addresses, no allocation), compares them with
+//! the thread's last few distinct stacks ([`RECENT_STACKS`], in the
+//! thread's own memory: most allocations come from a few sites in a loop),
+//! and only then hashes the addresses and looks them up in one of
+//! [`SHARDS`] tables; only a stack never seen before is copied in. Nothing is ever removed: an id stays
 //! valid for the life of the process.
 //!
 //! A stack seen before (nearly every capture) is found without a lock and
@@ -294,7 +296,63 @@ pub(crate) fn capture() -> Option<StackId> {
     } else {
         crate::unwind::walk(&mut ips, 0)
     };
-    intern(&ips[..n])
+    let ips = &ips[..n];
+    RECENT
+        .try_with(|recent| {
+            // SAFETY: this thread's alone, and no capture runs inside
+            // another (nothing here calls back into the checker).
+            let recent = unsafe { &mut *recent.get() };
+            recent.find(ips).or_else(|| {
+                let id = intern(ips);
+                if let Some(id) = id {
+                    recent.put(ips, id);
+                }
+                id
+            })
+        })
+        .unwrap_or_else(|_| intern(ips))
+}
+
+/// How many of its last distinct stacks a thread remembers.
+const RECENT_STACKS: usize = 4;
+
+/// A thread's last few distinct stacks and their ids: an allocation in a
+/// loop, or two that alternate (a `String` and the `Box` that holds it),
+/// meet the same stacks again and again, and comparing the frames of a few
+/// stacks in the thread's own cache lines costs less than hashing them and
+/// reading the depot's.
+struct Recent {
+    lens: [usize; RECENT_STACKS],
+    ids: [u32; RECENT_STACKS],
+    frames: [[usize; MAX_FRAMES]; RECENT_STACKS],
+    next: usize,
+}
+
+impl Recent {
+    fn find(&self, ips: &[usize]) -> Option<StackId> {
+        (0..RECENT_STACKS)
+            .find(|&k| self.lens[k] == ips.len() && self.frames[k][..ips.len()] == *ips)
+            .and_then(|k| StackId::from_word(self.ids[k]))
+    }
+
+    fn put(&mut self, ips: &[usize], id: StackId) {
+        let k = self.next;
+        self.next = (k + 1) % RECENT_STACKS;
+        self.lens[k] = ips.len();
+        self.ids[k] = StackId::word(Some(id));
+        self.frames[k][..ips.len()].copy_from_slice(ips);
+    }
+}
+
+thread_local! {
+    static RECENT: std::cell::UnsafeCell<Recent> = const {
+        std::cell::UnsafeCell::new(Recent {
+            lens: [usize::MAX; RECENT_STACKS],
+            ids: [0; RECENT_STACKS],
+            frames: [[0; MAX_FRAMES]; RECENT_STACKS],
+            next: 0,
+        })
+    };
 }
 
 /// Whether every capture walks with the platform unwinder, as before the
@@ -443,6 +501,64 @@ mod tests {
         for (i, id) in ids {
             assert_eq!(frames(id), vec![i, i + 7, 99]);
         }
+    }
+
+    #[test]
+    fn a_thread_s_recent_stacks_answer_for_the_depot_and_only_for_their_own_frames() {
+        let mut recent = Recent {
+            lens: [usize::MAX; RECENT_STACKS],
+            ids: [0; RECENT_STACKS],
+            frames: [[0; MAX_FRAMES]; RECENT_STACKS],
+            next: 0,
+        };
+        let stacks: Vec<Vec<usize>> = (0..RECENT_STACKS + 2)
+            .map(|k| vec![0x51_0000 + k, 0x52_0000, 0x53_0000])
+            .collect();
+        let ids: Vec<StackId> = stacks.iter().map(|s| intern(s).unwrap()).collect();
+        for (s, &id) in stacks.iter().zip(&ids) {
+            assert_eq!(recent.find(s), None);
+            recent.put(s, id);
+            assert_eq!(recent.find(s), Some(id));
+        }
+        // The oldest were put out; the last `RECENT_STACKS` answer.
+        assert_eq!(recent.find(&stacks[0]), None);
+        assert_eq!(
+            recent.find(&stacks[RECENT_STACKS + 1]),
+            ids[RECENT_STACKS + 1].into()
+        );
+        // A prefix, or the same frames and one more, is another stack.
+        let last = &stacks[RECENT_STACKS + 1];
+        assert_eq!(recent.find(&last[..2]), None);
+        assert_eq!(recent.find(&[&last[..], &[1]].concat()), None);
+    }
+
+    #[test]
+    fn captures_alternating_between_more_stacks_than_a_thread_remembers_keep_their_ids() {
+        // Six call sites, each a function of its own (with code of its
+        // own, so none is merged with another).
+        macro_rules! sites {
+            ($($name:ident = $k:literal),*) => {
+                $(
+                    #[inline(never)]
+                    fn $name() -> Option<StackId> {
+                        std::hint::black_box($k);
+                        capture()
+                    }
+                )*
+            };
+        }
+        sites!(s0 = 0, s1 = 1, s2 = 2, s3 = 3, s4 = 4, s5 = 5);
+        let sites: [fn() -> Option<StackId>; 6] = [s0, s1, s2, s3, s4, s5];
+        // From one call site here, in an order that cycles through more
+        // stacks than the thread remembers, forwards and backwards.
+        let order = (0..6).chain((0..20).flat_map(|_| (0..6).rev().chain(0..6)));
+        let mut first: [Option<StackId>; 6] = [None; 6];
+        for k in order {
+            let id = sites[k]().unwrap();
+            assert_eq!(*first[k].get_or_insert(id), id, "site {k}");
+        }
+        let distinct: std::collections::HashSet<_> = first.iter().collect();
+        assert_eq!(distinct.len(), 6);
     }
 
     #[test]
