@@ -215,6 +215,13 @@ pub(crate) fn check_in(ranges: &[(usize, usize)]) -> Vec<Overrun> {
     found
 }
 
+/// Whether any guarded block is live (none outside mode 2, unless mode 2
+/// made them before a switch): a free that finds none needs no
+/// [`real_free`].
+pub(crate) fn any_guarded() -> bool {
+    COUNT.get().load(Ordering::Relaxed) != 0
+}
+
 /// Forgets the guarded block at `user`, checking its guards one last time.
 /// `None` when it is not a guarded block.
 fn forget(user: usize) -> Option<Option<Overrun>> {

@@ -284,6 +284,38 @@ fn mismatched_free_names_both_deallocators() {
     });
 }
 
+#[test]
+fn a_box_that_takes_over_library_memory_as_mallocs_is_refused_at_its_drop() {
+    // SAFETY: fx_alloc_string returns a fresh fx_alloc'd copy that nobody
+    // else owns; it is adopted with its own deallocator, then handed on.
+    let p = unsafe {
+        let p = fixtures::fx_alloc_string(c"library string".as_ptr());
+        CBox::from_raw_cstr_with(p, FX_DEALLOC).expect("non-null")
+    }
+    .into_raw();
+    // The mistake under test: the same block adopted again as `malloc`'s.
+    // SAFETY: p is live fx_alloc memory; the checker refuses the free.
+    let wrong = unsafe { CBox::from_raw_cstr(p) }.expect("a live C block is adopted");
+    let ((), v) = capture(|| drop(wrong));
+    let v = only(&v);
+    assert_report(
+        v,
+        ViolationKind::MismatchedFree,
+        "C memory freed with the wrong deallocator",
+    );
+    assert!(
+        v.first_line().contains("`fx_dealloc`"),
+        "{}",
+        v.first_line()
+    );
+    // The block was left alone: its own deallocator frees it (fx_dealloc
+    // aborts on a block it did not make or already freed).
+    assert_clean(|| {
+        // SAFETY: p is fx_alloc memory, not freed yet.
+        unsafe { c_free_with(p.cast::<c_void>(), &FX_DEALLOC) }
+    });
+}
+
 // ---- C1: correct patterns -----------------------------------------------------
 
 #[test]

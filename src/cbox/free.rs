@@ -191,6 +191,30 @@ pub(crate) unsafe fn free_checked(
     }
 }
 
+/// The common free of a box's block, in one look at its record: memory
+/// from C's `malloc` whose record is a live C block, starting at `ptr`, of
+/// a family `free` may free. That is every check [`check_free`] makes on
+/// such a block, judged under the shard's lock; the block goes to the
+/// quarantine as [`free_checked`] would send it. Returns false, having
+/// changed nothing, when anything else holds (checks off, mode 2's guarded
+/// blocks, another deallocator, no such record): the caller then takes the
+/// checked path, which reports what is wrong.
+///
+/// # Safety
+/// As [`free_checked`]'s: `ptr` came from `dealloc`'s allocator and its
+/// owner is done with it (and the value in it is dropped already, or needs
+/// no drop: the block may be released before this returns).
+pub(crate) unsafe fn free_plain(ptr: usize, dealloc: &Deallocator, site: Option<Site>) -> bool {
+    if !dealloc.is_libc() || !checks_on() || crate::guard::any_guarded() {
+        return false;
+    }
+    let family = dealloc.family();
+    let marked = registry::mark_freed_if(ptr, site, Release::C(dealloc.free), |r| {
+        r.kind == RegionKind::C && r.family == family
+    });
+    matches!(marked, registry::Marked::Freed(_))
+}
+
 /// A whole checked free: [`check_free`], then [`free_checked`]. What
 /// `c_free`, `c_free_with` and C's `ffi_check_free` do.
 ///

@@ -25,7 +25,7 @@ mod free;
 mod raw;
 
 pub use dealloc::Deallocator;
-pub(crate) use free::{check_free, free_checked, free_through_checks, Verdict};
+pub(crate) use free::{check_free, free_checked, free_plain, free_through_checks, Verdict};
 pub(crate) use raw::malloc_scannable;
 pub use raw::{c_adopt, c_adopt_with, c_free, c_free_with, c_malloc, intended_leak};
 
@@ -99,6 +99,16 @@ impl<T: ?Sized> CBox<T> {
 
     fn free_at(&mut self, site: Option<Site>) {
         let ptr = self.ptr.as_ptr();
+        // A value without drop glue in a plain `malloc` block: the check
+        // and the free in one look at the record.
+        // SAFETY: the box owns its block, from `dealloc`'s allocator, and is
+        // done with it; the value needs no drop.
+        if COMPILED_IN
+            && !std::mem::needs_drop::<T>()
+            && unsafe { free_plain(ptr.cast::<u8>() as usize, &self.dealloc, site) }
+        {
+            return;
+        }
         // Check first: after a double free (C freed it behind the box's
         // back) the value must not be dropped, let alone freed again.
         let verdict = if COMPILED_IN {

@@ -78,7 +78,7 @@ pub(crate) use live_c::{
     hulls as live_c_hulls, spans as live_c_spans, spans_in as live_c_spans_in, GUARD_PAD,
 };
 pub(crate) use lookup::{exact_facts, lookup, lookup_for_free};
-pub(crate) use quarantine::{mark_freed, Release};
+pub(crate) use quarantine::{mark_freed, mark_freed_if, Marked, Release};
 pub(crate) use recent::unpinned_managed_start;
 pub use record::REGION_RECORD_BYTES;
 pub(crate) use register::{insert, promote_heap_block, remove, NewRegion};
