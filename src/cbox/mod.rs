@@ -101,13 +101,12 @@ impl<T: ?Sized> CBox<T> {
         let ptr = self.ptr.as_ptr();
         // A value without drop glue in a plain `malloc` block: the check
         // and the free in one look at the record.
-        // SAFETY: the box owns its block, from `dealloc`'s allocator, and is
-        // done with it; the value needs no drop.
-        if COMPILED_IN
-            && !std::mem::needs_drop::<T>()
-            && unsafe { free_plain(ptr.cast::<u8>() as usize, &self.dealloc, site) }
-        {
-            return;
+        if COMPILED_IN && !std::mem::needs_drop::<T>() {
+            // SAFETY: the box owns its block, from `dealloc`'s allocator,
+            // and is done with it; the value needs no drop.
+            if unsafe { free_plain(ptr.cast::<u8>() as usize, &self.dealloc, site) } {
+                return;
+            }
         }
         // Check first: after a double free (C freed it behind the box's
         // back) the value must not be dropped, let alone freed again.

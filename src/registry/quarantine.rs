@@ -118,7 +118,7 @@ pub(crate) fn mark_freed(
     let marked = mark_freed_if(start, site, release, |before| {
         // Another block took this address since the caller's check: this
         // free is not about it.
-        expect_id.is_none_or(|id| id == before.id)
+        expect_id.map_or(true, |id| id == before.id)
     });
     match marked {
         // A second free of a quarantined block must never release it twice:
