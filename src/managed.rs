@@ -236,9 +236,39 @@ pub(crate) fn report_retained_at_free(start: usize, message: &str) {
     );
 }
 
+/// The common end of a managed region, in one look at its record: a value
+/// without drop glue whose live record nothing pins and C does not retain
+/// is marked freed and its block handed to the quarantine. False, having
+/// changed nothing, when anything else holds (checks off, mode 2's scan of
+/// what C still points at, a pin, a retain, no live record): the caller
+/// then takes [`release`]'s path, which reports what is wrong.
+///
+/// # Safety
+/// As [`quarantine`]'s: `start` is a live block from the global allocator
+/// with `layout`, whose value needs no drop, and nothing uses it any more
+/// if this returns true.
+unsafe fn release_plain(start: usize, layout: Layout) -> bool {
+    if !checks_on() || crate::mode::full() {
+        return false;
+    }
+    let marked = registry::mark_freed_if(start, None, Release::Rust(layout), |r, retains| {
+        retains == 0 && r.pins == 0
+    });
+    matches!(marked, registry::Marked::Freed(_))
+}
+
 impl<T: ?Sized> Drop for Managed<T> {
     fn drop(&mut self) {
         if COMPILED_IN && self.tracked {
+            if !std::mem::needs_drop::<T>() {
+                let layout = Layout::for_value(&**self.boxed);
+                // SAFETY: the box's block, from the global allocator with
+                // `layout`; its value needs no drop; on true the quarantine
+                // owns the block and `boxed` is never used again.
+                if unsafe { release_plain(self.addr(), layout) } {
+                    return;
+                }
+            }
             if !release(self.addr()) {
                 return;
             }

@@ -209,7 +209,7 @@ pub(crate) unsafe fn free_plain(ptr: usize, dealloc: &Deallocator, site: Option<
         return false;
     }
     let family = dealloc.family();
-    let marked = registry::mark_freed_if(ptr, site, Release::C(dealloc.free), |r| {
+    let marked = registry::mark_freed_if(ptr, site, Release::C(dealloc.free), |r, _| {
         r.kind == RegionKind::C && r.family == family
     });
     matches!(marked, registry::Marked::Freed(_))

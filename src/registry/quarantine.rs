@@ -115,7 +115,7 @@ pub(crate) fn mark_freed(
     site: Option<Site>,
     release: Release,
 ) -> Option<RegionInfo> {
-    let marked = mark_freed_if(start, site, release, |before| {
+    let marked = mark_freed_if(start, site, release, |before, _| {
         // Another block took this address since the caller's check: this
         // free is not about it.
         expect_id.map_or(true, |id| id == before.id)
@@ -148,14 +148,14 @@ pub(crate) enum Marked {
 
 /// [`mark_freed`] of the region starting at `start` if it is live and
 /// `accept` takes it (judged under the shard's lock, on the record as it
-/// is), in one look at the record; otherwise nothing changes (and nothing
+/// is: its facts and its count of C's retains), in one look at the record; otherwise nothing changes (and nothing
 /// is released). For a free whose checks are all about the record: the
 /// check and the marking need one search of the page, not two.
 pub(crate) fn mark_freed_if(
     start: usize,
     site: Option<Site>,
     release: Release,
-    accept: impl FnOnce(&RegionInfo) -> bool,
+    accept: impl FnOnce(&RegionInfo, u16) -> bool,
 ) -> Marked {
     let _bookkeeping = crate::bookkeeping::bookkeeping();
     let trace = crate::mode::event_backtraces()
@@ -169,7 +169,7 @@ pub(crate) fn mark_freed_if(
     if before.state != RegionState::Live {
         return Marked::NotLive(before);
     }
-    if !accept(&before) {
+    if !accept(&before, super::record::retains_of(b.rec(i))) {
         return Marked::Refused;
     }
     // The free site goes into the record's interned provenance; only a
