@@ -252,7 +252,7 @@ unsafe fn release_plain(start: usize, layout: Layout) -> bool {
         return false;
     }
     let marked = registry::mark_freed_if(start, None, Release::Rust(layout), |r, retains| {
-        retains == 0 && r.pins == 0
+        r.kind == RegionKind::Managed && retains == 0 && r.pins == 0
     });
     matches!(marked, registry::Marked::Freed(_))
 }
