@@ -297,20 +297,27 @@ pub(crate) fn capture() -> Option<StackId> {
         crate::unwind::walk(&mut ips, 0)
     };
     let ips = &ips[..n];
-    RECENT
-        .try_with(|recent| {
-            // SAFETY: this thread's alone, and no capture runs inside
-            // another (nothing here calls back into the checker).
-            let recent = unsafe { &mut *recent.get() };
-            recent.find(ips).or_else(|| {
-                let id = intern(ips);
-                if let Some(id) = id {
-                    recent.put(ips, id);
-                }
-                id
-            })
-        })
-        .unwrap_or_else(|_| intern(ips))
+    if RECENT_BUSY.with(|b| b.replace(true)) {
+        // A capture interrupted (by a signal handler) on this thread is
+        // using the recent stacks: this one goes to the depot alone.
+        return intern(ips);
+    }
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let recent = RECENT.with(|r| r.get());
+    // SAFETY: this thread's alone; no other reference to it exists while
+    // `RECENT_BUSY` is set (a handler interrupting this capture sees it and
+    // leaves the cache alone).
+    let recent = unsafe { &mut *recent };
+    let id = recent.find(ips).or_else(|| {
+        let id = intern(ips);
+        if let Some(id) = id {
+            recent.put(ips, id);
+        }
+        id
+    });
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    RECENT_BUSY.with(|b| b.set(false));
+    id
 }
 
 /// How many of its last distinct stacks a thread remembers.
@@ -345,6 +352,8 @@ impl Recent {
 }
 
 thread_local! {
+    /// This thread's recent stacks (constant initialiser, no destructor:
+    /// usable at any time on any thread).
     static RECENT: std::cell::UnsafeCell<Recent> = const {
         std::cell::UnsafeCell::new(Recent {
             lens: [usize::MAX; RECENT_STACKS],
@@ -353,6 +362,8 @@ thread_local! {
             next: 0,
         })
     };
+    /// Whether a capture is using [`RECENT`].
+    static RECENT_BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether every capture walks with the platform unwinder, as before the
@@ -559,6 +570,31 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = first.iter().collect();
         assert_eq!(distinct.len(), 6);
+    }
+
+    #[test]
+    fn a_capture_while_the_recent_stacks_are_in_use_goes_to_the_depot_alone() {
+        let cache = || {
+            // SAFETY: this thread's cache, read while no capture runs.
+            RECENT.with(|r| unsafe {
+                let r = &*r.get();
+                (r.lens, r.ids, r.next)
+            })
+        };
+        let before = captured_here().unwrap();
+        let kept = cache();
+        // As a signal handler's capture would, inside another capture on
+        // this thread: it leaves the cache alone (and busy, for the
+        // capture it interrupted to clear).
+        RECENT_BUSY.with(|b| b.set(true));
+        let during = captured_here().unwrap();
+        assert_eq!(cache(), kept);
+        assert!(RECENT_BUSY.with(|b| b.get()));
+        RECENT_BUSY.with(|b| b.set(false));
+        // Its stack is stored all the same (another call site: another
+        // stack).
+        assert_ne!(during, before);
+        assert!(frames(during).len() > 2);
     }
 
     #[test]
