@@ -15,8 +15,8 @@
 //! the thread's last few distinct stacks ([`RECENT_STACKS`], in the
 //! thread's own memory: most allocations come from a few sites in a loop),
 //! and only then hashes the addresses and looks them up in one of
-//! [`SHARDS`] tables; only a stack never seen before is copied in. Nothing is ever removed: an id stays
-//! valid for the life of the process.
+//! [`SHARDS`] tables; only a stack never seen before is copied in. Nothing
+//! is ever removed: an id stays valid for the life of the process.
 //!
 //! A stack seen before (nearly every capture) is found without a lock and
 //! without allocating: each shard publishes its hash index (an array of
@@ -336,6 +336,14 @@ struct Recent {
 }
 
 impl Recent {
+    /// No stack yet (no length matches `usize::MAX`).
+    const EMPTY: Recent = Recent {
+        lens: [usize::MAX; RECENT_STACKS],
+        ids: [0; RECENT_STACKS],
+        frames: [[0; MAX_FRAMES]; RECENT_STACKS],
+        next: 0,
+    };
+
     fn find(&self, ips: &[usize]) -> Option<StackId> {
         (0..RECENT_STACKS)
             .find(|&k| self.lens[k] == ips.len() && self.frames[k][..ips.len()] == *ips)
@@ -354,14 +362,8 @@ impl Recent {
 thread_local! {
     /// This thread's recent stacks (constant initialiser, no destructor:
     /// usable at any time on any thread).
-    static RECENT: std::cell::UnsafeCell<Recent> = const {
-        std::cell::UnsafeCell::new(Recent {
-            lens: [usize::MAX; RECENT_STACKS],
-            ids: [0; RECENT_STACKS],
-            frames: [[0; MAX_FRAMES]; RECENT_STACKS],
-            next: 0,
-        })
-    };
+    static RECENT: std::cell::UnsafeCell<Recent> =
+        const { std::cell::UnsafeCell::new(Recent::EMPTY) };
     /// Whether a capture is using [`RECENT`].
     static RECENT_BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -516,12 +518,7 @@ mod tests {
 
     #[test]
     fn a_thread_s_recent_stacks_answer_for_the_depot_and_only_for_their_own_frames() {
-        let mut recent = Recent {
-            lens: [usize::MAX; RECENT_STACKS],
-            ids: [0; RECENT_STACKS],
-            frames: [[0; MAX_FRAMES]; RECENT_STACKS],
-            next: 0,
-        };
+        let mut recent = Recent::EMPTY;
         let stacks: Vec<Vec<usize>> = (0..RECENT_STACKS + 2)
             .map(|k| vec![0x51_0000 + k, 0x52_0000, 0x53_0000])
             .collect();

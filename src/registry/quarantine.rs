@@ -148,9 +148,10 @@ pub(crate) enum Marked {
 
 /// [`mark_freed`] of the region starting at `start` if it is live and
 /// `accept` takes it (judged under the shard's lock, on the record as it
-/// is: its facts and its count of C's retains), in one look at the record; otherwise nothing changes (and nothing
-/// is released). For a free whose checks are all about the record: the
-/// check and the marking need one search of the page, not two.
+/// is: its facts and its count of C's retains), in one look at the record;
+/// otherwise nothing changes (and nothing is released). For a free whose
+/// checks are all about the record: the check and the marking need one
+/// search of the page, not two.
 pub(crate) fn mark_freed_if(
     start: usize,
     site: Option<Site>,
