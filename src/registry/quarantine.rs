@@ -227,8 +227,10 @@ pub(crate) fn mark_freed_if(
         super::live_c::gone(start, before.id);
     }
     crate::stats::region_freed(before.kind == super::RegionKind::C, before.size);
-    for (q, r) in evicted.into_iter().flatten() {
-        count_gone(&r);
+    // By reference, the filled slots only: moving the array out would copy
+    // all of it.
+    for (q, r) in evicted[..n].iter().flatten() {
+        count_gone(r);
         // SAFETY: the block left the quarantine: it was freed by its owner,
         // held back from reuse since, and is released exactly once, here.
         unsafe { q.release.run(q.start) };

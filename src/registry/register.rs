@@ -69,7 +69,6 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     let id = new_id();
     let size = new.size.max(1);
     let end = new.start.saturating_add(size);
-    let mut stale = purge(new.start, end);
     let trace = crate::mode::event_backtraces()
         .then(crate::stackdepot::capture)
         .flatten();
@@ -110,8 +109,18 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         type_name,
         free_site: None,
     });
-    let replaced = shard_of(new.start).write().insert(new.start, region);
-    stale.extend(replaced);
+    // Most registrations overlap no record, which one search of the page
+    // under the lock shows: no purge. The others purge the stale records
+    // they overlap first.
+    let placed = shard_of(new.start)
+        .write()
+        .insert_if_clear(new.start, region);
+    let mut stale = Vec::new();
+    if let Err(region) = placed {
+        stale = purge(new.start, end);
+        let replaced = shard_of(new.start).write().insert(new.start, region);
+        stale.extend(replaced);
+    }
     live_c::added(new.start, new.size, id, new.kind == RegionKind::C);
     if !EVER_TRACKED.load(Ordering::Relaxed) {
         EVER_TRACKED.store(true, Ordering::Relaxed);

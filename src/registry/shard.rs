@@ -32,7 +32,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::block::{Block, Quad, NCLASSES, PAGE_MASK, PAGE_SHIFT};
-use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot};
+use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot, HUGE_COUNT};
 use super::quarantine::Quarantined;
 use super::record::{rec_vacant, vacant_words, W_INDICES, W_TAG};
 use super::unpinned::count_unpinned;
@@ -273,6 +273,95 @@ impl ShardInner {
         slot.len.store(len as u32 + 1, Ordering::Relaxed);
         set_covers(start, size, true);
         None
+    }
+
+    /// Adds the record of a region starting at `start` when no record can
+    /// overlap it, which one search of its page under the lock shows; the
+    /// common registration. Returns the region back otherwise (the caller
+    /// then purges the stale records and inserts).
+    ///
+    /// Regions do not overlap, and no region contains the start of a vacant
+    /// record (a registration that overlaps one removes it). So when the
+    /// region ends inside its page, before the page's next record, the only
+    /// record that could overlap it is the one before it: a vacant place at
+    /// `start` itself (taken as it is: an allocator hands a block that just
+    /// left the quarantine out again), or the page's greatest start below
+    /// `start` (a vacant one, or one that ends at or before `start`, is no
+    /// overlap), or, with none in the page, a region reaching in from an
+    /// earlier page (ruled out when the page has no cover and there is no
+    /// huge region).
+    pub(super) fn insert_if_clear(&mut self, start: usize, view: Region) -> Result<(), Region> {
+        let page = start >> PAGE_SHIFT;
+        let off = start & PAGE_MASK;
+        let end = off + view.size.max(1);
+        if end > PAGE_MASK + 1 {
+            return Err(view);
+        }
+        let slot = page_slot(page);
+        let Some((slot, b, len)) = slot.and_then(|s| s.block().map(|(b, len)| (s, b, len))) else {
+            // Nothing starts in the page: clear unless a region reaches in.
+            if slot.is_some_and(|s| s.cover.load(Ordering::Acquire) != 0)
+                || HUGE_COUNT.load(Ordering::Relaxed) != 0
+            {
+                return Err(view);
+            }
+            let replaced = self.insert(start, view);
+            debug_assert!(replaced.is_none());
+            return Ok(());
+        };
+        let len = len.min(b.cap());
+        let pred = b.predecessor(len, off);
+        let at = match pred {
+            Some(i) if b.off(i) == off => {
+                if !rec_vacant(b.rec(i)) || (i + 1 < len && b.off(i + 1) < end) {
+                    return Err(view);
+                }
+                // The place of a region that left the quarantine: taken as
+                // it is (no extra, no covers, not unpinned).
+                b.set_vacant(b.vacant() - 1);
+                if view.is_unpinned_managed() {
+                    count_unpinned(start, true);
+                }
+                let words = self.encode(0, view);
+                b.write_rec(i, words);
+                return Ok(());
+            }
+            Some(i) => {
+                let before = b.info(i, (page << PAGE_SHIFT) | b.off(i));
+                if before.flags & super::flags::VACANT == 0
+                    && before.start.saturating_add(before.size.max(1)) > start
+                {
+                    return Err(view);
+                }
+                i + 1
+            }
+            None => {
+                if slot.cover.load(Ordering::Acquire) != 0
+                    || HUGE_COUNT.load(Ordering::Relaxed) != 0
+                {
+                    return Err(view);
+                }
+                0
+            }
+        };
+        if at < len && b.off(at) < end {
+            return Err(view);
+        }
+        let b = if len == b.cap() {
+            self.grow(slot, b, len)
+        } else {
+            b
+        };
+        b.shift_offs_up(at, len);
+        b.move_recs_up(at, len);
+        b.set_off(at, off);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, true);
+        }
+        let words = self.encode(0, view);
+        b.write_rec(at, words);
+        slot.len.store(len as u32 + 1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Moves a full page's records to a block of the next class.
