@@ -116,7 +116,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         .write()
         .insert_if_clear(new.start, region);
     let mut stale = Vec::new();
-    if let Err(region) = placed {
+    if let Some(region) = placed {
         stale = purge(new.start, end);
         let replaced = shard_of(new.start).write().insert(new.start, region);
         stale.extend(replaced);

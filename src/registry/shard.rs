@@ -277,8 +277,9 @@ impl ShardInner {
 
     /// Adds the record of a region starting at `start` when no record can
     /// overlap it, which one search of its page under the lock shows; the
-    /// common registration. Returns the region back otherwise (the caller
-    /// then purges the stale records and inserts).
+    /// common registration. Returns `None` when it is added, the region
+    /// back otherwise (the caller then purges the stale records and
+    /// inserts).
     ///
     /// Regions do not overlap, and no region contains the start of a vacant
     /// record (a registration that overlaps one removes it). So when the
@@ -290,12 +291,12 @@ impl ShardInner {
     /// overlap), or, with none in the page, a region reaching in from an
     /// earlier page (ruled out when the page has no cover and there is no
     /// huge region).
-    pub(super) fn insert_if_clear(&mut self, start: usize, view: Region) -> Result<(), Region> {
+    pub(super) fn insert_if_clear(&mut self, start: usize, view: Region) -> Option<Region> {
         let page = start >> PAGE_SHIFT;
         let off = start & PAGE_MASK;
         let end = off + view.size.max(1);
         if end > PAGE_MASK + 1 {
-            return Err(view);
+            return Some(view);
         }
         let slot = page_slot(page);
         let Some((slot, b, len)) = slot.and_then(|s| s.block().map(|(b, len)| (s, b, len))) else {
@@ -303,18 +304,18 @@ impl ShardInner {
             if slot.is_some_and(|s| s.cover.load(Ordering::Acquire) != 0)
                 || HUGE_COUNT.load(Ordering::Relaxed) != 0
             {
-                return Err(view);
+                return Some(view);
             }
             let replaced = self.insert(start, view);
             debug_assert!(replaced.is_none());
-            return Ok(());
+            return None;
         };
         let len = len.min(b.cap());
         let pred = b.predecessor(len, off);
         let at = match pred {
             Some(i) if b.off(i) == off => {
                 if !rec_vacant(b.rec(i)) || (i + 1 < len && b.off(i + 1) < end) {
-                    return Err(view);
+                    return Some(view);
                 }
                 // The place of a region that left the quarantine: taken as
                 // it is (no extra, no covers, not unpinned).
@@ -324,14 +325,14 @@ impl ShardInner {
                 }
                 let words = self.encode(0, view);
                 b.write_rec(i, words);
-                return Ok(());
+                return None;
             }
             Some(i) => {
                 let before = b.info(i, (page << PAGE_SHIFT) | b.off(i));
                 if before.flags & super::flags::VACANT == 0
                     && before.start.saturating_add(before.size.max(1)) > start
                 {
-                    return Err(view);
+                    return Some(view);
                 }
                 i + 1
             }
@@ -339,13 +340,13 @@ impl ShardInner {
                 if slot.cover.load(Ordering::Acquire) != 0
                     || HUGE_COUNT.load(Ordering::Relaxed) != 0
                 {
-                    return Err(view);
+                    return Some(view);
                 }
                 0
             }
         };
         if at < len && b.off(at) < end {
-            return Err(view);
+            return Some(view);
         }
         let b = if len == b.cap() {
             self.grow(slot, b, len)
@@ -361,7 +362,7 @@ impl ShardInner {
         let words = self.encode(0, view);
         b.write_rec(at, words);
         slot.len.store(len as u32 + 1, Ordering::Relaxed);
-        Ok(())
+        None
     }
 
     /// Moves a full page's records to a block of the next class.
