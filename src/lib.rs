@@ -357,6 +357,7 @@ mod roots;
 mod scan;
 mod segments;
 mod site;
+mod spin;
 mod stackdepot;
 mod stats;
 mod stderr;

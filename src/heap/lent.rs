@@ -7,11 +7,11 @@
 //! hand-overs only. The list is allocated under the bookkeeping guard.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
 
 use super::{block_at, header, meta_state, state, words, STATE_SHIFT};
 use crate::bookkeeping::bookkeeping;
 use crate::site::Site;
+use crate::spin::{SpinGuard, SpinMutex};
 
 struct Lent {
     addr: usize,
@@ -20,7 +20,7 @@ struct Lent {
     callee_path: &'static str,
 }
 
-static LENT: Mutex<Vec<Lent>> = Mutex::new(Vec::new());
+static LENT: SpinMutex<Vec<Lent>> = SpinMutex::new(Vec::new());
 
 /// Notes that the live block at `addr` was passed to C as a `*mut` pointer
 /// (what `Box::into_raw` and `CString::into_raw` produce). Once per block.
@@ -39,7 +39,7 @@ pub(crate) fn note_lent_mut(addr: usize, callee_path: &'static str, site: Site) 
         return;
     }
     let _g = bookkeeping();
-    let mut lent = LENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lent = LENT.lock();
     if lent.len() >= 1024 && lent.len().is_power_of_two() {
         // Forget blocks that were freed since (their header is gone or no
         // longer lent), so the list tracks live hand-overs only.
@@ -77,7 +77,7 @@ pub struct HandedToC {
 /// The live blocks lent to C as `*mut`, oldest first.
 pub(crate) fn handed_to_c() -> Vec<HandedToC> {
     let _g = bookkeeping();
-    let lent = LENT.lock().unwrap_or_else(|e| e.into_inner());
+    let lent = LENT.lock();
     // A block lent, freed, handed out again and lent again is listed twice
     // (its header names its latest loan only): the latest entry is kept.
     let mut seen = std::collections::HashSet::new();
@@ -101,11 +101,9 @@ pub(crate) fn handed_to_c() -> Vec<HandedToC> {
 
 /// The lent list's lock, held across `fork` (see `crate::fork`).
 pub(super) struct ForkLock {
-    _lent: MutexGuard<'static, Vec<Lent>>,
+    _lent: SpinGuard<'static, Vec<Lent>>,
 }
 
 pub(super) fn lock_for_fork() -> ForkLock {
-    ForkLock {
-        _lent: LENT.lock().unwrap_or_else(|e| e.into_inner()),
-    }
+    ForkLock { _lent: LENT.lock() }
 }

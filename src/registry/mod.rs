@@ -383,7 +383,7 @@ pub(crate) fn detail(start: usize) -> Option<RegionDetail> {
 /// shard's mutex (in index order), then the directory's, the huge list's
 /// and the site table's. Dropping the value releases them.
 pub(crate) struct ForkLocks {
-    _shards: [shard::ShardGuard<'static>; shard::NSHARDS],
+    _shards: [crate::spin::SpinGuard<'static, ShardInner>; shard::NSHARDS],
     _directory: directory::ForkLocks,
     _sites: sites::ForkLock,
     _live_c: live_c::ForkLock,

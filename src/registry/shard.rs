@@ -27,9 +27,9 @@
 //! Lock order: a shard's mutex, then the directory's, the huge list's or the
 //! site table's (never the other way round); no two shard mutexes at once.
 
-use std::cell::UnsafeCell;
+use crate::spin::{SpinGuard, SpinMutex};
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use super::block::{Block, Quad, NCLASSES, PAGE_MASK, PAGE_SHIFT};
 use super::directory::{page_slot, page_slot_or_create, set_covers, PageSlot, HUGE_COUNT};
@@ -69,117 +69,14 @@ pub(super) struct ShardInner {
 /// share one.
 #[repr(align(128))]
 pub(super) struct Shard {
-    lock: ShardMutex,
+    lock: SpinMutex<ShardInner>,
     pub(super) version: AtomicU64,
-}
-
-/// The writers' mutex of a shard: a flag taken with one compare-exchange
-/// and given back with one plain store, so a write that meets no other
-/// (the common case: writes are short, and a process's threads mostly
-/// write to different shards) executes one locked instruction, not two as
-/// a sleeping mutex's release does. A writer that finds it held spins a
-/// little, then yields, then naps: a holder is never waiting for anything
-/// but the processor.
-///
-/// A panic while a shard is locked leaves it consistent (every change to
-/// the stored records is completed before anything that could panic), and
-/// the guard gives the flag back while unwinding: there is no poisoning,
-/// so the checker never turns one panic into a cascade.
-pub(super) struct ShardMutex {
-    held: AtomicBool,
-    inner: UnsafeCell<ShardInner>,
-}
-
-// SAFETY: `inner` is reached only through a `ShardGuard`, and at most one
-// guard exists at a time (the flag is taken with Acquire and given back
-// with Release, which also orders every access between them).
-unsafe impl Sync for ShardMutex {}
-
-// What the guard hands across threads must be allowed to move between them.
-const _: fn() = || {
-    fn send<T: Send>() {}
-    send::<ShardInner>();
-};
-
-/// Holds a shard's mutex; gives it back when dropped.
-pub(super) struct ShardGuard<'a> {
-    mutex: &'a ShardMutex,
-}
-
-impl ShardMutex {
-    const fn new(inner: ShardInner) -> ShardMutex {
-        ShardMutex {
-            held: AtomicBool::new(false),
-            inner: UnsafeCell::new(inner),
-        }
-    }
-
-    #[inline]
-    fn lock(&self) -> ShardGuard<'_> {
-        if self
-            .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.lock_contended();
-        }
-        ShardGuard { mutex: self }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn lock_contended(&self) {
-        let mut round = 0u32;
-        loop {
-            // Wait reading (the line stays shared) before trying again.
-            if !self.held.load(Ordering::Relaxed)
-                && self
-                    .held
-                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return;
-            }
-            round = round.saturating_add(1);
-            if round < 64 {
-                std::hint::spin_loop();
-            } else if round < 256 {
-                std::thread::yield_now();
-            } else {
-                // A long hold (a leak check visiting the shard, `fork`):
-                // nap instead of spinning the processor away.
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            }
-        }
-    }
-}
-
-impl std::ops::Deref for ShardGuard<'_> {
-    type Target = ShardInner;
-    fn deref(&self) -> &ShardInner {
-        // SAFETY: this guard holds the mutex: no other reference to
-        // `inner` exists while it lives.
-        unsafe { &*self.mutex.inner.get() }
-    }
-}
-
-impl std::ops::DerefMut for ShardGuard<'_> {
-    fn deref_mut(&mut self) -> &mut ShardInner {
-        // SAFETY: as in `deref`; `&mut self` makes this the only borrow.
-        unsafe { &mut *self.mutex.inner.get() }
-    }
-}
-
-impl Drop for ShardGuard<'_> {
-    fn drop(&mut self) {
-        self.mutex.held.store(false, Ordering::Release);
-    }
 }
 
 impl Shard {
     const fn new() -> Shard {
         Shard {
-            lock: ShardMutex::new(ShardInner {
+            lock: SpinMutex::new(ShardInner {
                 arena: &[],
                 free_blocks: [const { Vec::new() }; NCLASSES],
                 pages: Vec::new(),
@@ -192,7 +89,7 @@ impl Shard {
         }
     }
     /// The mutex, for reading under it (no write in progress meanwhile).
-    pub(super) fn lock(&self) -> ShardGuard<'_> {
+    pub(super) fn lock(&self) -> SpinGuard<'_, ShardInner> {
         self.lock.lock()
     }
     /// Every change to a shard goes through here: the sequence number is
@@ -211,7 +108,7 @@ impl Shard {
 }
 
 pub(super) struct Writing {
-    inner: ShardGuard<'static>,
+    inner: SpinGuard<'static, ShardInner>,
     shard: &'static Shard,
 }
 
@@ -249,7 +146,7 @@ pub(super) fn shard_of(addr: usize) -> &'static Shard {
 /// cycles. A writer makes its shard's sequence number odd only while it
 /// holds the mutex, and even again before it lets go, so while these are
 /// held every sequence number is even, and so it is in the child.
-pub(super) fn lock_all_for_fork() -> [ShardGuard<'static>; NSHARDS] {
+pub(super) fn lock_all_for_fork() -> [SpinGuard<'static, ShardInner>; NSHARDS] {
     // `from_fn` calls the closure in increasing index order.
     std::array::from_fn(|i| SHARDS[i].lock())
 }
