@@ -192,21 +192,27 @@ pub fn set_action(action: Action) {
 /// `FFI_CHECK_BACKTRACE=1|0`; the default is on in mode 2 and off in mode 1,
 /// where every event still records its `file:line:col` call site (free) and
 /// the violating event itself always captures a backtrace.
+#[inline]
 pub(crate) fn event_backtraces() -> bool {
     match BACKTRACE.load(Ordering::Relaxed) {
         0 => false,
         1 => true,
         2 => full(),
-        _ => {
-            let v = parse_env("FFI_CHECK_BACKTRACE", 2, |s| match s {
-                "0" => Some(0),
-                "1" => Some(1),
-                _ => None,
-            });
-            BACKTRACE.store(v, Ordering::Relaxed);
-            v == 1 || (v == 2 && full())
-        }
+        _ => event_backtraces_from_env(),
     }
+}
+
+/// The first ask: reads `FFI_CHECK_BACKTRACE` and keeps the answer.
+#[cold]
+#[inline(never)]
+fn event_backtraces_from_env() -> bool {
+    let v = parse_env("FFI_CHECK_BACKTRACE", 2, |s| match s {
+        "0" => Some(0),
+        "1" => Some(1),
+        _ => None,
+    });
+    BACKTRACE.store(v, Ordering::Relaxed);
+    v == 1 || (v == 2 && full())
 }
 
 /// Overrides `FFI_CHECK_BACKTRACE`: `Some(true)` captures a backtrace at every

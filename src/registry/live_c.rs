@@ -125,10 +125,16 @@ fn live() -> MutexGuard<'static, Live> {
 
 /// A region was registered: `[start, start + size)`, with `id`; listed
 /// when it is C memory.
+#[inline]
 pub(super) fn added(start: usize, size: usize, id: u64, c: bool) {
-    if !ON.load(Ordering::Acquire) {
-        return;
+    // Off until the first mode-2 scan asks: one load on the common path.
+    if ON.load(Ordering::Acquire) {
+        add_listed(start, size, id, c);
     }
+}
+
+#[inline(never)]
+fn add_listed(start: usize, size: usize, id: u64, c: bool) {
     let _g = crate::bookkeeping::bookkeeping();
     let end = start.saturating_add(size.max(1));
     let mut guard = live();
@@ -167,10 +173,15 @@ pub(super) fn added(start: usize, size: usize, id: u64, c: bool) {
 }
 
 /// The C region `id` at `start` is no longer live (freed or forgotten).
+#[inline]
 pub(super) fn gone(start: usize, id: u64) {
-    if !ON.load(Ordering::Acquire) {
-        return;
+    if ON.load(Ordering::Acquire) {
+        forget_listed(start, id);
     }
+}
+
+#[inline(never)]
+fn forget_listed(start: usize, id: u64) {
     let _g = crate::bookkeeping::bookkeeping();
     let mut live = live();
     if let Some(&(size, old)) = live.regions.get(&start) {
