@@ -676,6 +676,50 @@ fn a_block_lent_again_after_its_memory_came_back_is_listed_once() {
     }
 }
 
+/// Lends a fresh 24-byte heap block to C as `*mut` and hands it over
+/// (`Box::into_raw`); returns its address.
+fn lend_a_fresh_block() -> usize {
+    let p = Box::into_raw(Box::new([0u8; 24]));
+    // SAFETY: 24 writable bytes, lent for the call.
+    unsafe { call!(fx_fill(p.cast::<u8>(), 24, 1)) };
+    p as usize
+}
+
+#[test]
+fn blocks_lent_on_other_threads_show_in_the_leak_report() {
+    // A thread that is still alive with a few loans (not yet in the shared
+    // list), and one that lent more than a thread keeps aside and ended.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let alive = std::thread::spawn(move || {
+        let few: Vec<usize> = (0..3).map(|_| lend_a_fresh_block()).collect();
+        ready_tx.send(few).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let ended = std::thread::spawn(|| (0..100).map(|_| lend_a_fresh_block()).collect::<Vec<_>>())
+        .join()
+        .unwrap();
+    let few = ready_rx.recv().unwrap();
+    let report = leak_report();
+    let listed: HashMap<usize, &str> = report
+        .handed_to_c()
+        .iter()
+        .map(|h| (h.addr, h.callee))
+        .collect();
+    done_tx.send(()).unwrap();
+    alive.join().unwrap();
+    if ffi_check::mode() != ffi_check::Mode::Off {
+        for p in few.iter().chain(&ended) {
+            assert_eq!(listed.get(p), Some(&"fx_fill"), "{p:#x} is listed");
+        }
+    }
+    for p in few.into_iter().chain(ended) {
+        // SAFETY: each came from `Box::into_raw` of a `[u8; 24]`; C kept
+        // none of them.
+        drop(unsafe { Box::from_raw(p as *mut [u8; 24]) });
+    }
+}
+
 // ---- ordinary Rust code is silent -----------------------------------------------
 
 #[test]
