@@ -253,20 +253,7 @@ impl ShardInner {
             return Some(old);
         }
         let at = pred.map_or(0, |i| i + 1);
-        let b = if len == b.cap() {
-            self.grow(slot, b, len)
-        } else {
-            b
-        };
-        b.shift_offs_up(at, len);
-        b.move_recs_up(at, len);
-        b.set_off(at, off);
-        if view.is_unpinned_managed() {
-            count_unpinned(start, true);
-        }
-        let words = self.encode(0, view);
-        b.write_rec(at, words);
-        slot.len.store(len as u32 + 1, Ordering::Relaxed);
+        self.insert_at(slot, b, len, at, start, view);
         set_covers(start, size, true);
         None
     }
@@ -344,6 +331,23 @@ impl ShardInner {
         if at < len && b.off(at) < end {
             return Some(view);
         }
+        self.insert_at(slot, b, len, at, start, view);
+        None
+    }
+
+    /// Puts the record of the region starting at `start` at index `at` of
+    /// its page's `len` records, moving the later ones up (into a block of
+    /// the next class when this one is full).
+    fn insert_at(
+        &mut self,
+        slot: &PageSlot,
+        b: Block,
+        len: usize,
+        at: usize,
+        start: usize,
+        view: Region,
+    ) {
+        let off = start & PAGE_MASK;
         let b = if len == b.cap() {
             self.grow(slot, b, len)
         } else {
@@ -358,7 +362,6 @@ impl ShardInner {
         let words = self.encode(0, view);
         b.write_rec(at, words);
         slot.len.store(len as u32 + 1, Ordering::Relaxed);
-        None
     }
 
     /// Moves a full page's records to a block of the next class.
