@@ -25,7 +25,7 @@ use std::ffi::c_void;
 
 use crate::site::Site;
 
-use super::shard::{shard_of, ShardInner};
+use super::shard::{kept_place, shard_of, Place, ShardInner};
 use super::{flags, RegionInfo, RegionState};
 
 /// How a quarantined block's memory is given back when it leaves the
@@ -71,6 +71,10 @@ pub(super) struct Quarantined {
     id: u64,
     size: usize,
     release: Release,
+    /// Where its record sat when it was freed: its eviction looks there
+    /// first (records seldom move in a page whose regions come and go in
+    /// place).
+    place: Option<Place>,
 }
 
 /// What a freed region costs the quarantine beyond its own bytes: its
@@ -193,6 +197,7 @@ pub(crate) fn mark_freed_if(
         id: before.id,
         size: before.size,
         release,
+        place: kept_place(start),
     });
     w.quarantine_bytes += before.size + BOOKKEEPING_BYTES;
     let (max_blocks, max_bytes) = quarantine_limits();
@@ -214,7 +219,7 @@ pub(crate) fn mark_freed_if(
         // Its place stays for the next region starting there (soon: an
         // allocator hands a freed address out again first).
         let current = |r: &RegionInfo| r.id == q.id && r.state == RegionState::Freed;
-        if let Some(r) = w.vacate(q.start, current) {
+        if let Some(r) = w.vacate(q.start, q.place, current) {
             evicted[n] = Some((q, r));
             n += 1;
         }
@@ -245,7 +250,7 @@ pub(crate) fn mark_freed_if(
 pub(super) fn evict_now(start: usize) -> bool {
     let _bookkeeping = crate::bookkeeping::bookkeeping();
     let mut w = shard_of(start).write();
-    let gone = w.vacate(start, |r| r.state == RegionState::Freed);
+    let gone = w.vacate(start, None, |r| r.state == RegionState::Freed);
     drop(w);
     gone.inspect(count_gone).is_some()
 }

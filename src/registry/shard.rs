@@ -198,10 +198,17 @@ impl ShardInner {
         (!rec_vacant(b.rec(i))).then_some((b, i))
     }
 
-    /// As [`ShardInner::find_exact`], a vacant record included.
+    /// As [`ShardInner::find_exact`], a vacant record included. The
+    /// thread's recent places answer first.
     pub(super) fn find_slot(start: usize) -> Option<(Block, usize)> {
-        let (b, len) = page_slot(start >> PAGE_SHIFT)?.block()?;
-        Some((b, b.exact(len, start & PAGE_MASK)?))
+        if let Some(found) = recall_place(start) {
+            return Some(found);
+        }
+        let slot = page_slot(start >> PAGE_SHIFT)?;
+        let (b, len) = slot.block()?;
+        let i = b.exact(len, start & PAGE_MASK)?;
+        remember_place(start, slot, i);
+        Some((b, i))
     }
 
     /// Adds a record starting at `start`; returns the record it replaced
@@ -294,7 +301,12 @@ impl ShardInner {
             return None;
         };
         let len = len.min(b.cap());
-        let pred = b.predecessor(len, off);
+        // A place this thread just vacated (its eviction gave the block
+        // back, and the allocator hands it out again) needs no search.
+        let pred = match recall_place(start) {
+            Some((at, i)) if at.tagged() == b.tagged() => Some(i),
+            _ => b.predecessor(len, off),
+        };
         let at = match pred {
             Some(i) if b.off(i) == off => {
                 if !rec_vacant(b.rec(i)) || (i + 1 < len && b.off(i + 1) < end) {
@@ -308,6 +320,7 @@ impl ShardInner {
                 }
                 let words = self.encode(0, view);
                 b.write_rec(i, words);
+                remember_place(start, slot, i);
                 return None;
             }
             Some(i) => {
@@ -340,7 +353,7 @@ impl ShardInner {
     /// the next class when this one is full).
     fn insert_at(
         &mut self,
-        slot: &PageSlot,
+        slot: &'static PageSlot,
         b: Block,
         len: usize,
         at: usize,
@@ -362,6 +375,7 @@ impl ShardInner {
         let words = self.encode(0, view);
         b.write_rec(at, words);
         slot.len.store(len as u32 + 1, Ordering::Relaxed);
+        remember_place(start, slot, at);
     }
 
     /// Moves a full page's records to a block of the next class.
@@ -457,9 +471,14 @@ impl ShardInner {
     pub(super) fn vacate(
         &mut self,
         start: usize,
+        place: Option<Place>,
         current: impl FnOnce(&RegionInfo) -> bool,
     ) -> Option<RegionInfo> {
-        let (b, i) = Self::find_exact(start)?;
+        let (b, i) = match place.and_then(|p| p.holds(start)) {
+            Some((b, i)) if !rec_vacant(b.rec(i)) => (b, i),
+            Some(_) => return None,
+            None => Self::find_exact(start)?,
+        };
         let info = b.info(i, start);
         if !current(&info) {
             return None;
@@ -469,10 +488,93 @@ impl ShardInner {
         b.write_rec(i, vacant_words(tag, info.size));
         let vacant = b.vacant() + 1;
         b.set_vacant(vacant);
-        let slot = page_slot(start >> PAGE_SHIFT)?;
+        let slot = match place {
+            Some(p) => p.slot,
+            None => page_slot(start >> PAGE_SHIFT)?,
+        };
         if vacant == slot.len.load(Ordering::Relaxed) as usize {
             self.drop_block(slot, b);
+        } else {
+            // The allocator hands the block out again soon: its
+            // registration finds the vacant place here.
+            remember_place(start, slot, i);
         }
         Some(info)
     }
+}
+
+// ---- each thread's recent places ------------------------------------------------
+
+/// Where a record sat when it was last found or written: its page's slot
+/// and its index in the page's records. Checked before use (see
+/// [`Place::holds`]), so a place that went stale only costs the search it
+/// was meant to save.
+#[derive(Clone, Copy)]
+pub(super) struct Place {
+    slot: &'static PageSlot,
+    index: u32,
+}
+
+impl Place {
+    /// The block and index of the record starting at `start`, if this
+    /// place still holds it: the index is inside the page's records and
+    /// holds `start`'s offset. A page's offsets are distinct, so that
+    /// record is the one (vacant or not), whichever block the slot names
+    /// now (records move only within their page, and a block that grows
+    /// keeps their order). Every read is atomic, so a lock-free reader may
+    /// ask as well (its sequence number then vouches for the whole read).
+    #[inline(always)]
+    pub(super) fn holds(self, start: usize) -> Option<(Block, usize)> {
+        let (b, len) = self.slot.block()?;
+        let len = len.min(b.cap());
+        let i = self.index as usize;
+        (i < len && b.off(i) == start & PAGE_MASK).then_some((b, i))
+    }
+}
+
+/// A thread's recent places, by start: a free soon after a registration,
+/// and a registration of the block an eviction just gave back, find their
+/// record here without walking the directory or searching the page.
+const PLACES: usize = 8;
+const _: () = assert!(PLACES.is_power_of_two());
+
+thread_local! {
+    static RECENT_PLACES: [std::cell::Cell<(usize, Option<Place>)>; PLACES] =
+        const { [const { std::cell::Cell::new((0, None)) }; PLACES] };
+}
+
+#[inline(always)]
+fn place_of(start: usize) -> usize {
+    // Multiplicative: blocks an allocator lays out 16, 64 or 128 bytes
+    // apart spread over every entry.
+    ((start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - PLACES.trailing_zeros())) as usize
+}
+
+/// The place this thread kept for the record starting at `start` (not yet
+/// checked).
+#[inline(always)]
+pub(super) fn kept_place(start: usize) -> Option<Place> {
+    match RECENT_PLACES.try_with(|places| places[place_of(start)].get()) {
+        Ok((s, place)) if s == start => place,
+        _ => None,
+    }
+}
+
+/// [`kept_place`], checked.
+#[inline(always)]
+fn recall_place(start: usize) -> Option<(Block, usize)> {
+    kept_place(start)?.holds(start)
+}
+
+#[inline(always)]
+fn remember_place(start: usize, slot: &'static PageSlot, i: usize) {
+    let _ = RECENT_PLACES.try_with(|places| {
+        places[place_of(start)].set((
+            start,
+            Some(Place {
+                slot,
+                index: i as u32,
+            }),
+        ));
+    });
 }

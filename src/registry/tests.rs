@@ -385,3 +385,36 @@ fn vacant_records_keep_their_place_and_are_never_seen() {
         assert!(lookup_for_free(s).is_none());
     }
 }
+
+#[test]
+fn a_kept_place_is_checked_before_it_is_trusted() {
+    // Regions registered in one page, each time in front of the others:
+    // every registration moves the records after it up by one, so the
+    // place the thread kept for each earlier region is stale by then.
+    let base = 0x6b40_0000_0000usize;
+    let starts: Vec<usize> = (0..12).rev().map(|i| base + 32 + i * 128).collect();
+    let ids: Vec<u64> = starts.iter().map(|&s| add(s, 96, RegionKind::C)).collect();
+    // Freed, each found where it is now (the first one through a place
+    // that moved eleven times).
+    for (&s, &id) in starts.iter().zip(&ids) {
+        let before = mark_freed(s, Some(id), None, Release::Released).expect("registered");
+        assert_eq!((before.start, before.id), (s, id));
+        let r = lookup_for_free(s + 95).expect("still recorded");
+        assert_eq!((r.start, r.state), (s, RegionState::Freed));
+    }
+    // Let go by the quarantine, and registered again in the vacant places,
+    // the other way round.
+    for &s in &starts {
+        assert!(quarantine::evict_now(s));
+    }
+    for &s in starts.iter().rev() {
+        let id = add(s, 96, RegionKind::C);
+        let r = lookup(s).expect("registered again");
+        assert_eq!((r.start, r.id, r.state), (s, id, RegionState::Live));
+        assert!(lookup(s + 100).is_none(), "nothing between the regions");
+    }
+    for &s in &starts {
+        assert!(remove(s).is_some());
+    }
+    assert!(starts.iter().all(|&s| lookup_for_free(s).is_none()));
+}
