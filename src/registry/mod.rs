@@ -192,6 +192,11 @@ pub(crate) struct Region {
     pub state: RegionState,
     pub family: u8,
     pub flags: u8,
+    /// The interned index of `site`, `type_name` and `free_site` together,
+    /// when whoever made this value interned them just before (a new
+    /// region); 0: interned when the record is written. A view decoded from
+    /// a record has 0, so editing its fields is always safe.
+    pub(super) interned: u32,
 }
 
 impl Region {

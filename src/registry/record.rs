@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::block::Block;
 use super::ids::THREAD_BITS;
 use super::shard::ShardInner;
-use super::sites::{intern, provenance_at, Provenance};
+use super::sites::{intern, intern_freed, provenance_at, Provenance};
 use super::unpinned::count_unpinned;
 use super::{Extra, Region, RegionInfo, RegionKind, RegionState};
 
@@ -194,6 +194,7 @@ impl ShardInner {
             state: facts_state(facts),
             family: (facts >> FAMILY_SHIFT) as u8,
             flags: (facts >> FLAGS_SHIFT) as u8,
+            interned: 0,
         }
     }
 
@@ -226,12 +227,9 @@ impl ShardInner {
     ) -> bool {
         let old = b.words(i);
         let extra_ix = old[W_INDICES] as u32;
-        let provenance = Provenance {
-            free_site,
-            ..provenance_at((old[W_INDICES] >> 32) as u32)
-        };
-        let site_ix = intern(provenance);
-        if site_ix == 0 && provenance != Provenance::default() {
+        let alloc_ix = (old[W_INDICES] >> 32) as u32;
+        let site_ix = intern_freed(alloc_ix, free_site);
+        if site_ix == 0 && (alloc_ix != 0 || free_site.is_some()) {
             return false;
         }
         let released = if released {
@@ -257,7 +255,10 @@ impl ShardInner {
             type_name: view.type_name,
             free_site: view.free_site,
         };
-        let mut site_ix = intern(provenance);
+        let mut site_ix = match view.interned {
+            0 => intern(provenance),
+            ix => ix,
+        };
         let mut extra = view.extra;
         if site_ix == 0 && provenance != Provenance::default() {
             // The table is full: the facts go into the region's `Extra`.

@@ -79,7 +79,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         ..Extra::default()
     });
     let type_name = new.type_name.map(|f| f());
-    let region = Region {
+    let mut region = Region {
         size: new.size,
         site: new.site,
         type_name,
@@ -92,6 +92,7 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
         state: RegionState::Live,
         family: new.family,
         flags: new.flags,
+        interned: 0,
     };
     widen(&LO, &HI, new.start, size);
     if new.kind == RegionKind::Managed {
@@ -103,8 +104,9 @@ pub(crate) fn insert(new: NewRegion) -> u64 {
     // registry's rules.
     #[cfg(feature = "interpose")]
     crate::heap::mark_c_registered(new.start);
-    // Interned before the shard lock: the site table has its own.
-    intern(Provenance {
+    // Interned before the shard lock (the site table has its own), and
+    // handed to the record's encoding with the region.
+    region.interned = intern(Provenance {
         site: new.site,
         type_name,
         free_site: None,

@@ -156,3 +156,33 @@ pub(super) fn provenance_at(ix: u32) -> Provenance {
         .copied()
         .unwrap_or_default()
 }
+
+thread_local! {
+    /// What a free interned lately: the provenance index of a region, the
+    /// site that freed it, and the index of the two together. A program
+    /// frees what it allocated at a site from few sites, many times.
+    static FREED: [Cell<(u32, usize, u32)>; 8] = const { [const { Cell::new((0, 0, 0)) }; 8] };
+}
+
+/// The index of the provenance at `ix` with `free_site` as its free site
+/// (0 when the table is full): what marking a region freed records. The
+/// thread's recent answers first (an index names its provenance for good,
+/// so an answer kept stays right).
+pub(super) fn intern_freed(ix: u32, free_site: Option<Site>) -> u32 {
+    let site = free_site.map_or(0, Site::word);
+    let slot = ((u64::from(ix) ^ (site as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> 61) as usize;
+    if let Ok((kept_ix, kept_site, freed)) = FREED.try_with(|f| f[slot].get()) {
+        if kept_ix == ix && kept_site == site && freed != 0 {
+            return freed;
+        }
+    }
+    let freed = intern(Provenance {
+        free_site,
+        ..provenance_at(ix)
+    });
+    if freed != 0 {
+        let _ = FREED.try_with(|f| f[slot].set((ix, site, freed)));
+    }
+    freed
+}

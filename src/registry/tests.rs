@@ -418,3 +418,31 @@ fn a_kept_place_is_checked_before_it_is_trusted() {
     }
     assert!(starts.iter().all(|&s| lookup_for_free(s).is_none()));
 }
+
+#[test]
+fn regions_of_one_site_freed_from_two_sites_keep_their_own_free_site() {
+    // The same allocation site (`add`'s), freed alternately from two lines:
+    // a free's interned provenance is kept by the region and the free site.
+    let base = 0x6b50_0000_0000usize;
+    let (here, there) = (Site::caller(), Site::caller());
+    assert_ne!(here, there);
+    let starts: Vec<usize> = (0..6).map(|i| base + i * 64).collect();
+    for (n, &s) in starts.iter().enumerate() {
+        let id = add(s, 48, RegionKind::C);
+        let site = if n % 2 == 0 { here } else { there };
+        assert!(mark_freed(s, Some(id), Some(site), Release::Released).is_some());
+    }
+    let alloc_site = detail(starts[0]).expect("quarantined").alloc_site;
+    assert!(alloc_site.is_some());
+    for (n, &s) in starts.iter().enumerate() {
+        let d = detail(s).expect("quarantined");
+        assert_eq!(d.state, RegionState::Freed);
+        assert_eq!(
+            d.free_site,
+            Some(if n % 2 == 0 { here } else { there }),
+            "{n}"
+        );
+        assert_eq!(d.alloc_site, alloc_site);
+        remove(s);
+    }
+}
