@@ -55,7 +55,9 @@
 //! Per-thread state of the threads that did not survive the fork is simply
 //! gone: their batches of freed blocks are never given back (a leak in the
 //! child, never a double free: no one else has them), their thread ids and
-//! recent answers are never asked for. The count of checked calls in
+//! recent answers are never asked for, and the counter stripes they owned stay
+//! owned (what they counted still counts; the child's own threads share
+//! stripes sooner). The count of checked calls in
 //! progress that make mode-2 scans wait is set back to the forking thread's
 //! own (`roots::after_fork_in_child`).
 //!
