@@ -233,14 +233,7 @@ impl ShardInner {
         let pred = b.predecessor(len, off);
         if let Some(i) = pred.filter(|&i| b.off(i) == off) {
             if rec_vacant(b.rec(i)) {
-                // The place of a region that left the quarantine: taken as
-                // it is (no extra, no covers, not unpinned).
-                b.set_vacant(b.vacant() - 1);
-                if view.is_unpinned_managed() {
-                    count_unpinned(start, true);
-                }
-                let words = self.encode(0, view);
-                b.write_rec(i, words);
+                self.fill_vacant(slot, b, i, start, view);
                 set_covers(start, size, true);
                 return None;
             }
@@ -312,15 +305,7 @@ impl ShardInner {
                 if !rec_vacant(b.rec(i)) || (i + 1 < len && b.off(i + 1) < end) {
                     return Some(view);
                 }
-                // The place of a region that left the quarantine: taken as
-                // it is (no extra, no covers, not unpinned).
-                b.set_vacant(b.vacant() - 1);
-                if view.is_unpinned_managed() {
-                    count_unpinned(start, true);
-                }
-                let words = self.encode(0, view);
-                b.write_rec(i, words);
-                remember_place(start, slot, i);
+                self.fill_vacant(slot, b, i, start, view);
                 return None;
             }
             Some(i) => {
@@ -346,6 +331,26 @@ impl ShardInner {
         }
         self.insert_at(slot, b, len, at, start, view);
         None
+    }
+
+    /// Writes the record of the region starting at `start` into the vacant
+    /// record `i` of `b` (the place of a region that left the quarantine,
+    /// taken as it is: no extra, no covers, not unpinned).
+    fn fill_vacant(
+        &mut self,
+        slot: &'static PageSlot,
+        b: Block,
+        i: usize,
+        start: usize,
+        view: Region,
+    ) {
+        b.set_vacant(b.vacant() - 1);
+        if view.is_unpinned_managed() {
+            count_unpinned(start, true);
+        }
+        let words = self.encode(0, view);
+        b.write_rec(i, words);
+        remember_place(start, slot, i);
     }
 
     /// Puts the record of the region starting at `start` at index `at` of
