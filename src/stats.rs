@@ -17,7 +17,7 @@ pub(crate) static RETAINS: AtomicU64 = AtomicU64::new(0);
 /// at once owns a stripe and counts in it alone, with plain loads and
 /// stores (no locked instruction on the path that registers and frees a
 /// region); any other thread counts with atomic additions in one of the
-/// [`SHARED`] stripes its serial picks. [`totals`] adds the stripes up. A
+/// [`SHARED`] stripes, handed out round-robin. [`totals`] adds the stripes up. A
 /// block freed on another thread than the one that made it is counted down
 /// in another stripe, so a stripe can go below zero; the sums are right.
 #[repr(align(128))]
@@ -50,10 +50,16 @@ static FREE_OWNED: AtomicU64 = AtomicU64::new(u64::MAX);
 
 static NEXT_SHARED: AtomicU32 = AtomicU32::new(0);
 
-/// A thread's stripe, and whether the thread owns it alone.
+/// A thread's stripe: one of the first [`OWNED`], which the thread owns
+/// alone, or a shared one.
 struct Stripe {
     index: u32,
-    owned: bool,
+}
+
+impl Stripe {
+    fn owned(&self) -> bool {
+        (self.index as usize) < OWNED
+    }
 }
 
 impl Stripe {
@@ -69,26 +75,20 @@ impl Stripe {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    return Stripe {
-                        index: bit,
-                        owned: true,
-                    }
-                }
+                Ok(_) => return Stripe { index: bit },
                 Err(now) => free = now,
             }
         }
         let n = NEXT_SHARED.fetch_add(1, Ordering::Relaxed) as usize % SHARED;
         Stripe {
             index: (OWNED + n) as u32,
-            owned: false,
         }
     }
 }
 
 impl Drop for Stripe {
     fn drop(&mut self) {
-        if self.owned {
+        if self.owned() {
             // Release: this thread's counts go with the stripe to its next
             // owner.
             FREE_OWNED.fetch_or(1 << self.index, Ordering::Release);
@@ -103,7 +103,7 @@ thread_local! {
 /// Runs `f` on the calling thread's stripe, with the way to count in it.
 #[inline]
 fn count(f: impl Fn(&RegionCounters, Add)) {
-    let done = STRIPE.try_with(|s| f(&COUNTERS[s.index as usize], Add(s.owned)));
+    let done = STRIPE.try_with(|s| f(&COUNTERS[s.index as usize], Add(s.owned())));
     if done.is_err() {
         // A thread whose locals are gone counts in the first shared stripe.
         f(&COUNTERS[OWNED], Add(false));
@@ -208,7 +208,7 @@ mod tests {
 
     /// The stripe the calling thread counts in.
     fn mine() -> (u32, bool) {
-        STRIPE.with(|s| (s.index, s.owned))
+        STRIPE.with(|s| (s.index, s.owned()))
     }
 
     /// More threads alive at once than there are owned stripes: no two

@@ -25,7 +25,7 @@ use std::ffi::c_void;
 
 use crate::site::Site;
 
-use super::shard::{kept_place, shard_of, Place, ShardInner};
+use super::shard::{shard_of, Place, ShardInner};
 use super::{flags, RegionInfo, RegionState};
 
 /// How a quarantined block's memory is given back when it leaves the
@@ -74,7 +74,7 @@ pub(super) struct Quarantined {
     /// Where its record sat when it was freed: its eviction looks there
     /// first (records seldom move in a page whose regions come and go in
     /// place).
-    place: Option<Place>,
+    place: Place,
 }
 
 /// What a freed region costs the quarantine beyond its own bytes: its
@@ -167,7 +167,7 @@ pub(crate) fn mark_freed_if(
         .then(crate::stackdepot::capture)
         .flatten();
     let mut w = shard_of(start).write();
-    let Some((b, i)) = ShardInner::find_exact(start) else {
+    let Some((b, i, place)) = ShardInner::find_placed(start) else {
         return Marked::Missing;
     };
     let before = b.info(i, start);
@@ -197,7 +197,7 @@ pub(crate) fn mark_freed_if(
         id: before.id,
         size: before.size,
         release,
-        place: kept_place(start),
+        place,
     });
     w.quarantine_bytes += before.size + BOOKKEEPING_BYTES;
     let (max_blocks, max_bytes) = quarantine_limits();
@@ -219,7 +219,7 @@ pub(crate) fn mark_freed_if(
         // Its place stays for the next region starting there (soon: an
         // allocator hands a freed address out again first).
         let current = |r: &RegionInfo| r.id == q.id && r.state == RegionState::Freed;
-        if let Some(r) = w.vacate(q.start, q.place, current) {
+        if let Some(r) = w.vacate(q.start, Some(q.place), current) {
             evicted[n] = Some((q, r));
             n += 1;
         }

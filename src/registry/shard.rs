@@ -198,17 +198,26 @@ impl ShardInner {
         (!rec_vacant(b.rec(i))).then_some((b, i))
     }
 
-    /// As [`ShardInner::find_exact`], a vacant record included. The
-    /// thread's recent places answer first.
+    /// As [`ShardInner::find_exact`], a vacant record included.
     pub(super) fn find_slot(start: usize) -> Option<(Block, usize)> {
-        if let Some(found) = recall_place(start) {
-            return Some(found);
-        }
-        let slot = page_slot(start >> PAGE_SHIFT)?;
-        let (b, len) = slot.block()?;
-        let i = b.exact(len, start & PAGE_MASK)?;
-        remember_place(start, slot, i);
-        Some((b, i))
+        let (b, len) = page_slot(start >> PAGE_SHIFT)?.block()?;
+        Some((b, b.exact(len, start & PAGE_MASK)?))
+    }
+
+    /// As [`ShardInner::find_exact`], for a writer that keeps where the
+    /// record is (a free, for its eviction): the thread's recent places
+    /// answer first (a free soon after its registration).
+    pub(super) fn find_placed(start: usize) -> Option<(Block, usize, Place)> {
+        let (b, i, place) = match recall_place(start) {
+            Some((place, b, i)) => (b, i, place),
+            None => {
+                let slot = page_slot(start >> PAGE_SHIFT)?;
+                let (b, len) = slot.block()?;
+                let i = b.exact(len, start & PAGE_MASK)?;
+                (b, i, Place::new(slot, i))
+            }
+        };
+        (!rec_vacant(b.rec(i))).then_some((b, i, place))
     }
 
     /// Adds a record starting at `start`; returns the record it replaced
@@ -297,8 +306,8 @@ impl ShardInner {
         // A place this thread just vacated (its eviction gave the block
         // back, and the allocator hands it out again) needs no search.
         let pred = match recall_place(start) {
-            Some((at, i)) if at.tagged() == b.tagged() => Some(i),
-            _ => b.predecessor(len, off),
+            Some((_, _, i)) => Some(i),
+            None => b.predecessor(len, off),
         };
         let at = match pred {
             Some(i) if b.off(i) == off => {
@@ -521,6 +530,13 @@ pub(super) struct Place {
 }
 
 impl Place {
+    fn new(slot: &'static PageSlot, i: usize) -> Place {
+        Place {
+            slot,
+            index: i as u32,
+        }
+    }
+
     /// The block and index of the record starting at `start`, if this
     /// place still holds it: the index is inside the page's records and
     /// holds `start`'s offset. A page's offsets are distinct, so that
@@ -539,7 +555,8 @@ impl Place {
 
 /// A thread's recent places, by start: a free soon after a registration,
 /// and a registration of the block an eviction just gave back, find their
-/// record here without walking the directory or searching the page.
+/// record here without walking the directory or searching the page. Only
+/// writers ask them: the lock-free lookups stay as they were.
 const PLACES: usize = 8;
 const _: () = assert!(PLACES.is_power_of_two());
 
@@ -555,31 +572,21 @@ fn place_of(start: usize) -> usize {
     ((start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - PLACES.trailing_zeros())) as usize
 }
 
-/// The place this thread kept for the record starting at `start` (not yet
-/// checked).
+/// The place this thread kept for the record starting at `start`, if it
+/// still holds it, with the record's block and index.
 #[inline(always)]
-pub(super) fn kept_place(start: usize) -> Option<Place> {
-    match RECENT_PLACES.try_with(|places| places[place_of(start)].get()) {
-        Ok((s, place)) if s == start => place,
-        _ => None,
-    }
-}
-
-/// [`kept_place`], checked.
-#[inline(always)]
-fn recall_place(start: usize) -> Option<(Block, usize)> {
-    kept_place(start)?.holds(start)
+fn recall_place(start: usize) -> Option<(Place, Block, usize)> {
+    let place = match RECENT_PLACES.try_with(|places| places[place_of(start)].get()) {
+        Ok((s, Some(place))) if s == start => place,
+        _ => return None,
+    };
+    let (b, i) = place.holds(start)?;
+    Some((place, b, i))
 }
 
 #[inline(always)]
 fn remember_place(start: usize, slot: &'static PageSlot, i: usize) {
     let _ = RECENT_PLACES.try_with(|places| {
-        places[place_of(start)].set((
-            start,
-            Some(Place {
-                slot,
-                index: i as u32,
-            }),
-        ));
+        places[place_of(start)].set((start, Some(Place::new(slot, i))));
     });
 }
